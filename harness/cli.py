@@ -1,0 +1,82 @@
+"""``harness list`` and ``harness run``: the pipeline outside pytest."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from pathlib import Path
+
+from harness.launchers.local import LocalLauncher
+from harness.pipeline import RunOptions, collect, run_plan
+from harness.provenance import provenance
+from harness.records import Verdict
+from harness.report import summary, write_results
+from harness.schedule import schedule
+from harness.select import ExpressionError
+from harness.suites.expand import Resources
+from harness.suites.yaml_lines import SuiteError
+
+EXIT_FAILED, EXIT_USAGE, EXIT_NO_GPU = 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description="Post-training regression harness for Megatron-Core + ModelOpt")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("list", "list the cases the suites expand to"), ("run", "run cases against recorded baselines")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("suites", nargs="*", help="suite files (default: suites/*.yaml)")
+        cmd.add_argument("-k", dest="keyword", help="select by case id: 'tp2 and not int8'")
+        cmd.add_argument("-m", dest="markexpr", help="select by marker: 'ckpt and tp2'")
+        cmd.add_argument("--platform", choices=("cpu", "gpu"), help="only cases of this platform")
+    run = sub.choices["run"]
+    run.add_argument("--baselines", type=Path, default=Path("baselines"), help="baseline folder (default: baselines)")
+    run.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="artifact folder (default: artifacts)")
+    run.add_argument("--update-baselines", action="store_true", help="record measured values as the new baselines")
+    run.add_argument("--allow-no-gpu", action="store_true", help="with --platform gpu on a machine without GPUs: skip, exit 0")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    paths = args.suites or sorted(glob.glob("suites/*.yaml"))
+    resources = Resources.detect()
+    markexpr = " and ".join(f"({e})" for e in (args.markexpr, args.platform) if e) or None
+    try:
+        cases = collect(paths, resources, args.keyword, markexpr)
+    except (SuiteError, ExpressionError) as err:
+        print(f"harness: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    plan = schedule(cases, resources)
+    if args.command == "list":
+        for item in plan:
+            skip = f"  [skip: {item.skip}]" if item.skip else ""
+            print(f"{item.case.key}  world={item.case.world_size}  markers={','.join(item.case.markers)}{skip}")
+        print(f"{len(plan)} cases")
+        return 0
+    if args.platform == "gpu" and resources.gpus == 0:
+        print(f"harness: no GPU on this machine; {len(plan)} GPU cases cannot run", file=sys.stderr)
+        if not args.allow_no_gpu:
+            return EXIT_NO_GPU
+    options = RunOptions(args.baselines, args.artifacts, args.update_baselines)
+    info = provenance(Path.cwd())
+    launcher = LocalLauncher(args.artifacts)
+    results = []
+    try:
+        for result in run_plan(plan, launcher, options, info):
+            results.append(result)
+            print(result.message(), flush=True)
+            write_results(args.artifacts / "results.json", results, info)
+    except KeyboardInterrupt:
+        print(f"harness: interrupted after {len(results)} of {len(plan)} cases", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        launcher.close()
+    print(summary(results))
+    if options.update_baselines:
+        print(f"baselines written under {args.baselines}/ ({sum(r.verdict is Verdict.UPDATED for r in results)} cases changed)")
+    return 0 if all(r.ok for r in results) else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Messages between the driver and its worker ranks (pickled over a loopback connection).
+
+They live outside ``worker.py`` because that module runs as ``__main__`` in the workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness.records import Case
+
+
+@dataclass(frozen=True)
+class Task:
+    case: Case
+    artifacts: str
+
+
+@dataclass(frozen=True)
+class RankReply:
+    rank: int
+    metrics: dict[str, float] | None
+    error: str | None
+    duration_s: float

@@ -1,0 +1,80 @@
+"""A warm worker rank: joins the world process group once, imports megatron-core and modelopt
+once, then runs one case after another as the driver sends them.
+
+Started by ``harness.launchers.local`` as ``python -m harness.launchers.worker``; the driver's
+address, authkey and this rank's coordinates come in the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from datetime import timedelta
+from multiprocessing.connection import Client, Connection
+from pathlib import Path
+
+from harness.launchers.protocol import RankReply, Task
+
+
+def _init(rank: int, world: int, platform: str) -> list[str]:
+    import torch
+    import torch.distributed as dist
+
+    if platform == "gpu":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+        backend, adapted = "nccl", []
+    else:
+        from harness.runtime.cpu_compat import apply_cpu_adaptations
+
+        backend, adapted = "gloo", apply_cpu_adaptations()
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(minutes=30))
+    # Paid once per worker instead of once per case (~10 s together on 2 CPU cores).
+    import megatron.core.models.gpt  # noqa: F401
+    import modelopt.torch.quantization  # noqa: F401
+
+    return adapted
+
+
+def run_task(task: Task, rank: int) -> RankReply:
+    from harness.checks import get_check
+    from harness.checks.base import CheckContext
+    from harness.models.zoo import ZOO
+
+    start = time.perf_counter()
+    try:
+        check = get_check(task.case.check)
+        context = CheckContext(
+            case=task.case,
+            model=ZOO[task.case.model],
+            params=check.params.model_validate(task.case.params),
+            artifacts=Path(task.artifacts),
+        )
+        metrics = check.run(context)
+        return RankReply(rank, metrics, None, time.perf_counter() - start)
+    except Exception:  # noqa: BLE001 - any failure of a check is that case's error, reported to the driver
+        return RankReply(rank, None, traceback.format_exc(), time.perf_counter() - start)
+
+
+def main() -> None:
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    host, port = os.environ["HARNESS_DRIVER_ADDR"].rsplit(":", 1)
+    conn: Connection = Client((host, int(port)), authkey=bytes.fromhex(os.environ["HARNESS_AUTHKEY"]))
+    conn.send(("hello", rank))
+    adapted = _init(rank, world, os.environ["HARNESS_PLATFORM"])
+    conn.send(("ready", rank, adapted))
+    while True:
+        message = conn.recv()
+        if message[0] == "stop":
+            break
+        task: Task = message[1]
+        print(f"[harness] rank {rank} starts {task.case.key}", flush=True)
+        conn.send(("done", run_task(task, rank)))
+        print(f"[harness] rank {rank} ends {task.case.key}", flush=True)
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

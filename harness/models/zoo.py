@@ -1,0 +1,105 @@
+"""Named, deterministic model configurations built with megatron-core.
+
+A zoo entry is plain data, importable without torch, so suites are validated (layouts against
+heads, vocabulary and layers) before any worker starts. ``build_gpt`` runs inside a worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from harness.records import Layout
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    description: str
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    ffn_hidden_size: int
+    vocab_size: int
+    max_seq_len: int
+    num_query_groups: int | None = None
+    normalization: str = "RMSNorm"
+    position_embedding_type: str = "rope"
+
+    def layout_errors(self, layout: Layout) -> list[str]:
+        """Why ``layout`` cannot shard this model (empty when it can)."""
+        tp, pp = layout.tp, layout.pp
+        checks = [
+            ("num_attention_heads", self.num_attention_heads, tp, "tp"),
+            ("num_query_groups", self.num_query_groups or self.num_attention_heads, tp, "tp"),
+            ("vocab_size", self.vocab_size, tp, "tp"),
+            ("ffn_hidden_size", self.ffn_hidden_size, tp, "tp"),
+            ("num_layers", self.num_layers, pp, "pp"),
+        ]
+        return [
+            f"{what} {value} of model {self.name} is not divisible by {axis}={size}"
+            for what, value, size, axis in checks
+            if size < 1 or value % size
+        ]
+
+
+# Widths are chosen so each tensor-parallel rank keeps >= 128 inputs at TP=2: INT4 AWQ quantizes in
+# blocks of 128, and narrower shards cannot be resharded (measured: hidden 64 fails TP2 -> TP1).
+ZOO: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="tiny-gpt",
+            description="dense GPT, RoPE, RMSNorm, SwiGLU-free MLP; the CPU default",
+            num_layers=4,
+            hidden_size=256,
+            num_attention_heads=8,
+            ffn_hidden_size=1024,
+            vocab_size=1024,
+            max_seq_len=128,
+        ),
+    )
+}
+
+
+def build_gpt(spec: ModelSpec, *, seed: int) -> torch.nn.Module:
+    """Build ``spec`` for the current megatron parallel state (this rank's stage and shard)."""
+    import torch
+    from megatron.core import parallel_state as ps
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.transformer import TransformerConfig
+
+    torch.manual_seed(seed)  # use_cpu_initialization draws full weights from this generator
+    config = TransformerConfig(
+        num_layers=spec.num_layers,
+        hidden_size=spec.hidden_size,
+        num_attention_heads=spec.num_attention_heads,
+        num_query_groups=spec.num_query_groups,
+        ffn_hidden_size=spec.ffn_hidden_size,
+        normalization=spec.normalization,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        use_cpu_initialization=True,
+        params_dtype=torch.float32,
+        pipeline_dtype=torch.float32,
+        tensor_model_parallel_size=ps.get_tensor_model_parallel_world_size(),
+        pipeline_model_parallel_size=ps.get_pipeline_model_parallel_world_size(),
+    )
+    model = GPTModel(
+        config=config,
+        transformer_layer_spec=get_gpt_layer_local_spec(normalization=spec.normalization),
+        vocab_size=spec.vocab_size,
+        max_sequence_length=spec.max_seq_len,
+        pre_process=ps.is_pipeline_first_stage(),
+        post_process=ps.is_pipeline_last_stage(),
+        parallel_output=False,
+        share_embeddings_and_output_weights=False,
+        position_embedding_type=spec.position_embedding_type,
+    )
+    from harness.runtime.forward import device
+
+    return model.to(device()).eval()

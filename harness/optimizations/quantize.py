@@ -1,0 +1,29 @@
+"""Post-training quantization through modelopt (``mtq.quantize`` with a calibration loop)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from harness.optimizations.base import ForwardLoop, Optimization
+
+if TYPE_CHECKING:
+    import torch
+
+
+def mtq_config(config_name: str) -> dict:
+    import modelopt.torch.quantization as mtq
+
+    config = getattr(mtq, config_name, None)
+    if not isinstance(config, dict):
+        known = sorted(n for n in dir(mtq) if n.endswith("_CFG"))
+        raise ValueError(f"modelopt {mtq.__name__} has no quantization config {config_name}; known: {', '.join(known)}")
+    return config
+
+
+def quantization(name: str, config_name: str, gpu_only: str | None = None) -> Optimization:
+    def apply(model: torch.nn.Module, forward_loop: ForwardLoop) -> torch.nn.Module:
+        import modelopt.torch.quantization as mtq
+
+        return mtq.quantize(model, mtq_config(config_name), forward_loop)
+
+    return Optimization(name=name, description=f"modelopt PTQ with mtq.{config_name}", apply=apply, gpu_only=gpu_only)

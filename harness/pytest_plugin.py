@@ -1,0 +1,141 @@
+"""pytest integration: every case of every ``suites/*.yaml`` is a pytest item.
+
+Markers come from the suite (check kind, model, optimization, ``tp2``/``pp2``, ``cpu``/``gpu``,
+``slow`` and the suite's own), so ``pytest -m "ckpt and tp2"`` and ``-k`` select cases. Items are
+ordered by (platform, world size) so warm worker pools are reused across the session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.baselines import BaselineStore, compare
+from harness.launchers.local import LocalLauncher
+from harness.pipeline import launch
+from harness.provenance import provenance
+from harness.records import Case, CaseResult
+from harness.report import write_results
+from harness.schedule import Scheduled, skip_reason
+from harness.suites.expand import Resources, expand_suite
+from harness.suites.load import load_suite
+from harness.suites.yaml_lines import SuiteError
+
+_SESSION = pytest.StashKey["HarnessSession"]()
+
+
+class HarnessSession:
+    """Per pytest session: resources, one launcher (warm pools), results so far."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        root = Path(config.rootpath)
+        self.baselines = config.getoption("harness_baselines") or root / "baselines"
+        self.artifacts = config.getoption("harness_artifacts") or root / "artifacts"
+        self.update = bool(config.getoption("harness_update_baselines"))
+        self.resources = Resources.detect()
+        self.provenance = provenance(root)
+        self._launcher: LocalLauncher | None = None
+        self.results: list[CaseResult] = []
+
+    @property
+    def launcher(self) -> LocalLauncher:
+        if self._launcher is None:
+            self._launcher = LocalLauncher(self.artifacts)
+        return self._launcher
+
+    def close(self) -> None:
+        if self._launcher is not None:
+            self._launcher.close()
+        if self.results:
+            write_results(self.artifacts / "results.json", self.results, self.provenance)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("posttrain-harness")
+    group.addoption("--harness-baselines", type=Path, default=None, help="baseline folder (default: <rootdir>/baselines)")
+    group.addoption("--harness-artifacts", type=Path, default=None, help="artifact folder (default: <rootdir>/artifacts)")
+    group.addoption("--harness-update-baselines", action="store_true", help="record measured values as baselines")
+
+
+def _session(config: pytest.Config) -> HarnessSession:
+    if _SESSION not in config.stash:
+        config.stash[_SESSION] = HarnessSession(config)
+        config.add_cleanup(config.stash[_SESSION].close)
+    return config.stash[_SESSION]
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.suffix == ".yaml" and file_path.parent.name == "suites":
+        return SuiteFile.from_parent(parent, path=file_path)
+    return None
+
+
+class SuiteError_(Exception):  # noqa: N801 - distinct from harness' SuiteError, shown without traceback
+    pass
+
+
+class SuiteFile(pytest.File):
+    def collect(self) -> Iterator[CaseItem]:
+        session = _session(self.config)
+        try:
+            cases = expand_suite(load_suite(self.path), session.resources)
+        except SuiteError as err:
+            raise SuiteError_(str(err)) from None
+        for case in cases:
+            for marker in case.markers:
+                self.config.addinivalue_line("markers", f"{marker}: harness case marker")
+            item = CaseItem.from_parent(self, name=case.key, case=case)
+            for marker in case.markers:
+                item.add_marker(marker)
+            yield item
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, SuiteError_):
+            return str(excinfo.value)
+        return str(super().repr_failure(excinfo))
+
+
+class CaseFailed(Exception):
+    pass
+
+
+class CaseItem(pytest.Item):
+    def __init__(self, *, case: Case, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.case = case
+
+    def runtest(self) -> None:
+        session = _session(self.config)
+        skip = skip_reason(self.case, session.resources)
+        if skip is not None:
+            pytest.skip(skip)
+        result = compare(launch(Scheduled(self.case, None), session.launcher), BaselineStore(Path(session.baselines)),
+                         session.update, session.provenance)
+        session.results.append(result)
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("")
+            reporter.write_line(result.message())
+        if not result.ok:
+            raise CaseFailed(result.message())
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, CaseFailed):
+            return str(excinfo.value)
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"{self.case.id} [{self.case.platform}] (from {self.case.source})"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def order(indexed: tuple[int, pytest.Item]) -> tuple[int, str, int, int]:
+        index, item = indexed
+        if isinstance(item, CaseItem):
+            return (1, item.case.platform, item.case.world_size, index)
+        return (0, "", 0, index)
+
+    items[:] = [item for _, item in sorted(enumerate(items), key=order)]

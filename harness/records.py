@@ -1,0 +1,145 @@
+"""Typed records that flow one way through the pipeline.
+
+suite file -> ``Case`` (expand) -> ``CaseOutcome`` (launch: raw metrics or an error) ->
+``CaseResult`` (compare: a verdict per metric). Nothing downstream mutates an upstream record.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, order=True)
+class Layout:
+    tp: int = 1
+    pp: int = 1
+
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.pp
+
+    @property
+    def token(self) -> str:
+        return f"tp{self.tp}pp{self.pp}"
+
+
+class Direction(str, enum.Enum):
+    """Which way a metric may move before it is a failure."""
+
+    BOTH = "both"
+    HIGHER_IS_BETTER = "higher_is_better"  # fails only when it drops
+    LOWER_IS_BETTER = "lower_is_better"  # fails only when it rises
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    abs: float = 0.0
+    rel: float = 0.0
+    direction: Direction = Direction.BOTH
+
+    def allowed(self, baseline: float) -> float:
+        return self.abs + self.rel * abs(baseline)
+
+    def describe(self) -> str:
+        parts = [f"abs {self.abs:g}"] + ([f"rel {self.rel:g}"] if self.rel else [])
+        side = "" if self.direction is Direction.BOTH else f", {self.direction.value}"
+        return " + ".join(parts) + side
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    suite: str
+    check: str
+    model: str
+    layout: Layout
+    optimization: str
+    params: dict[str, Any]
+    platform: str  # "cpu" | "gpu"
+    world_size: int
+    markers: tuple[str, ...]
+    tolerances: dict[str, Tolerance]
+    timeout_s: float
+    seed: int
+    source: str  # "suites/ckpt.yaml:12", where the case's suite is declared
+
+    @property
+    def key(self) -> str:
+        """Unique per platform: the same case id runs on cpu and gpu with separate baselines."""
+        return f"{self.id}[{self.platform}]"
+
+
+@dataclass(frozen=True)
+class CaseOutcome:
+    """What the workers returned for one case: metrics, or why there are none."""
+
+    case: Case
+    metrics: dict[str, float]
+    error: str | None
+    duration_s: float
+    artifacts: str
+    skipped: str | None = None
+
+
+class Verdict(str, enum.Enum):
+    PASS = "pass"
+    FAIL = "fail"
+    NO_BASELINE = "no-baseline"
+    UPDATED = "updated"
+    ERROR = "error"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    name: str
+    measured: float
+    baseline: float | None
+    tolerance: Tolerance
+    verdict: Verdict
+
+    def line(self) -> str:
+        base = "none" if self.baseline is None else f"{self.baseline:.6g}"
+        return (
+            f"{self.name}: measured {self.measured:.6g}, baseline {base}, "
+            f"tolerance {self.tolerance.describe()} -> {self.verdict.value}"
+        )
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    outcome: CaseOutcome
+    metrics: tuple[MetricResult, ...] = field(default_factory=tuple)
+
+    @property
+    def case(self) -> Case:
+        return self.outcome.case
+
+    @property
+    def verdict(self) -> Verdict:
+        if self.outcome.skipped is not None:
+            return Verdict.SKIPPED
+        if self.outcome.error is not None:
+            return Verdict.ERROR
+        verdicts = {m.verdict for m in self.metrics}
+        for worst in (Verdict.FAIL, Verdict.NO_BASELINE, Verdict.UPDATED):
+            if worst in verdicts:
+                return worst
+        return Verdict.PASS
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict in (Verdict.PASS, Verdict.UPDATED, Verdict.SKIPPED)
+
+    def message(self) -> str:
+        head = f"{self.case.id} [{self.case.platform}]: {self.verdict.value}"
+        if self.outcome.skipped is not None:
+            return f"{head} ({self.outcome.skipped})"
+        if self.outcome.error is not None:
+            return f"{head}\n{self.outcome.error}\nartifacts: {self.outcome.artifacts}"
+        lines = [head] + [f"  {m.line()}" for m in self.metrics]
+        if not self.ok:
+            lines.append(f"  artifacts: {self.outcome.artifacts}")
+        return "\n".join(lines)

@@ -1,0 +1,40 @@
+"""Step 7: tell people. Terminal lines per case, a summary, and ``results.json`` rewritten
+atomically after every case so an interrupted run keeps what it finished."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from harness.atomic import write_json_atomic
+from harness.records import CaseResult, Verdict
+
+
+def result_record(result: CaseResult) -> dict[str, Any]:
+    case = result.case
+    return {
+        "id": case.id,
+        "platform": case.platform,
+        "verdict": result.verdict.value,
+        "duration_s": round(result.outcome.duration_s, 3),
+        "artifacts": result.outcome.artifacts,
+        "error": result.outcome.error,
+        "skipped": result.outcome.skipped,
+        "metrics": [
+            {**dataclasses.asdict(m), "tolerance": dataclasses.asdict(m.tolerance) | {"direction": m.tolerance.direction.value},
+             "verdict": m.verdict.value}
+            for m in result.metrics
+        ],
+    }
+
+
+def write_results(path: Path, results: list[CaseResult], provenance: dict[str, Any]) -> None:
+    write_json_atomic(path, {"provenance": provenance, "cases": [result_record(r) for r in results]})
+
+
+def summary(results: list[CaseResult]) -> str:
+    counts = Counter(r.verdict for r in results)
+    parts = [f"{counts[v]} {v.value}" for v in Verdict if counts[v]]
+    return f"{len(results)} cases: " + (", ".join(parts) if parts else "none selected")

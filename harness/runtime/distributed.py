@@ -1,0 +1,58 @@
+"""Per-case parallel state inside a warm worker.
+
+The world process group lives as long as the worker; megatron's model-parallel groups are
+created for each layout a case needs and destroyed afterwards, so one pool serves every case of
+its world size.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+
+from harness.records import Layout
+
+
+def seed_everything(seed: int) -> None:
+    from megatron.core import tensor_parallel
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    # On CPU the inference tracker is a no-op tracker: the CUDA RNG states megatron forks for
+    # tensor-parallel dropout do not exist there. The models here run without dropout.
+    tensor_parallel.model_parallel_cuda_manual_seed(seed, inference_rng_tracker=not torch.cuda.is_available(),
+                                                    force_reset_rng=True)
+
+
+@contextmanager
+def model_parallel(layout: Layout, seed: int) -> Iterator[None]:
+    """Initialise megatron's parallel state for ``layout`` over the whole world; data parallel
+    fills the remaining ranks (world 2 with tp1pp1 is two data-parallel replicas)."""
+    from megatron.core import parallel_state
+
+    world = dist.get_world_size()
+    if world % layout.world_size:
+        raise ValueError(f"layout {layout.token} does not divide the world size {world}")
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp
+    )
+    try:
+        seed_everything(seed)
+        yield
+    finally:
+        parallel_state.destroy_model_parallel()
+
+
+def is_reporting_rank() -> bool:
+    """The rank that holds full outputs: last pipeline stage, first tensor and data rank."""
+    from megatron.core import parallel_state as ps
+
+    return (
+        ps.is_pipeline_last_stage()
+        and ps.get_tensor_model_parallel_rank() == 0
+        and ps.get_data_parallel_rank() == 0
+    )

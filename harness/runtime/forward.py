@@ -1,0 +1,69 @@
+"""Forward passes through megatron's own pipeline schedules, so PP cases use real p2p sends.
+
+Every function returns full-vocabulary logits on every rank of the model-parallel group: checks
+compare them wherever they run, whatever the layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def fixed_tokens(batch: int, seq: int, vocab: int, seed: int) -> torch.Tensor:
+    """Deterministic token ids, identical on every rank and every layout."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (batch, seq), generator=generator).to(device())
+
+
+def _identity_loss(output: torch.Tensor, non_loss_data: bool = False) -> torch.Tensor:
+    return output
+
+
+def _forward_step(data_iterator: Any, model: torch.nn.Module) -> tuple[torch.Tensor, Callable[..., Any]]:
+    tokens = next(data_iterator)
+    positions = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
+    return model(tokens, positions, None), _identity_loss
+
+
+@torch.no_grad()
+def forward_logits(model: torch.nn.Module, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Logits ``[batch, seq, vocab]`` for ``tokens``, broadcast from the last pipeline stage."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    batch, seq = tokens.shape
+    store = get_forward_backward_func()(
+        forward_step_func=_forward_step,
+        data_iterator=iter([tokens]),
+        model=[model],
+        num_microbatches=1,
+        seq_length=seq,
+        micro_batch_size=batch,
+        forward_only=True,
+        collect_non_loss_data=True,
+    )
+    if ps.is_pipeline_last_stage():
+        logits = store[0].float().contiguous()
+    else:
+        logits = torch.empty(batch, seq, vocab_size, dtype=torch.float32, device=tokens.device)
+    if ps.get_pipeline_model_parallel_world_size() > 1:
+        dist.broadcast(logits, src=ps.get_pipeline_model_parallel_last_rank(), group=ps.get_pipeline_model_parallel_group())
+    return logits
+
+
+def greedy_decode(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, vocab_size: int) -> torch.Tensor:
+    """Greedy continuation by full re-forward each step (no KV cache: the decode path under test
+    is the model's forward, not an inference engine)."""
+    tokens = prompt
+    for _ in range(new_tokens):
+        logits = forward_logits(model, tokens, vocab_size)
+        tokens = torch.cat([tokens, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
+    return tokens[:, prompt.shape[1] :]

@@ -1,0 +1,146 @@
+"""Step 2: expand each suite's matrix into cases with stable ids.
+
+Impossible layouts (heads, vocabulary or layers not divisible, more ranks than the machine has)
+are rejected here, naming the line of the offending matrix value, before any worker starts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from harness.models.zoo import ZOO
+from harness.records import Case, Layout, Tolerance
+from harness.suites.load import CORE_AXES, Suite
+from harness.suites.yaml_lines import SuiteError
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Ranks a case may use: CPU worker processes, and GPUs (0 when the machine has none)."""
+
+    cpu_ranks: int
+    gpus: int
+
+    @classmethod
+    def detect(cls) -> Resources:
+        import torch
+
+        cpu_ranks = int(os.environ.get("HARNESS_CPU_RANKS", os.cpu_count() or 1))
+        return cls(cpu_ranks=cpu_ranks, gpus=torch.cuda.device_count() if torch.cuda.is_available() else 0)
+
+
+def _matches(suite: Suite, entry: dict[str, Any], chosen: dict[str, Any], layout: Layout, params: Any) -> bool:
+    """Whether an exclude/when entry names this case. Check params are compared after the check's
+    normalisation, so ``reload_layout: same`` and the explicit equal layout are one value."""
+    check = suite.check
+    entry_params = {k: v for k, v in entry.items() if k not in CORE_AXES}
+    resolved = check.normalize(layout, check.params.model_validate({**params.model_dump(), **entry_params}))
+    for key, value in entry.items():
+        mine = chosen[key] if key in CORE_AXES else getattr(params, key)
+        wanted = value if key in CORE_AXES else getattr(resolved, key)
+        if suite.canonical(key, wanted) != suite.canonical(key, mine):
+            return False
+    return True
+
+
+def _value_token(value: Any) -> str:
+    if isinstance(value, dict):
+        return "".join(f"{k}{v}" for k, v in value.items())
+    return str(value)
+
+
+def _tolerances(suite: Suite, chosen: dict[str, Any], layout: Layout, params: Any) -> dict[str, Tolerance]:
+    merged = {name: spec.tolerance for name, spec in suite.check.metrics.items()}
+    merged.update({name: t.tolerance() for name, t in suite.spec.tolerances.items()})
+    for override in suite.spec.overrides:
+        if _matches(suite, override.when, chosen, layout, params):
+            merged.update({name: t.tolerance() for name, t in override.tolerances.items()})
+    return merged
+
+
+def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platform: str, resources: Resources) -> tuple[Case | None, list[str]]:
+    spec, check, lines = suite.spec, suite.check, suite.lines
+    layout: Layout = chosen["layout"].layout()
+    check_params = {k: v for k, v in chosen.items() if k not in CORE_AXES}
+    try:
+        params = check.params.model_validate({**spec.params, **check_params})
+    except ValidationError as err:
+        return None, [lines.problem(where.get(str(e["loc"][0]), ("params",)) if e["loc"] else ("params",), e["msg"]) for e in err.errors()]
+    params = check.normalize(layout, params)
+    if any(_matches(suite, entry, chosen, layout, params) for entry in spec.exclude):
+        return None, []
+    model = ZOO[chosen["model"]]
+    problems: list[str] = []
+    layouts = check.layouts(layout, params)
+    world = max(each.world_size for each in layouts.values())
+    first_key = {each: key for key, each in reversed(layouts.items())}  # a layout named twice is judged once
+    for each, key in first_key.items():
+        for reason in model.layout_errors(each):
+            problems.append(lines.problem(where[key], reason))
+        if world % each.world_size:
+            problems.append(lines.problem(where[key], f"{each.token} does not divide the case's world size {world}"))
+    available = resources.cpu_ranks if platform == "cpu" else resources.gpus
+    if (platform == "cpu" or resources.gpus) and world > available:
+        problems.append(lines.problem(where["layout"], f"needs {world} ranks but this machine offers {available} {platform} ranks"))
+    if problems:
+        return None, problems
+    extra = [f"{k}={_value_token(suite.canonical(k, getattr(params, k)))}" for k in check_params if k not in check.label_params]
+    case_id = "/".join([spec.suite, chosen["model"], check.label(layout, params), chosen["optimization"], *extra])
+    parallel = {f"tp{each.tp}" for each in layouts.values() if each.tp > 1} | {f"pp{each.pp}" for each in layouts.values() if each.pp > 1}
+    markers = (*spec.markers, check.name, chosen["model"], chosen["optimization"], platform, *sorted(parallel), *(("slow",) if spec.slow else ()))
+    return Case(
+        id=case_id,
+        suite=spec.suite,
+        check=spec.check,
+        model=chosen["model"],
+        layout=layout,
+        optimization=chosen["optimization"],
+        params=params.model_dump(mode="json"),
+        platform=platform,
+        world_size=world,
+        markers=tuple(dict.fromkeys(markers)),
+        tolerances=_tolerances(suite, chosen, layout, params),
+        timeout_s=spec.timeout_s,
+        seed=spec.seed,
+        source=f"{suite.path}:{lines.line(('matrix',))}",
+    ), []
+
+
+def expand_suite(suite: Suite, resources: Resources) -> list[Case]:
+    names = list(suite.axes)
+    cases: dict[str, Case] = {}
+    problems: list[str] = []
+    for platform in suite.spec.platforms:
+        for indices in itertools.product(*(range(len(suite.axes[n])) for n in names)):
+            chosen = {n: suite.axes[n][i] for n, i in zip(names, indices, strict=True)}
+            where = {n: ("matrix", n, i) for n, i in zip(names, indices, strict=True)}
+            where.update({k: ("params", k) for k in suite.spec.params})
+            case, found = _case(suite, chosen, where, platform, resources)
+            problems.extend(p for p in found if p not in problems)
+            if case is None:
+                continue
+            twin = cases.get(case.key)
+            if twin is not None and twin != case:
+                problems.append(suite.lines.problem(("matrix",), f"two different cases share the id {case.id}"))
+            cases[case.key] = case
+    if problems:
+        raise SuiteError(problems)
+    return list(cases.values())
+
+
+def expand(suites: list[Suite], resources: Resources) -> list[Case]:
+    problems: list[str] = []
+    cases: list[Case] = []
+    for suite in suites:
+        try:
+            cases.extend(expand_suite(suite, resources))
+        except SuiteError as err:
+            problems.extend(err.problems)
+    if problems:
+        raise SuiteError(problems)
+    return cases

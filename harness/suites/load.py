@@ -1,0 +1,145 @@
+"""Step 1: read suite files and validate them against the schema, the check, the zoo and the
+optimization registry. Every problem is reported as ``file:line: key: message``."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from harness.checks import get_check
+from harness.checks.base import Check, LayoutModel
+from harness.models.zoo import ZOO
+from harness.optimizations import get_optimization
+from harness.suites.schema import SuiteModel
+from harness.suites.yaml_lines import LineMap, Path_, SuiteError, load_yaml_with_lines
+
+CORE_AXES = ("model", "layout", "optimization")
+
+
+@dataclass(frozen=True)
+class Suite:
+    path: str
+    spec: SuiteModel
+    check: Check
+    lines: LineMap
+    axes: dict[str, list[Any]]  # every matrix axis with its validated values, in declaration order
+
+    def canonical(self, axis: str, value: Any) -> Any:
+        """A comparable form of an axis value (for exclude and overrides)."""
+        adapter = _adapter(self.check.name, axis)
+        return adapter.dump_python(adapter.validate_python(value), mode="json")
+
+
+@functools.cache
+def _adapter(check_name: str, axis: str) -> TypeAdapter:
+    return TypeAdapter(axis_type(get_check(check_name), axis))
+
+
+def axis_type(check: Check, axis: str) -> Any:
+    core = {"model": str, "layout": LayoutModel, "optimization": str}
+    return core[axis] if axis in core else check.params.model_fields[axis].annotation
+
+
+def _errors(err: ValidationError, lines: LineMap, base: Path_ = ()) -> list[str]:
+    return [lines.problem((*base, *e["loc"]), e["msg"]) for e in err.errors()]
+
+
+def _validate_values(check: Check, lines: LineMap, entries: dict[str, Any], base: Path_, problems: list[str]) -> None:
+    """Keys of an exclude/when entry must be axes or check params; values must be of their type."""
+    for key, value in entries.items():
+        if key not in CORE_AXES and key not in check.params.model_fields:
+            problems.append(lines.problem((*base, key), f"unknown key; axes are {', '.join(CORE_AXES)} or params of {check.name}"))
+            continue
+        try:
+            _adapter(check.name, key).validate_python(value)
+        except ValidationError as err:
+            problems.extend(_errors(err, lines, (*base, key)))
+
+
+def _check_semantics(spec: SuiteModel, check: Check, lines: LineMap) -> list[str]:
+    problems: list[str] = []
+    for i, model in enumerate(spec.matrix.model):
+        if model not in ZOO:
+            problems.append(lines.problem(("matrix", "model", i), f"unknown model {model!r}; known: {', '.join(ZOO)}"))
+    for i, opt in enumerate(spec.matrix.optimization):
+        try:
+            get_optimization(opt)
+        except KeyError as err:
+            problems.append(lines.problem(("matrix", "optimization", i), str(err.args[0])))
+    fields = check.params.model_fields
+    for axis, values in (spec.matrix.model_extra or {}).items():
+        if axis not in fields:
+            problems.append(lines.problem(("matrix", axis), f"unknown key; {check.name} takes {', '.join(fields) or 'no params'}"))
+        elif not isinstance(values, list) or not values:
+            problems.append(lines.problem(("matrix", axis), "a matrix axis must be a non-empty list"))
+        else:
+            for i, value in enumerate(values):
+                _validate_values(check, lines, {axis: value}, ("matrix", axis, i), problems)
+    for key in spec.params:
+        if key not in fields:
+            problems.append(lines.problem(("params", key), f"unknown key; {check.name} takes {', '.join(fields) or 'no params'}"))
+        elif key in (spec.matrix.model_extra or {}):
+            problems.append(lines.problem(("params", key), "also a matrix axis; declare it in one place"))
+    for name in spec.tolerances:
+        if name not in check.metrics:
+            problems.append(lines.problem(("tolerances", name), f"unknown metric; {check.name} emits {', '.join(check.metrics)}"))
+    for i, entry in enumerate(spec.exclude):
+        _validate_values(check, lines, entry, ("exclude", i), problems)
+    for i, override in enumerate(spec.overrides):
+        _validate_values(check, lines, override.when, ("overrides", i, "when"), problems)
+        for name in override.tolerances:
+            if name not in check.metrics:
+                problems.append(lines.problem(("overrides", i, "tolerances", name), f"unknown metric; {check.name} emits {', '.join(check.metrics)}"))
+    return problems
+
+
+def load_suite(path: str | Path) -> Suite:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise SuiteError([f"{path}:1: <file>: cannot read: {err.strerror}"]) from None
+    data, lines = load_yaml_with_lines(text, str(path))
+    if not isinstance(data, dict):
+        raise SuiteError([lines.problem((), "a suite is a mapping with keys suite, check, matrix, ...")])
+    try:
+        spec = SuiteModel.model_validate(data)
+    except ValidationError as err:
+        raise SuiteError(_errors(err, lines)) from None
+    try:
+        check = get_check(spec.check)
+    except KeyError as err:
+        raise SuiteError([lines.problem(("check",), str(err.args[0]))]) from None
+    problems = _check_semantics(spec, check, lines)
+    if problems:
+        raise SuiteError(problems)
+    axes: dict[str, list[Any]] = {
+        "model": list(spec.matrix.model),
+        "layout": list(spec.matrix.layout),
+        "optimization": list(spec.matrix.optimization),
+        **(spec.matrix.model_extra or {}),
+    }
+    return Suite(str(path), spec, check, lines, axes)
+
+
+def load_suites(paths: list[str | Path]) -> list[Suite]:
+    """Load every file; all problems of all files are reported together."""
+    suites: list[Suite] = []
+    problems: list[str] = []
+    for path in paths:
+        try:
+            suites.append(load_suite(path))
+        except SuiteError as err:
+            problems.extend(err.problems)
+    names: dict[str, str] = {}
+    for suite in suites:
+        if suite.spec.suite in names:
+            problems.append(suite.lines.problem(("suite",), f"suite name {suite.spec.suite!r} is also used by {names[suite.spec.suite]}"))
+        names[suite.spec.suite] = suite.path
+    if problems:
+        raise SuiteError(problems)
+    return suites

@@ -1,0 +1,124 @@
+"""Malformed suites and impossible layouts are rejected with file, line and key, one line each."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness.suites.expand import Resources, expand
+from harness.suites.load import load_suites
+from harness.suites.yaml_lines import SuiteError
+
+TWO_RANKS = Resources(cpu_ranks=2, gpus=0)
+
+GOOD = """\
+suite: demo
+check: ckpt_roundtrip
+matrix:
+  model: [tiny-gpt]
+  layout:
+    - {tp: 1, pp: 1}
+    - {tp: 2, pp: 1}
+  optimization: [none, int4_awq]
+  reload_layout: [same, {tp: 1, pp: 1}]
+"""
+
+
+def problems(path: Path, resources: Resources = TWO_RANKS) -> list[str]:
+    with pytest.raises(SuiteError) as info:
+        expand(load_suites([path]), resources)
+    lines = str(info.value).splitlines()
+    assert lines == info.value.problems  # one line per problem
+    return lines
+
+
+def test_good_suite_expands(write_suite) -> None:  # noqa: ANN001
+    cases = expand(load_suites([write_suite(GOOD)]), TWO_RANKS)
+    assert sorted(c.id for c in cases) == sorted([
+        "demo/tiny-gpt/tp1pp1/none", "demo/tiny-gpt/tp1pp1/int4_awq",
+        "demo/tiny-gpt/tp2pp1/none", "demo/tiny-gpt/tp2pp1/int4_awq",
+        "demo/tiny-gpt/tp2pp1->tp1pp1/none", "demo/tiny-gpt/tp2pp1->tp1pp1/int4_awq",
+    ])
+
+
+def test_typo_in_top_level_key(write_suite) -> None:  # noqa: ANN001
+    path = write_suite(GOOD.replace("matrix:", "matrix:", 1) + "tolerence: {}\n")
+    assert problems(path) == [f"{path}:10: tolerence: Extra inputs are not permitted"]
+
+
+def test_typo_in_matrix_axis(write_suite) -> None:  # noqa: ANN001
+    path = write_suite(GOOD.replace("reload_layout:", "reload_layuot:"))
+    [line] = problems(path)
+    assert line.startswith(f"{path}:9: matrix.reload_layuot: unknown key")
+
+
+def test_unknown_model(write_suite) -> None:  # noqa: ANN001
+    path = write_suite(GOOD.replace("[tiny-gpt]", "[tiny-gtp]"))
+    [line] = problems(path)
+    assert line.startswith(f"{path}:4: matrix.model[0]: unknown model 'tiny-gtp'")
+
+
+def test_heads_not_divisible_by_tp(write_suite) -> None:  # noqa: ANN001
+    path = write_suite(GOOD.replace("{tp: 2, pp: 1}\n  opt", "{tp: 3, pp: 1}\n  opt"))
+    found = problems(path, Resources(cpu_ranks=8, gpus=0))
+    assert f"{path}:7: matrix.layout[1]: num_attention_heads 8 of model tiny-gpt is not divisible by tp=3" in found
+    assert all(line.startswith(f"{path}:7: matrix.layout[1]: ") for line in found)
+
+
+def test_reload_layout_is_validated_too(write_suite) -> None:  # noqa: ANN001
+    path = write_suite(GOOD.replace("reload_layout: [same, {tp: 1, pp: 1}]", "reload_layout: [same, {tp: 1, pp: 3}]"))
+    found = problems(path, Resources(cpu_ranks=8, gpus=0))
+    assert f"{path}:9: matrix.reload_layout[1]: num_layers 4 of model tiny-gpt is not divisible by pp=3" in found
+
+
+def test_more_ranks_than_the_machine_has(write_suite) -> None:  # noqa: ANN001
+    path = write_suite(GOOD.replace("{tp: 2, pp: 1}\n  opt", "{tp: 2, pp: 2}\n  opt"))
+    [line] = problems(path)
+    assert line == f"{path}:7: matrix.layout[1]: needs 4 ranks but this machine offers 2 cpu ranks"
+
+
+def test_gpu_cases_without_gpus_are_not_rejected(write_suite) -> None:  # noqa: ANN001
+    path = write_suite("platforms: [gpu]\n" + GOOD.replace("{tp: 2, pp: 1}\n  opt", "{tp: 4, pp: 2}\n  opt"))
+    assert len(expand(load_suites([path]), TWO_RANKS)) == 6
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda t: t.replace("[none, int4_awq]", "[none, int3_awq]"), ":8: matrix.optimization[1]: unknown optimization 'int3_awq'"),
+        (lambda t: t.replace("check: ckpt_roundtrip", "check: ckpt_rondtrip"), ":2: check: unknown check 'ckpt_rondtrip'"),
+        (lambda t: t + "tolerances:\n  max_abs_logit_dif: {abs: 0}\n", ":11: tolerances.max_abs_logit_dif: unknown metric"),
+        (lambda t: t + "tolerances:\n  max_abs_logit_diff: {abs: -1}\n", ":11: tolerances.max_abs_logit_diff.abs: Input should be greater"),
+        (lambda t: t + "exclude:\n  - {layuot: {tp: 2}}\n", ":11: exclude[0].layuot: unknown key"),
+        (lambda t: t + "params: {decode_tokens: 0}\n", ":10: params.decode_tokens: Input should be greater than 0"),
+        (lambda t: t + "params: {reload_layout: same}\n", ":10: params.reload_layout: also a matrix axis"),
+        (lambda t: t.replace("    - {tp: 1, pp: 1}\n    - {tp: 2", "    - {tp: 1, pp: 1, dp: 2}\n    - {tp: 2"), ":6: matrix.layout[0].dp: Extra inputs"),
+        (lambda t: t + "suite: again\n", ":10: suite: duplicate key"),
+        (lambda t: t.replace("  model: [tiny-gpt]", "  model: [tiny-gpt"), ":5: <yaml>:"),
+    ],
+)
+def test_one_line_errors(write_suite, edit, expected: str) -> None:  # noqa: ANN001
+    path = write_suite(edit(GOOD))
+    found = problems(path)
+    assert any(line.startswith(f"{path}{expected}") for line in found), found
+
+
+def test_real_suites_are_valid() -> None:
+    root = Path(__file__).resolve().parent.parent
+    cases = expand(load_suites(sorted((root / "suites").glob("*.yaml"))), TWO_RANKS)
+    ckpt = [c for c in cases if c.suite == "ckpt"]
+    assert len(ckpt) >= 8
+    tokens = {c.id.split("/")[2] for c in ckpt}
+    assert {"tp1pp1", "tp2pp1", "tp1pp2", "tp2pp1->tp1pp1", "tp1pp1->tp2pp1", "tp1pp2->tp1pp1"} <= tokens
+    assert len({c.optimization for c in ckpt} - {"none"}) >= 2
+
+
+def test_cli_reports_suite_errors_without_traceback(write_suite, capsys) -> None:  # noqa: ANN001
+    from harness.cli import EXIT_USAGE, main
+
+    path = write_suite(textwrap.dedent(GOOD).replace("[tiny-gpt]", "[nope]"))
+    assert main(["list", str(path)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.strip() == f"harness: {path}:4: matrix.model[0]: unknown model 'nope'; known: tiny-gpt"
