@@ -37,5 +37,5 @@ def provenance(where: Path) -> dict[str, object]:
         "machine": f"{platform.system()} {platform.machine()}",
         "host": socket.gethostname(),
         "commit": git_commit(where),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }

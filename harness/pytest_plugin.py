@@ -73,7 +73,7 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     return None
 
 
-class SuiteError_(Exception):  # noqa: N801 - distinct from harness' SuiteError, shown without traceback
+class SuiteError_(Exception):
     pass
 
 

@@ -25,7 +25,7 @@ class Layout:
         return f"tp{self.tp}pp{self.pp}"
 
 
-class Direction(str, enum.Enum):
+class Direction(enum.StrEnum):
     """Which way a metric may move before it is a failure."""
 
     BOTH = "both"
@@ -83,7 +83,7 @@ class CaseOutcome:
     skipped: str | None = None
 
 
-class Verdict(str, enum.Enum):
+class Verdict(enum.StrEnum):
     PASS = "pass"
     FAIL = "fail"
     NO_BASELINE = "no-baseline"

@@ -94,7 +94,7 @@ def test_gpu_cases_without_gpus_are_not_rejected(write_suite) -> None:  # noqa: 
         (lambda t: t + "exclude:\n  - {layuot: {tp: 2}}\n", ":11: exclude[0].layuot: unknown key"),
         (lambda t: t + "params: {decode_tokens: 0}\n", ":10: params.decode_tokens: Input should be greater than 0"),
         (lambda t: t + "params: {reload_layout: same}\n", ":10: params.reload_layout: also a matrix axis"),
-        (lambda t: t.replace("    - {tp: 1, pp: 1}\n    - {tp: 2", "    - {tp: 1, pp: 1, dp: 2}\n    - {tp: 2"), ":6: matrix.layout[0].dp: Extra inputs"),
+        (lambda t: t.replace("{tp: 1, pp: 1}\n    - {tp: 2", "{tp: 1, pp: 1, dp: 2}\n    - {tp: 2"), ":6: matrix.layout[0].dp: Extra inputs"),
         (lambda t: t + "suite: again\n", ":10: suite: duplicate key"),
         (lambda t: t.replace("  model: [tiny-gpt]", "  model: [tiny-gpt"), ":5: <yaml>:"),
     ],

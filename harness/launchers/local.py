@@ -6,6 +6,7 @@ group (checkpoint writer children included) and the next case gets a fresh pool.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -175,10 +176,8 @@ class WorkerPool:
 
     def kill(self) -> None:
         if self.procs and self.procs[0].pid:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.procs[0].pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         for proc in self.procs:
             proc.wait()
         for conn in self.conns.values():
@@ -186,10 +185,8 @@ class WorkerPool:
 
     def close(self) -> None:
         for conn in self.conns.values():
-            try:
+            with contextlib.suppress(OSError):
                 conn.send(("stop",))
-            except OSError:
-                pass
         for proc in self.procs:
             try:
                 proc.wait(timeout=10)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from harness.optimizations.base import ForwardLoop, Optimization
 from harness.optimizations.quantize import quantization
+
+if TYPE_CHECKING:
+    import torch
 
 _CPU_BLOCK_QUANT = "needs CUDA: modelopt's dynamic block quantization requires amax on a CUDA tensor"
 
 
-def _none(model, forward_loop: ForwardLoop):  # noqa: ANN001, ANN202 - torch types stay out of the driver
+def _none(model: torch.nn.Module, forward_loop: ForwardLoop) -> torch.nn.Module:
     return model
 
 

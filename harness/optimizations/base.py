@@ -16,5 +16,5 @@ ForwardLoop = Callable[["torch.nn.Module"], None]
 class Optimization:
     name: str
     description: str
-    apply: Callable[["torch.nn.Module", ForwardLoop], "torch.nn.Module"]
+    apply: Callable[[torch.nn.Module, ForwardLoop], torch.nn.Module]
     gpu_only: str | None = None  # why it cannot run on CPU; its CPU cases skip with this reason

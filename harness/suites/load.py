@@ -30,13 +30,14 @@ class Suite:
 
     def canonical(self, axis: str, value: Any) -> Any:
         """A comparable form of an axis value (for exclude and overrides)."""
-        adapter = _adapter(self.check.name, axis)
+        adapter = _adapter(self.spec.check, axis)
         return adapter.dump_python(adapter.validate_python(value), mode="json")
 
 
 @functools.cache
-def _adapter(check_name: str, axis: str) -> TypeAdapter:
-    return TypeAdapter(axis_type(get_check(check_name), axis))
+def _adapter(check_ref: str, axis: str) -> TypeAdapter:
+    """Built once per (check as the suite names it, axis): building adapters is slow."""
+    return TypeAdapter(axis_type(get_check(check_ref), axis))
 
 
 def axis_type(check: Check, axis: str) -> Any:
@@ -48,14 +49,14 @@ def _errors(err: ValidationError, lines: LineMap, base: Path_ = ()) -> list[str]
     return [lines.problem((*base, *e["loc"]), e["msg"]) for e in err.errors()]
 
 
-def _validate_values(check: Check, lines: LineMap, entries: dict[str, Any], base: Path_, problems: list[str]) -> None:
+def _validate_values(check_ref: str, check: Check, lines: LineMap, entries: dict[str, Any], base: Path_, problems: list[str]) -> None:
     """Keys of an exclude/when entry must be axes or check params; values must be of their type."""
     for key, value in entries.items():
         if key not in CORE_AXES and key not in check.params.model_fields:
             problems.append(lines.problem((*base, key), f"unknown key; axes are {', '.join(CORE_AXES)} or params of {check.name}"))
             continue
         try:
-            _adapter(check.name, key).validate_python(value)
+            _adapter(check_ref, key).validate_python(value)
         except ValidationError as err:
             problems.extend(_errors(err, lines, (*base, key)))
 
@@ -78,7 +79,7 @@ def _check_semantics(spec: SuiteModel, check: Check, lines: LineMap) -> list[str
             problems.append(lines.problem(("matrix", axis), "a matrix axis must be a non-empty list"))
         else:
             for i, value in enumerate(values):
-                _validate_values(check, lines, {axis: value}, ("matrix", axis, i), problems)
+                _validate_values(spec.check, check, lines, {axis: value}, ("matrix", axis, i), problems)
     for key in spec.params:
         if key not in fields:
             problems.append(lines.problem(("params", key), f"unknown key; {check.name} takes {', '.join(fields) or 'no params'}"))
@@ -88,9 +89,9 @@ def _check_semantics(spec: SuiteModel, check: Check, lines: LineMap) -> list[str
         if name not in check.metrics:
             problems.append(lines.problem(("tolerances", name), f"unknown metric; {check.name} emits {', '.join(check.metrics)}"))
     for i, entry in enumerate(spec.exclude):
-        _validate_values(check, lines, entry, ("exclude", i), problems)
+        _validate_values(spec.check, check, lines, entry, ("exclude", i), problems)
     for i, override in enumerate(spec.overrides):
-        _validate_values(check, lines, override.when, ("overrides", i, "when"), problems)
+        _validate_values(spec.check, check, lines, override.when, ("overrides", i, "when"), problems)
         for name in override.tolerances:
             if name not in check.metrics:
                 problems.append(lines.problem(("overrides", i, "tolerances", name), f"unknown metric; {check.name} emits {', '.join(check.metrics)}"))

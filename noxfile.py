@@ -1,0 +1,48 @@
+"""Entry points: ``nox -s cpu_suite`` (main job), ``nox -s tests``, ``nox -s gpu_suite``, ``nox -s lint``.
+
+CPU sessions pin the CPU torch wheel before anything else: a bare ``torch`` requirement pulled in
+by a dependency would otherwise download a multi-GB CUDA build. The GPU session runs inside an NGC
+PyTorch container and reuses the image's torch (``--system-site-packages``), never reinstalling it.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "tests"]
+
+CPU_TORCH = "torch==2.13.0"
+
+
+def install_cpu(session: nox.Session) -> None:
+    session.install(CPU_TORCH)
+    session.install("-e", ".[test]")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The harness's own tests plus every CPU case of suites/ against recorded baselines."""
+    install_cpu(session)
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def cpu_suite(session: nox.Session) -> None:
+    """All CPU cases of all suites (pass extra `harness run` options after --)."""
+    install_cpu(session)
+    session.run("harness", "run", "--platform", "cpu", *session.posargs)
+
+
+@nox.session(venv_params=["--system-site-packages"])
+def gpu_suite(session: nox.Session) -> None:
+    """All GPU cases. Without a GPU it says so and fails; add `-- --allow-no-gpu` to skip instead."""
+    session.install("-e", ".")
+    session.run("harness", "run", "--platform", "gpu", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "harness", "tests", "noxfile.py")

@@ -1,0 +1,35 @@
+"""Checks that misbehave on purpose, named by import path from test suites
+(``check: tests.fault_checks:SLEEPS``): the launcher must survive them."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from pydantic import NonNegativeFloat
+
+from harness.checks.base import Check, CheckContext, MetricSpec, StrictModel
+from harness.records import Tolerance
+
+
+class SleepParams(StrictModel):
+    seconds: NonNegativeFloat = 0.0
+
+
+def _sleep(ctx: CheckContext) -> dict[str, float]:
+    time.sleep(ctx.params.seconds)
+    return {"slept_s": ctx.params.seconds}
+
+
+def _crash(ctx: CheckContext) -> dict[str, float]:
+    os._exit(3)
+
+
+def _raise(ctx: CheckContext) -> dict[str, float]:
+    raise RuntimeError(f"deliberate failure in {ctx.case.id}")
+
+
+_METRICS = {"slept_s": MetricSpec("seconds slept", Tolerance())}
+SLEEPS = Check("sleeps", "sleeps for params.seconds", SleepParams, _METRICS, _sleep)
+CRASHES = Check("crashes", "the worker process exits with code 3", SleepParams, _METRICS, _crash)
+RAISES = Check("raises", "the check raises", SleepParams, _METRICS, _raise)

@@ -1,0 +1,97 @@
+"""Tolerance rules, the compare step, baseline files, and case selection expressions."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from harness.baselines import BaselineStore, compare, within
+from harness.records import Case, CaseOutcome, Direction, Layout, Tolerance, Verdict
+from harness.select import ExpressionError, compile_expression, select
+
+
+def make_case(case_id: str = "s/tiny-gpt/tp1pp1/none", markers: tuple[str, ...] = ("s", "cpu")) -> Case:
+    return Case(id=case_id, suite="s", check="ckpt_roundtrip", model="tiny-gpt", layout=Layout(), optimization="none",
+                params={}, platform="cpu", world_size=1, markers=markers,
+                tolerances={"x": Tolerance(abs=0.1), "speed": Tolerance(rel=0.1, direction=Direction.HIGHER_IS_BETTER)},
+                timeout_s=10, seed=1, source="s.yaml:1")
+
+
+@pytest.mark.parametrize(
+    ("measured", "baseline", "tolerance", "ok"),
+    [
+        (1.0, 1.0, Tolerance(), True),
+        (1.0 + 1e-12, 1.0, Tolerance(), False),
+        (1.05, 1.0, Tolerance(abs=0.1), True),
+        (0.85, 1.0, Tolerance(abs=0.1), False),
+        (1.09, 1.0, Tolerance(rel=0.1), True),
+        (100.0, 1.0, Tolerance(rel=0.1, direction=Direction.HIGHER_IS_BETTER), True),
+        (0.89, 1.0, Tolerance(rel=0.1, direction=Direction.HIGHER_IS_BETTER), False),
+        (0.0, 1.0, Tolerance(abs=0.1, direction=Direction.LOWER_IS_BETTER), True),
+        (1.2, 1.0, Tolerance(abs=0.1, direction=Direction.LOWER_IS_BETTER), False),
+        (math.nan, 1.0, Tolerance(abs=1e9), False),
+    ],
+)
+def test_within(measured: float, baseline: float, tolerance: Tolerance, ok: bool) -> None:
+    assert within(measured, baseline, tolerance) is ok
+
+
+def test_compare_record_and_fail_message(tmp_path: Path) -> None:
+    store = BaselineStore(tmp_path)
+    outcome = CaseOutcome(make_case(), {"x": 1.0, "speed": 2.0}, None, 1.0, "/art/case")
+    assert compare(outcome, store, update=False, provenance={}).verdict is Verdict.NO_BASELINE
+    recorded = compare(outcome, store, update=True, provenance={"commit": "abc"})
+    assert recorded.verdict is Verdict.UPDATED
+    saved = json.loads((tmp_path / "cpu" / "s.json").read_text())
+    assert saved["cases"]["s/tiny-gpt/tp1pp1/none"] == {"metrics": {"x": 1.0, "speed": 2.0},
+                                                       "provenance": {"commit": "abc", "platform": "cpu"}}
+    assert compare(outcome, store, update=False, provenance={}).verdict is Verdict.PASS
+    worse = CaseOutcome(make_case(), {"x": 1.2, "speed": 2.5}, None, 1.0, "/art/case")
+    result = compare(worse, store, update=False, provenance={})
+    assert result.verdict is Verdict.FAIL
+    assert result.message().splitlines() == [
+        "s/tiny-gpt/tp1pp1/none [cpu]: fail",
+        "  speed: measured 2.5, baseline 2, tolerance abs 0 + rel 0.1, higher_is_better -> pass",
+        "  x: measured 1.2, baseline 1, tolerance abs 0.1 -> fail",
+        "  artifacts: /art/case",
+    ]
+    missing = CaseOutcome(make_case(), {"x": 1.0}, None, 1.0, "/art/case")
+    assert compare(missing, store, update=False, provenance={}).verdict is Verdict.FAIL  # a metric vanished
+
+
+def test_errors_and_skips_are_not_compared(tmp_path: Path) -> None:
+    store = BaselineStore(tmp_path)
+    error = compare(CaseOutcome(make_case(), {}, "boom", 1.0, "/a"), store, update=True, provenance={})
+    assert error.verdict is Verdict.ERROR and not error.ok and not (tmp_path / "cpu").exists()
+    skipped = compare(CaseOutcome(make_case(), {}, None, 0.0, "", skipped="no GPU"), store, update=False, provenance={})
+    assert skipped.verdict is Verdict.SKIPPED and skipped.ok
+
+
+@pytest.mark.parametrize(
+    ("expression", "words", "expected"),
+    [
+        ("ckpt and tp2", {"ckpt", "tp2"}, True),
+        ("ckpt and tp2", {"ckpt"}, False),
+        ("not int8_sq", {"int8_sq"}, False),
+        ("(fp8 or int8_sq) and not pp2", {"int8_sq"}, True),
+        ("tp2pp1->tp1pp1", {"tp2pp1->tp1pp1"}, True),
+    ],
+)
+def test_expressions(expression: str, words: set[str], expected: bool) -> None:
+    assert compile_expression(expression)(lambda w: w in words) is expected
+
+
+@pytest.mark.parametrize("bad", ["a and", "(a or b", "a b", "and a", ")"])
+def test_bad_expressions(bad: str) -> None:
+    with pytest.raises(ExpressionError):
+        compile_expression(bad)
+
+
+def test_select_by_keyword_and_marker() -> None:
+    cases = [make_case("s/m/tp2pp1/fp8", ("fp8", "tp2")), make_case("s/m/tp1pp1/fp8", ("fp8",)),
+             make_case("s/m/tp1pp2->tp1pp1/none", ("none", "pp2"))]
+    assert [c.id for c in select(cases, keyword="tp1pp1")] == ["s/m/tp1pp1/fp8", "s/m/tp1pp2->tp1pp1/none"]
+    assert [c.id for c in select(cases, markexpr="fp8 and not tp2")] == ["s/m/tp1pp1/fp8"]

@@ -1,0 +1,74 @@
+"""Real worker pools: hung, crashed and failing cases are reported as that case's error, the
+worker process group is killed, and the other cases of the run still pass."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness.cli import EXIT_FAILED, main
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.e2e
+
+
+def fault_suite(name: str, check: str, seconds: float, timeout_s: float) -> str:
+    return (f"suite: {name}\ncheck: tests.fault_checks:{check}\ntimeout_s: {timeout_s}\n"
+            f"params: {{seconds: {seconds}}}\nmatrix:\n  model: [tiny-gpt]\n  layout: [{{tp: 2, pp: 1}}]\n")
+
+
+def run_cli(args: list[str], tmp_path: Path, baselines: Path) -> tuple[int, dict]:
+    artifacts = tmp_path / "artifacts"
+    code = main(["run", *args, "--baselines", str(baselines), "--artifacts", str(artifacts)])
+    return code, json.loads((artifacts / "results.json").read_text())
+
+
+def test_hung_crashed_and_raising_cases_do_not_stop_the_run(write_suite, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    suites = [
+        write_suite(fault_suite("hangs", "SLEEPS", seconds=600, timeout_s=5), "hangs.yaml"),
+        write_suite(fault_suite("crashes", "CRASHES", seconds=0, timeout_s=60), "crashes.yaml"),
+        write_suite(fault_suite("raises", "RAISES", seconds=0, timeout_s=60), "raises.yaml"),
+        write_suite(fault_suite("sleeps", "SLEEPS", seconds=0.5, timeout_s=60), "sleeps.yaml"),
+    ]
+    baselines = tmp_path / "baselines"
+    (baselines / "cpu").mkdir(parents=True)
+    (baselines / "cpu" / "sleeps.json").write_text(json.dumps(
+        {"format": 1, "cases": {"sleeps/tiny-gpt/tp2pp1/none": {"metrics": {"slept_s": 0.5}, "provenance": {}}}}))
+    code, results = run_cli([str(s) for s in suites], tmp_path, baselines)
+    out = capsys.readouterr().out
+    assert code == EXIT_FAILED
+    verdicts = {c["id"]: c["verdict"] for c in results["cases"]}
+    assert verdicts == {"hangs/tiny-gpt/tp2pp1/none": "error", "crashes/tiny-gpt/tp2pp1/none": "error",
+                        "raises/tiny-gpt/tp2pp1/none": "error", "sleeps/tiny-gpt/tp2pp1/none": "pass"}
+    errors = {c["id"].split("/")[0]: c["error"] for c in results["cases"]}
+    assert "timed out after 5 s" in errors["hangs"]
+    assert "exited with code 3" in errors["crashes"]
+    assert "RuntimeError: deliberate failure in raises/tiny-gpt/tp2pp1/none" in errors["raises"]
+    assert "slept_s: measured 0.5, baseline 0.5" in out
+    # the hung pool's whole process group is gone
+    group = int(re.search(r"worker process group (\d+) killed", errors["hangs"]).group(1))
+    with pytest.raises(ProcessLookupError):
+        os.killpg(group, 0)
+
+
+def test_editing_one_baseline_fails_exactly_that_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    baselines = tmp_path / "baselines"
+    shutil.copytree(ROOT / "baselines", baselines)
+    path = baselines / "cpu" / "ckpt.json"
+    data = json.loads(path.read_text())
+    victim = "ckpt/tiny-gpt/tp2pp1->tp1pp1/int4_awq"
+    data["cases"][victim]["metrics"]["quantizers_enabled"] += 1
+    path.write_text(json.dumps(data))
+    code, results = run_cli([str(ROOT / "suites" / "ckpt.yaml"), "-k", "tp2pp1 and int4_awq"], tmp_path, baselines)
+    out = capsys.readouterr().out
+    verdicts = {c["id"]: c["verdict"] for c in results["cases"]}
+    assert verdicts == {victim: "fail", "ckpt/tiny-gpt/tp2pp1/int4_awq": "pass", "ckpt/tiny-gpt/tp1pp1->tp2pp1/int4_awq": "pass"}
+    assert code == EXIT_FAILED
+    assert f"{victim} [cpu]: fail" in out
+    assert "quantizers_enabled: measured 16, baseline 17, tolerance abs 0 -> fail" in out
+    assert f"artifacts: {tmp_path / 'artifacts'}" in out
