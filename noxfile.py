@@ -35,9 +35,22 @@ def cpu_suite(session: nox.Session) -> None:
     session.run("harness", "run", "--platform", "cpu", *session.posargs)
 
 
+_GPU_PROBE = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
+
+
 @nox.session(venv_params=["--system-site-packages"])
 def gpu_suite(session: nox.Session) -> None:
-    """All GPU cases. Without a GPU it says so and fails; add `-- --allow-no-gpu` to skip instead."""
+    """All GPU cases, with the container's own torch. Without a GPU (or without a preinstalled torch)
+    it says so and fails before installing anything; add `-- --allow-no-gpu` to skip instead."""
+    try:
+        gpus = int(str(session.run("python", "-c", _GPU_PROBE, silent=True)).strip().splitlines()[-1])
+    except (nox.command.CommandFailed, ValueError):
+        gpus = 0
+    if gpus == 0:
+        reason = "no GPU here (or no preinstalled torch): gpu_suite runs inside an NGC PyTorch container on a GPU machine"
+        if "--allow-no-gpu" in session.posargs:
+            session.skip(reason)
+        session.error(reason)
     session.install("-e", ".")
     session.run("harness", "run", "--platform", "gpu", *session.posargs)
 

@@ -8,9 +8,11 @@ whitespace and parentheses (so ids such as ``tp2pp1->tp1pp1`` are words).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from harness.records import Case
+
+Matcher = Callable[[Callable[[str], bool]], bool]  # given "does this word apply?", the verdict
 
 _TOKEN = re.compile(r"\s*(\(|\)|[^\s()]+)")
 
@@ -19,7 +21,7 @@ class ExpressionError(ValueError):
     pass
 
 
-def compile_expression(text: str) -> Callable[[Callable[[str], bool]], bool]:
+def compile_expression(text: str) -> Matcher:
     tokens = _TOKEN.findall(text)
     position = 0
 
@@ -33,21 +35,20 @@ def compile_expression(text: str) -> Callable[[Callable[[str], bool]], bool]:
         position += 1
         return tokens[position - 1]
 
-    def expr() -> Callable[[Callable[[str], bool]], bool]:
-        parts = [term()]
-        while peek() == "or":
+    def chain(word: str, operand: Callable[[], Matcher], combine: Callable[[Iterator[bool]], bool]) -> Matcher:
+        parts = [operand()]
+        while peek() == word:
             take()
-            parts.append(term())
-        return lambda has: any(p(has) for p in parts)
+            parts.append(operand())
+        return lambda has: combine(p(has) for p in parts)
 
-    def term() -> Callable[[Callable[[str], bool]], bool]:
-        parts = [factor()]
-        while peek() == "and":
-            take()
-            parts.append(factor())
-        return lambda has: all(p(has) for p in parts)
+    def expr() -> Matcher:
+        return chain("or", term, any)
 
-    def factor() -> Callable[[Callable[[str], bool]], bool]:
+    def term() -> Matcher:
+        return chain("and", factor, all)
+
+    def factor() -> Matcher:
         token = take()
         if token == "not":
             inner = factor()

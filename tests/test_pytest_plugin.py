@@ -22,11 +22,11 @@ def collected(result: pytest.RunResult) -> list[str]:
 
 
 def test_marker_selection(project: pytest.Pytester) -> None:
-    result = project.runpytest_subprocess("--collect-only", "-q", "-m", "ckpt and tp2", "-p", "no:cacheprovider")
+    result = project.runpytest_subprocess("--collect-only", "-q", "-m", "ckpt and tp2 and cpu", "-p", "no:cacheprovider")
     ids = collected(result)
     assert ids and all("tp2" in i for i in ids)
     assert len(ids) == 9  # tp2pp1, tp2pp1->tp1pp1, tp1pp1->tp2pp1, for each of three optimizations
-    result = project.runpytest_subprocess("--collect-only", "-q", "-m", "ckpt and pp2 and int4_awq", "-p", "no:cacheprovider")
+    result = project.runpytest_subprocess("--collect-only", "-q", "-m", "ckpt and pp2 and int4_awq and cpu", "-p", "no:cacheprovider")
     assert sorted(collected(result)) == [
         "suites/ckpt.yaml::ckpt/tiny-gpt/tp1pp2->tp1pp1/int4_awq[cpu]",
         "suites/ckpt.yaml::ckpt/tiny-gpt/tp1pp2/int4_awq[cpu]",

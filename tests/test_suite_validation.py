@@ -108,7 +108,7 @@ def test_one_line_errors(write_suite, edit, expected: str) -> None:  # noqa: ANN
 def test_real_suites_are_valid() -> None:
     root = Path(__file__).resolve().parent.parent
     cases = expand(load_suites(sorted((root / "suites").glob("*.yaml"))), TWO_RANKS)
-    ckpt = [c for c in cases if c.suite == "ckpt"]
+    ckpt = [c for c in cases if c.suite == "ckpt" and c.platform == "cpu"]
     assert len(ckpt) >= 8
     tokens = {c.id.split("/")[2] for c in ckpt}
     assert {"tp1pp1", "tp2pp1", "tp1pp2", "tp2pp1->tp1pp1", "tp1pp1->tp2pp1", "tp1pp2->tp1pp1"} <= tokens

@@ -72,6 +72,8 @@ class WorkerPool:
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, cpus // self.world_size))),
             "PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p),
             "PYTHONUNBUFFERED": "1",
+            # A CPU case on a GPU machine must not see the GPUs (the CPU adaptations refuse CUDA).
+            **({"CUDA_VISIBLE_DEVICES": ""} if self.platform == "cpu" else {}),
         }
 
     def _start(self) -> None:
