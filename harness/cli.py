@@ -13,7 +13,7 @@ from harness.provenance import provenance
 from harness.records import Verdict
 from harness.report import summary, write_results
 from harness.schedule import schedule
-from harness.select import ExpressionError
+from harness.selection import ExpressionError
 from harness.suites.expand import Resources
 from harness.suites.yaml_lines import SuiteError
 

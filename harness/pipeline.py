@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from harness.baselines import BaselineStore, compare
 from harness.records import Case, CaseOutcome, CaseResult
 from harness.schedule import Scheduled
-from harness.select import select
+from harness.selection import select
 from harness.suites.expand import Resources, expand
 from harness.suites.load import load_suites
 

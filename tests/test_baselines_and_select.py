@@ -10,7 +10,7 @@ import pytest
 
 from harness.baselines import BaselineStore, compare, within
 from harness.records import Case, CaseOutcome, Direction, Layout, Tolerance, Verdict
-from harness.select import ExpressionError, compile_expression, select
+from harness.selection import ExpressionError, compile_expression, select
 
 
 def make_case(case_id: str = "s/tiny-gpt/tp1pp1/none", markers: tuple[str, ...] = ("s", "cpu")) -> Case:
