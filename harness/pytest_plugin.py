@@ -18,7 +18,7 @@ from harness.launchers.local import LocalLauncher
 from harness.pipeline import launch
 from harness.provenance import provenance
 from harness.records import Case, CaseResult
-from harness.report import write_results
+from harness.report import summary, write_results
 from harness.schedule import Scheduled, skip_reason
 from harness.suites.expand import Resources, expand_suite
 from harness.suites.load import load_suite
@@ -115,10 +115,6 @@ class CaseItem(pytest.Item):
         result = compare(launch(Scheduled(self.case, None), session.launcher), BaselineStore(Path(session.baselines)),
                          session.update, session.provenance)
         session.results.append(result)
-        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line("")
-            reporter.write_line(result.message())
         if not result.ok:
             raise CaseFailed(result.message())
 
@@ -139,3 +135,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return (0, "", 0, index)
 
     items[:] = [item for _, item in sorted(enumerate(items), key=order)]
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Every case's numbers (measured, baseline, tolerance), after the run, like a benchmark table."""
+    if _SESSION not in config.stash or not config.stash[_SESSION].results:
+        return
+    results = config.stash[_SESSION].results
+    terminalreporter.section("posttrain-harness cases")
+    for result in results:
+        terminalreporter.write_line(result.message())
+    terminalreporter.write_line(summary(results))
