@@ -73,8 +73,8 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     return None
 
 
-class SuiteError_(Exception):
-    pass
+class SuiteCollectError(Exception):
+    """A malformed suite, shown as its one-line problems without a traceback."""
 
 
 class SuiteFile(pytest.File):
@@ -83,7 +83,7 @@ class SuiteFile(pytest.File):
         try:
             cases = expand_suite(load_suite(self.path), session.resources)
         except SuiteError as err:
-            raise SuiteError_(str(err)) from None
+            raise SuiteCollectError(str(err)) from None
         for case in cases:
             for marker in case.markers:
                 self.config.addinivalue_line("markers", f"{marker}: harness case marker")
@@ -93,7 +93,7 @@ class SuiteFile(pytest.File):
             yield item
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
-        if isinstance(excinfo.value, SuiteError_):
+        if isinstance(excinfo.value, SuiteCollectError):
             return str(excinfo.value)
         return str(super().repr_failure(excinfo))
 
