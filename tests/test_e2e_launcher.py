@@ -64,7 +64,8 @@ def test_editing_one_baseline_fails_exactly_that_case(tmp_path: Path, capsys: py
     victim = "ckpt/tiny-gpt/tp2pp1->tp1pp1/int4_awq"
     data["cases"][victim]["metrics"]["quantizers_enabled"] += 1
     path.write_text(json.dumps(data))
-    code, results = run_cli([str(ROOT / "suites" / "ckpt.yaml"), "-k", "tp2pp1 and int4_awq"], tmp_path, baselines)
+    code, results = run_cli([str(ROOT / "suites" / "ckpt.yaml"), "--platform", "cpu", "-k", "tp2pp1 and int4_awq"],
+                           tmp_path, baselines)
     out = capsys.readouterr().out
     verdicts = {c["id"]: c["verdict"] for c in results["cases"]}
     assert verdicts == {victim: "fail", "ckpt/tiny-gpt/tp2pp1/int4_awq": "pass", "ckpt/tiny-gpt/tp1pp1->tp2pp1/int4_awq": "pass"}

@@ -25,6 +25,7 @@ from harness.records import Case, CaseOutcome
 
 STARTUP_TIMEOUT_S = 300.0
 ERROR_GRACE_S = 10.0
+EXIT_GRACE_S = 5.0
 LOG_TAIL_LINES = 25
 
 
@@ -134,6 +135,12 @@ class WorkerPool:
         finally:
             listener.close()
 
+    def _await_exit(self, conn: Connection) -> None:
+        """A closed connection comes before the exit status: give that rank a moment to be reaped."""
+        rank = next(r for r, c in self.conns.items() if c is conn)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.procs[rank].wait(timeout=EXIT_GRACE_S)
+
     def _raise_if_dead(self, when: str) -> None:
         for rank, proc in enumerate(self.procs):
             if proc.poll() is not None:
@@ -161,6 +168,7 @@ class WorkerPool:
                 try:
                     reply: RankReply = conn.recv()[1]
                 except EOFError:
+                    self._await_exit(conn)
                     self._raise_if_dead(f"during {case.id}")
                     raise PoolBroken(self._explain(f"lost the connection to a worker during {case.id}")) from None
                 replies[reply.rank] = reply
