@@ -43,7 +43,11 @@ def launch(item: Scheduled, launcher: Launcher) -> CaseOutcome:
     return launcher.launch(item.case)
 
 
+def run_case(item: Scheduled, launcher: Launcher, options: RunOptions, provenance: dict[str, Any]) -> CaseResult:
+    """launch -> compare for one case."""
+    return compare(launch(item, launcher), BaselineStore(options.baselines), options.update_baselines, provenance)
+
+
 def run_plan(plan: list[Scheduled], launcher: Launcher, options: RunOptions, provenance: dict[str, Any]) -> Iterator[CaseResult]:
-    store = BaselineStore(options.baselines)
     for item in plan:
-        yield compare(launch(item, launcher), store, options.update_baselines, provenance)
+        yield run_case(item, launcher, options, provenance)

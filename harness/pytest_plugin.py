@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 
-from harness.baselines import BaselineStore, compare
 from harness.launchers.local import LocalLauncher
-from harness.pipeline import launch
+from harness.pipeline import RunOptions, run_case
 from harness.provenance import provenance
 from harness.records import Case, CaseResult
 from harness.report import summary, write_results
@@ -32,9 +31,11 @@ class HarnessSession:
 
     def __init__(self, config: pytest.Config) -> None:
         root = Path(config.rootpath)
-        self.baselines = config.getoption("harness_baselines") or root / "baselines"
-        self.artifacts = config.getoption("harness_artifacts") or root / "artifacts"
-        self.update = bool(config.getoption("harness_update_baselines"))
+        self.options = RunOptions(
+            baselines=config.getoption("harness_baselines") or root / "baselines",
+            artifacts=config.getoption("harness_artifacts") or root / "artifacts",
+            update_baselines=bool(config.getoption("harness_update_baselines")),
+        )
         self.resources = Resources.detect()
         self.provenance = provenance(root)
         self._launcher: LocalLauncher | None = None
@@ -43,14 +44,14 @@ class HarnessSession:
     @property
     def launcher(self) -> LocalLauncher:
         if self._launcher is None:
-            self._launcher = LocalLauncher(self.artifacts)
+            self._launcher = LocalLauncher(self.options.artifacts)
         return self._launcher
 
     def close(self) -> None:
         if self._launcher is not None:
             self._launcher.close()
         if self.results:
-            write_results(self.artifacts / "results.json", self.results, self.provenance)
+            write_results(self.options.artifacts / "results.json", self.results, self.provenance)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -112,8 +113,7 @@ class CaseItem(pytest.Item):
         skip = skip_reason(self.case, session.resources)
         if skip is not None:
             pytest.skip(skip)
-        result = compare(launch(Scheduled(self.case, None), session.launcher), BaselineStore(Path(session.baselines)),
-                         session.update, session.provenance)
+        result = run_case(Scheduled(self.case, None), session.launcher, session.options, session.provenance)
         session.results.append(result)
         if not result.ok:
             raise CaseFailed(result.message())

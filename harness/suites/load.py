@@ -49,8 +49,9 @@ def _errors(err: ValidationError, lines: LineMap, base: Path_ = ()) -> list[str]
     return [lines.problem((*base, *e["loc"]), e["msg"]) for e in err.errors()]
 
 
-def _validate_values(check_ref: str, check: Check, lines: LineMap, entries: dict[str, Any], base: Path_, problems: list[str]) -> None:
+def _validate_values(check_ref: str, lines: LineMap, entries: dict[str, Any], base: Path_, problems: list[str]) -> None:
     """Keys of an exclude/when entry must be axes or check params; values must be of their type."""
+    check = get_check(check_ref)
     for key, value in entries.items():
         if key not in CORE_AXES and key not in check.params.model_fields:
             problems.append(lines.problem((*base, key), f"unknown key; axes are {', '.join(CORE_AXES)} or params of {check.name}"))
@@ -59,6 +60,11 @@ def _validate_values(check_ref: str, check: Check, lines: LineMap, entries: dict
             _adapter(check_ref, key).validate_python(value)
         except ValidationError as err:
             problems.extend(_errors(err, lines, (*base, key)))
+
+
+def _unknown_metrics(check: Check, names: dict[str, Any], base: Path_, lines: LineMap) -> list[str]:
+    return [lines.problem((*base, name), f"unknown metric; {check.name} emits {', '.join(check.metrics)}")
+            for name in names if name not in check.metrics]
 
 
 def _check_semantics(spec: SuiteModel, check: Check, lines: LineMap) -> list[str]:
@@ -79,22 +85,18 @@ def _check_semantics(spec: SuiteModel, check: Check, lines: LineMap) -> list[str
             problems.append(lines.problem(("matrix", axis), "a matrix axis must be a non-empty list"))
         else:
             for i, value in enumerate(values):
-                _validate_values(spec.check, check, lines, {axis: value}, ("matrix", axis, i), problems)
+                _validate_values(spec.check, lines, {axis: value}, ("matrix", axis, i), problems)
     for key in spec.params:
         if key not in fields:
             problems.append(lines.problem(("params", key), f"unknown key; {check.name} takes {', '.join(fields) or 'no params'}"))
         elif key in (spec.matrix.model_extra or {}):
             problems.append(lines.problem(("params", key), "also a matrix axis; declare it in one place"))
-    for name in spec.tolerances:
-        if name not in check.metrics:
-            problems.append(lines.problem(("tolerances", name), f"unknown metric; {check.name} emits {', '.join(check.metrics)}"))
+    problems.extend(_unknown_metrics(check, spec.tolerances, ("tolerances",), lines))
     for i, entry in enumerate(spec.exclude):
-        _validate_values(spec.check, check, lines, entry, ("exclude", i), problems)
+        _validate_values(spec.check, lines, entry, ("exclude", i), problems)
     for i, override in enumerate(spec.overrides):
-        _validate_values(spec.check, check, lines, override.when, ("overrides", i, "when"), problems)
-        for name in override.tolerances:
-            if name not in check.metrics:
-                problems.append(lines.problem(("overrides", i, "tolerances", name), f"unknown metric; {check.name} emits {', '.join(check.metrics)}"))
+        _validate_values(spec.check, lines, override.when, ("overrides", i, "when"), problems)
+        problems.extend(_unknown_metrics(check, override.tolerances, ("overrides", i, "tolerances"), lines))
     return problems
 
 
