@@ -70,13 +70,16 @@ def compare(outcome: CaseOutcome, store: BaselineStore, update: bool, provenance
         tolerance = case.tolerances.get(name, Tolerance())
         measured = outcome.metrics.get(name, math.nan)
         baseline = recorded.get(name)
-        if update:
+        budget = case.budgets.get(name)
+        if budget is not None and not budget.allows(measured):
+            verdict = Verdict.FAIL  # no baseline update can make a budget breach acceptable
+        elif update:
             verdict = Verdict.PASS if baseline == measured else Verdict.UPDATED
         elif baseline is None:
             verdict = Verdict.NO_BASELINE
         else:
             verdict = Verdict.PASS if within(measured, baseline, tolerance) else Verdict.FAIL
-        results.append(MetricResult(name, measured, baseline, tolerance, verdict))
+        results.append(MetricResult(name, measured, baseline, tolerance, verdict, budget))
     if update:
         store.record(outcome, provenance)
     return CaseResult(outcome, tuple(results))

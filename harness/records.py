@@ -7,6 +7,7 @@ suite file -> ``Case`` (expand) -> ``CaseOutcome`` (launch: raw metrics or an er
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,9 +44,28 @@ class Tolerance:
         return self.abs + self.rel * abs(baseline)
 
     def describe(self) -> str:
+        if math.isinf(self.abs):
+            return "not judged"
         parts = [f"abs {self.abs:g}"] + ([f"rel {self.rel:g}"] if self.rel else [])
         side = "" if self.direction is Direction.BOTH else f", {self.direction.value}"
         return " + ".join(parts) + side
+
+
+INFORMATIONAL = Tolerance(abs=math.inf)  # recorded and shown, never a failure (timings, for one)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """An absolute bound a metric must respect whatever its baseline (e.g. INT8 loses <= 0.5 points)."""
+
+    min: float | None = None
+    max: float | None = None
+
+    def allows(self, value: float) -> bool:
+        return not math.isnan(value) and (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+    def describe(self) -> str:
+        return f"budget [{'-inf' if self.min is None else f'{self.min:g}'}, {'inf' if self.max is None else f'{self.max:g}'}]"
 
 
 @dataclass(frozen=True)
@@ -61,6 +81,7 @@ class Case:
     world_size: int
     markers: tuple[str, ...]
     tolerances: dict[str, Tolerance]
+    budgets: dict[str, Budget]
     timeout_s: float
     seed: int
     source: str  # "suites/ckpt.yaml:12", where the case's suite is declared
@@ -99,12 +120,14 @@ class MetricResult:
     baseline: float | None
     tolerance: Tolerance
     verdict: Verdict
+    budget: Budget | None = None
 
     def line(self) -> str:
         base = "none" if self.baseline is None else f"{self.baseline:.6g}"
+        budget = "" if self.budget is None else f", {self.budget.describe()}"
         return (
             f"{self.name}: measured {self.measured:.6g}, baseline {base}, "
-            f"tolerance {self.tolerance.describe()} -> {self.verdict.value}"
+            f"tolerance {self.tolerance.describe()}{budget} -> {self.verdict.value}"
         )
 
 

@@ -17,7 +17,7 @@ def make_case(case_id: str = "s/tiny-gpt/tp1pp1/none", markers: tuple[str, ...] 
     return Case(id=case_id, suite="s", check="ckpt_roundtrip", model="tiny-gpt", layout=Layout(), optimization="none",
                 params={}, platform="cpu", world_size=1, markers=markers,
                 tolerances={"x": Tolerance(abs=0.1), "speed": Tolerance(rel=0.1, direction=Direction.HIGHER_IS_BETTER)},
-                timeout_s=10, seed=1, source="s.yaml:1")
+                budgets={}, timeout_s=10, seed=1, source="s.yaml:1")
 
 
 @pytest.mark.parametrize(

@@ -73,3 +73,20 @@ def test_editing_one_baseline_fails_exactly_that_case(tmp_path: Path, capsys: py
     assert f"{victim} [cpu]: fail" in out
     assert "quantizers_enabled: measured 16, baseline 17, tolerance abs 0 -> fail" in out
     assert f"artifacts: {tmp_path / 'artifacts'}" in out
+
+
+def test_a_tighter_recorded_delta_fails_that_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    baselines = tmp_path / "baselines"
+    shutil.copytree(ROOT / "baselines", baselines)
+    path = baselines / "cpu" / "quant.json"
+    data = json.loads(path.read_text())
+    victim = "quant/tiny-gpt-trained/tp1pp1/int8_sq"
+    recorded = data["cases"][victim]["metrics"]["accuracy_delta_pts"]
+    data["cases"][victim]["metrics"]["accuracy_delta_pts"] = recorded + 0.5  # claims int8_sq used to lose 0.5 pts less
+    path.write_text(json.dumps(data))
+    code, results = run_cli([str(ROOT / "suites" / "quant.yaml"), "--platform", "cpu", "-k", "not tp2 and (int8_sq or int4_awq)"],
+                            tmp_path, baselines)
+    out = capsys.readouterr().out
+    assert {c["id"]: c["verdict"] for c in results["cases"]} == {victim: "fail", "quant/tiny-gpt-trained/tp1pp1/int4_awq": "pass"}
+    assert code == EXIT_FAILED
+    assert f"accuracy_delta_pts: measured {recorded:.6g}, baseline {recorded + 0.5:.6g}, tolerance abs 0.05, budget [-0.5, inf] -> fail" in out

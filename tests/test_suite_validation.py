@@ -121,4 +121,15 @@ def test_cli_reports_suite_errors_without_traceback(write_suite, capsys) -> None
     path = write_suite(textwrap.dedent(GOOD).replace("[tiny-gpt]", "[nope]"))
     assert main(["list", str(path)]) == EXIT_USAGE
     err = capsys.readouterr().err
-    assert err.strip() == f"harness: {path}:4: matrix.model[0]: unknown model 'nope'; known: tiny-gpt"
+    assert err.strip() == f"harness: {path}:4: matrix.model[0]: unknown model 'nope'; known: tiny-gpt, tiny-gpt-trained"
+
+
+def test_quant_suite_covers_formats_and_layouts() -> None:
+    root = Path(__file__).resolve().parent.parent
+    cases = expand(load_suites([root / "suites" / "quant.yaml"]), TWO_RANKS)
+    runnable = [c for c in cases if c.platform == "cpu" and c.optimization != "nvfp4"]
+    assert len(runnable) >= 8
+    assert {c.layout.tp for c in runnable} == {1, 2}
+    assert {"fp8", "int8_sq", "int4_awq", "w4a8_awq"} <= {c.optimization for c in runnable}
+    int8 = next(c for c in cases if c.optimization == "int8_sq")
+    assert int8.budgets["accuracy_delta_pts"].min == -0.5  # the suite's absolute budget, via an override

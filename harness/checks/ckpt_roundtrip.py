@@ -50,6 +50,7 @@ def run(ctx: CheckContext) -> dict[str, float]:
     from harness.runtime.distributed import model_parallel
     from harness.runtime.forward import fixed_tokens, forward_logits, greedy_decode
     from harness.runtime.quantizers import quantizer_census
+    from harness.runtime.train import build_model
 
     params: CkptParams = ctx.params
     spec, seed, vocab = ctx.model, ctx.case.seed, ctx.model.vocab_size
@@ -63,7 +64,7 @@ def run(ctx: CheckContext) -> dict[str, float]:
             forward_logits(model, batch, vocab)
 
     with model_parallel(ctx.case.layout, seed):
-        model = build_gpt(spec, seed=seed)
+        model = build_model(spec, seed=seed)
         model = get_optimization(ctx.case.optimization).apply(model, calibrate)
         logits_before = forward_logits(model, tokens, vocab)
         decoded_before = greedy_decode(model, prompt, params.decode_tokens, vocab)

@@ -6,13 +6,26 @@ heads, vocabulary and layers) before any worker starts. ``build_gpt`` runs insid
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from harness.records import Layout
 
 if TYPE_CHECKING:
     import torch
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """How the harness trains a zoo model on its synthetic corpus (harness.data.corpus)."""
+
+    corpus_seed: int = 0
+    seed: int = 1234
+    steps: int = 300
+    batch_size: int = 16
+    seq_len: int = 64
+    lr: float = 3e-3
+    warmup_steps: int = 30
 
 
 @dataclass(frozen=True)
@@ -28,6 +41,7 @@ class ModelSpec:
     num_query_groups: int | None = None
     normalization: str = "RMSNorm"
     position_embedding_type: str = "rope"
+    recipe: TrainRecipe | None = None  # None: random weights; else trained once and cached
 
     def layout_errors(self, layout: Layout) -> list[str]:
         """Why ``layout`` cannot shard this model (empty when it can)."""
@@ -63,10 +77,18 @@ ZOO: dict[str, ModelSpec] = {
         ),
     )
 }
+# The same architecture trained on the synthetic corpus: accuracy deltas mean something on it.
+ZOO["tiny-gpt-trained"] = replace(
+    ZOO["tiny-gpt"], name="tiny-gpt-trained", description="tiny-gpt trained on the Markov corpus (cached)", recipe=TrainRecipe()
+)
 
 
-def build_gpt(spec: ModelSpec, *, seed: int) -> torch.nn.Module:
-    """Build ``spec`` for the current megatron parallel state (this rank's stage and shard)."""
+def build_gpt(spec: ModelSpec, *, seed: int, parallel_output: bool = False) -> torch.nn.Module:
+    """Build ``spec`` for the current megatron parallel state (this rank's stage and shard).
+
+    ``parallel_output=False`` gathers full-vocabulary logits (for comparisons); training needs True:
+    megatron's gathered output is a view its cross-entropy modifies in place, which autograd refuses.
+    """
     import torch
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
@@ -96,7 +118,7 @@ def build_gpt(spec: ModelSpec, *, seed: int) -> torch.nn.Module:
         max_sequence_length=spec.max_seq_len,
         pre_process=ps.is_pipeline_first_stage(),
         post_process=ps.is_pipeline_last_stage(),
-        parallel_output=False,
+        parallel_output=parallel_output,
         share_embeddings_and_output_weights=False,
         position_embedding_type=spec.position_embedding_type,
     )

@@ -20,10 +20,17 @@ def mtq_config(config_name: str) -> dict:
     return config
 
 
-def quantization(name: str, config_name: str, gpu_only: str | None = None) -> Optimization:
+def quantization(name: str, config_name: str, gpu_only: str | None = None, kv_config_name: str | None = None) -> Optimization:
+    """PTQ with ``mtq.<config_name>``, plus KV-cache quantization with ``mtq.<kv_config_name>``."""
+
     def apply(model: torch.nn.Module, forward_loop: ForwardLoop) -> torch.nn.Module:
         import modelopt.torch.quantization as mtq
+        from modelopt.torch.quantization.utils import update_quant_cfg_with_kv_cache_quant
 
-        return mtq.quantize(model, mtq_config(config_name), forward_loop)
+        config = mtq_config(config_name)
+        if kv_config_name is not None:
+            config = update_quant_cfg_with_kv_cache_quant(config, mtq_config(kv_config_name)["quant_cfg"])
+        return mtq.quantize(model, config, forward_loop)
 
-    return Optimization(name=name, description=f"modelopt PTQ with mtq.{config_name}", apply=apply, gpu_only=gpu_only)
+    kv = f" + KV cache mtq.{kv_config_name}" if kv_config_name else ""
+    return Optimization(name=name, description=f"modelopt PTQ with mtq.{config_name}{kv}", apply=apply, gpu_only=gpu_only)

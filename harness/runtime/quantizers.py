@@ -9,12 +9,15 @@ import torch.distributed as dist
 
 from harness.runtime.forward import device
 
+KV_QUANTIZER_SUFFIXES = ("k_bmm_quantizer", "v_bmm_quantizer")
+
 
 @dataclass(frozen=True)
 class QuantizerCensus:
     total: int
     enabled: int
     calibrated: int  # enabled and holding an amax
+    kv_enabled: int  # enabled KV-cache quantizers (0 where the attention has no KV quantizer)
 
 
 def quantizer_census(model: torch.nn.Module) -> QuantizerCensus:
@@ -22,13 +25,17 @@ def quantizer_census(model: torch.nn.Module) -> QuantizerCensus:
     from megatron.core import parallel_state as ps
     from modelopt.torch.quantization.nn import TensorQuantizer
 
-    quantizers = [m for m in model.modules() if isinstance(m, TensorQuantizer)]
+    quantizers = [(name, m) for name, m in model.named_modules() if isinstance(m, TensorQuantizer)]
     counts = torch.tensor(
-        [len(quantizers), sum(q.is_enabled for q in quantizers), sum(q.is_enabled and q.amax is not None for q in quantizers)],
+        [
+            len(quantizers),
+            sum(q.is_enabled for _, q in quantizers),
+            sum(q.is_enabled and q.amax is not None for _, q in quantizers),
+            sum(q.is_enabled and name.endswith(KV_QUANTIZER_SUFFIXES) for name, q in quantizers),
+        ],
         dtype=torch.int64,
     )
     counted = ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0
     counts = (counts if counted else torch.zeros_like(counts)).to(device())
     dist.all_reduce(counts)
-    total, enabled, calibrated = (int(c) for c in counts.tolist())
-    return QuantizerCensus(total, enabled, calibrated)
+    return QuantizerCensus(*(int(c) for c in counts.tolist()))

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from harness.models.zoo import ZOO
-from harness.records import Case, Layout, Tolerance
+from harness.records import Budget, Case, Layout, Tolerance
 from harness.suites.load import CORE_AXES, Suite
 from harness.suites.yaml_lines import SuiteError
 
@@ -54,13 +54,16 @@ def _value_token(value: Any) -> str:
     return str(value)
 
 
-def _tolerances(suite: Suite, chosen: dict[str, Any], layout: Layout, params: Any) -> dict[str, Tolerance]:
-    merged = {name: spec.tolerance for name, spec in suite.check.metrics.items()}
-    merged.update({name: t.tolerance() for name, t in suite.spec.tolerances.items()})
+def _limits(suite: Suite, chosen: dict[str, Any], layout: Layout, params: Any) -> tuple[dict[str, Tolerance], dict[str, Budget]]:
+    """Tolerances (check defaults < suite < matching overrides) and budgets (suite < overrides)."""
+    tolerances = {name: spec.tolerance for name, spec in suite.check.metrics.items()}
+    tolerances.update({name: t.tolerance() for name, t in suite.spec.tolerances.items()})
+    budgets = {name: b.budget() for name, b in suite.spec.budgets.items()}
     for override in suite.spec.overrides:
         if _matches(suite, override.when, chosen, layout, params):
-            merged.update({name: t.tolerance() for name, t in override.tolerances.items()})
-    return merged
+            tolerances.update({name: t.tolerance() for name, t in override.tolerances.items()})
+            budgets.update({name: b.budget() for name, b in override.budgets.items()})
+    return tolerances, budgets
 
 
 def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platform: str, resources: Resources) -> tuple[Case | None, list[str]]:
@@ -89,6 +92,7 @@ def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platfor
         problems.append(lines.problem(where["layout"], f"needs {world} ranks but this machine offers {available} {platform} ranks"))
     if problems:
         return None, problems
+    tolerances, budgets = _limits(suite, chosen, layout, params)
     extra = [f"{k}={_value_token(suite.canonical(k, getattr(params, k)))}" for k in check_params if k not in check.label_params]
     case_id = "/".join([spec.suite, chosen["model"], check.label(layout, params), chosen["optimization"], *extra])
     parallel = {f"tp{each.tp}" for each in layouts.values() if each.tp > 1} | {f"pp{each.pp}" for each in layouts.values() if each.pp > 1}
@@ -104,7 +108,8 @@ def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platfor
         platform=platform,
         world_size=world,
         markers=tuple(dict.fromkeys(markers)),
-        tolerances=_tolerances(suite, chosen, layout, params),
+        tolerances=tolerances,
+        budgets=budgets,
         timeout_s=spec.timeout_s,
         seed=spec.seed,
         source=f"{suite.path}:{lines.line(('matrix',))}",

@@ -92,11 +92,13 @@ def _check_semantics(spec: SuiteModel, check: Check, lines: LineMap) -> list[str
         elif key in (spec.matrix.model_extra or {}):
             problems.append(lines.problem(("params", key), "also a matrix axis; declare it in one place"))
     problems.extend(_unknown_metrics(check, spec.tolerances, ("tolerances",), lines))
+    problems.extend(_unknown_metrics(check, spec.budgets, ("budgets",), lines))
     for i, entry in enumerate(spec.exclude):
         _validate_values(spec.check, lines, entry, ("exclude", i), problems)
     for i, override in enumerate(spec.overrides):
         _validate_values(spec.check, lines, override.when, ("overrides", i, "when"), problems)
         problems.extend(_unknown_metrics(check, override.tolerances, ("overrides", i, "tolerances"), lines))
+        problems.extend(_unknown_metrics(check, override.budgets, ("overrides", i, "budgets"), lines))
     return problems
 
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat
 
 from harness.checks.base import LayoutModel, StrictModel
-from harness.records import Direction, Tolerance
+from harness.records import Budget, Direction, Tolerance
 
 
 class ToleranceModel(StrictModel):
@@ -17,6 +17,14 @@ class ToleranceModel(StrictModel):
 
     def tolerance(self) -> Tolerance:
         return Tolerance(self.abs, self.rel, self.direction)
+
+
+class BudgetModel(StrictModel):
+    min: float | None = None
+    max: float | None = None
+
+    def budget(self) -> Budget:
+        return Budget(self.min, self.max)
 
 
 class MatrixModel(StrictModel):
@@ -30,7 +38,8 @@ class MatrixModel(StrictModel):
 
 class OverrideModel(StrictModel):
     when: dict[str, Any] = Field(min_length=1)
-    tolerances: dict[str, ToleranceModel] = Field(min_length=1)
+    tolerances: dict[str, ToleranceModel] = Field(default_factory=dict)
+    budgets: dict[str, BudgetModel] = Field(default_factory=dict)
 
 
 class SuiteModel(StrictModel):
@@ -46,4 +55,5 @@ class SuiteModel(StrictModel):
     matrix: MatrixModel
     exclude: list[dict[str, Any]] = Field(default_factory=list)
     tolerances: dict[str, ToleranceModel] = Field(default_factory=dict)
+    budgets: dict[str, BudgetModel] = Field(default_factory=dict)
     overrides: list[OverrideModel] = Field(default_factory=list)

@@ -1,0 +1,49 @@
+"""A deterministic synthetic language whose best achievable accuracy is known.
+
+Each token has a fixed set of successors with fixed probabilities (a sparse first-order Markov
+chain drawn from a seed). No download, identical on every machine, and the ceiling is exact: the
+best next-token accuracy any model can reach is the largest successor probability, and the best
+cross-entropy is the chain's entropy rate. A tiny GPT learns most of it in a minute on 2 CPU cores,
+so quantization damage shows as a measurable loss of accuracy rather than noise around chance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+SUCCESSOR_PROBS = (0.6, 0.25, 0.1, 0.05)
+
+
+@dataclass(frozen=True)
+class MarkovCorpus:
+    vocab_size: int
+    seed: int = 0
+    probs: tuple[float, ...] = SUCCESSOR_PROBS
+
+    @cached_property
+    def successors(self) -> np.ndarray:
+        """``[vocab, len(probs)]``: the successors of each token, most likely first."""
+        rng = np.random.default_rng(self.seed)
+        return np.stack([rng.choice(self.vocab_size, size=len(self.probs), replace=False) for _ in range(self.vocab_size)])
+
+    @property
+    def best_accuracy(self) -> float:
+        return max(self.probs)
+
+    @property
+    def entropy_nats(self) -> float:
+        return -sum(p * math.log(p) for p in self.probs)
+
+    def sample(self, batch: int, seq: int, stream_seed: int) -> np.ndarray:
+        """``[batch, seq]`` token ids; ``stream_seed`` separates train, held-out and calibration data."""
+        rng = np.random.default_rng((self.seed, stream_seed))
+        out = np.empty((batch, seq), dtype=np.int64)
+        out[:, 0] = rng.integers(0, self.vocab_size, size=batch)
+        choices = rng.choice(len(self.probs), size=(batch, seq), p=np.asarray(self.probs))
+        for t in range(1, seq):
+            out[:, t] = self.successors[out[:, t - 1], choices[:, t]]
+        return out

@@ -1,0 +1,1 @@
+"""Evaluations that run inside a worker on the model under its current layout."""
