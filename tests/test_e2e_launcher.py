@@ -56,14 +56,21 @@ def test_hung_crashed_and_raising_cases_do_not_stop_the_run(write_suite, tmp_pat
         os.killpg(group, 0)
 
 
-def test_editing_one_baseline_fails_exactly_that_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def edited_baselines(tmp_path: Path, suite: str, case_id: str, metric: str, change: float) -> tuple[Path, float]:
+    """A copy of the recorded baselines with one value moved by ``change``; returns it and the old value."""
     baselines = tmp_path / "baselines"
     shutil.copytree(ROOT / "baselines", baselines)
-    path = baselines / "cpu" / "ckpt.json"
+    path = baselines / "cpu" / f"{suite}.json"
     data = json.loads(path.read_text())
-    victim = "ckpt/tiny-gpt/tp2pp1->tp1pp1/int4_awq"
-    data["cases"][victim]["metrics"]["quantizers_enabled"] += 1
+    recorded = data["cases"][case_id]["metrics"][metric]
+    data["cases"][case_id]["metrics"][metric] = recorded + change
     path.write_text(json.dumps(data))
+    return baselines, recorded
+
+
+def test_editing_one_baseline_fails_exactly_that_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    victim = "ckpt/tiny-gpt/tp2pp1->tp1pp1/int4_awq"
+    baselines, _ = edited_baselines(tmp_path, "ckpt", victim, "quantizers_enabled", 1)
     code, results = run_cli([str(ROOT / "suites" / "ckpt.yaml"), "--platform", "cpu", "-k", "tp2pp1 and int4_awq"],
                            tmp_path, baselines)
     out = capsys.readouterr().out
@@ -76,14 +83,9 @@ def test_editing_one_baseline_fails_exactly_that_case(tmp_path: Path, capsys: py
 
 
 def test_a_tighter_recorded_delta_fails_that_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    baselines = tmp_path / "baselines"
-    shutil.copytree(ROOT / "baselines", baselines)
-    path = baselines / "cpu" / "quant.json"
-    data = json.loads(path.read_text())
     victim = "quant/tiny-gpt-trained/tp1pp1/int8_sq"
-    recorded = data["cases"][victim]["metrics"]["accuracy_delta_pts"]
-    data["cases"][victim]["metrics"]["accuracy_delta_pts"] = recorded + 0.5  # claims int8_sq used to lose 0.5 pts less
-    path.write_text(json.dumps(data))
+    # the recorded delta now claims int8_sq used to lose 0.5 points less than it does
+    baselines, recorded = edited_baselines(tmp_path, "quant", victim, "accuracy_delta_pts", 0.5)
     code, results = run_cli([str(ROOT / "suites" / "quant.yaml"), "--platform", "cpu", "-k", "not tp2 and (int8_sq or int4_awq)"],
                             tmp_path, baselines)
     out = capsys.readouterr().out

@@ -66,3 +66,34 @@ class Check:
     label_params: tuple[str, ...] = field(default_factory=tuple)
     # Canonical params for a layout (e.g. a reload layout equal to the layout becomes "same").
     normalize: Callable[[Layout, Any], Any] = lambda layout, params: params
+
+
+@dataclass(frozen=True)
+class SecondLayout:
+    """Hooks for a check parameter that names a second layout the case also runs under (a reload
+    layout, a parity layout). ``sentinel`` means "none"; a layout equal to the case's is the sentinel
+    too, so both spellings are one case."""
+
+    field: str
+    sentinel: str
+    separator: str  # between the two layouts in the case id: tp2pp1->tp1pp1
+
+    def other(self, layout: Layout, params: Any) -> Layout | None:
+        value = getattr(params, self.field)
+        second = None if value == self.sentinel else value.layout()
+        return None if second == layout else second
+
+    def layouts(self, layout: Layout, params: Any) -> dict[str, Layout]:
+        second = self.other(layout, params)
+        return {"layout": layout} | ({self.field: second} if second else {})
+
+    def label(self, layout: Layout, params: Any) -> str:
+        second = self.other(layout, params)
+        return layout.token if second is None else f"{layout.token}{self.separator}{second.token}"
+
+    def normalize(self, layout: Layout, params: Any) -> Any:
+        return params if self.other(layout, params) else params.model_copy(update={self.field: self.sentinel})
+
+    def hooks(self) -> dict[str, Any]:
+        """Keyword arguments for ``Check``."""
+        return {"layouts": self.layouts, "label": self.label, "label_params": (self.field,), "normalize": self.normalize}

@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import PositiveInt
 
-from harness.checks.base import Check, CheckContext, LayoutModel, MetricSpec, StrictModel
-from harness.records import Layout, Tolerance
+from harness.checks.base import Check, CheckContext, LayoutModel, MetricSpec, SecondLayout, StrictModel
+from harness.records import Tolerance
 
 
 class CkptParams(StrictModel):
@@ -24,21 +24,7 @@ class CkptParams(StrictModel):
     calib_batches: PositiveInt = 4
 
 
-def _reload_layout(layout: Layout, params: CkptParams) -> Layout:
-    return layout if params.reload_layout == "same" else params.reload_layout.layout()
-
-
-def _layouts(layout: Layout, params: CkptParams) -> dict[str, Layout]:
-    return {"layout": layout, "reload_layout": _reload_layout(layout, params)}
-
-
-def _label(layout: Layout, params: CkptParams) -> str:
-    reload = _reload_layout(layout, params)
-    return layout.token if reload == layout else f"{layout.token}->{reload.token}"
-
-
-def _normalize(layout: Layout, params: CkptParams) -> CkptParams:
-    return params.model_copy(update={"reload_layout": "same"}) if _reload_layout(layout, params) == layout else params
+RELOAD = SecondLayout("reload_layout", sentinel="same", separator="->")
 
 
 def run(ctx: CheckContext) -> dict[str, float]:
@@ -72,7 +58,7 @@ def run(ctx: CheckContext) -> dict[str, float]:
         save_checkpoint(model, directory)
         del model
     dist.barrier()
-    with model_parallel(_reload_layout(ctx.case.layout, params), seed):
+    with model_parallel(RELOAD.other(ctx.case.layout, params) or ctx.case.layout, seed):
         # Different random weights: a tensor the restore silently skips shows up as a difference.
         fresh = load_checkpoint(build_gpt(spec, seed=seed + 7919), directory)
         logits_after = forward_logits(fresh, tokens, vocab)
@@ -102,8 +88,5 @@ CHECK = Check(
         "quantizers_enabled": MetricSpec("enabled quantizers after reload (structure of the restored model)", _EXACT),
     },
     run=run,
-    layouts=_layouts,
-    label=_label,
-    label_params=("reload_layout",),
-    normalize=_normalize,
+    **RELOAD.hooks(),
 )

@@ -15,8 +15,8 @@ from typing import Literal
 
 from pydantic import PositiveInt
 
-from harness.checks.base import Check, CheckContext, LayoutModel, MetricSpec, StrictModel
-from harness.records import INFORMATIONAL, Layout, Tolerance
+from harness.checks.base import Check, CheckContext, LayoutModel, MetricSpec, SecondLayout, StrictModel
+from harness.records import INFORMATIONAL, Tolerance
 
 CALIB_STREAM, EVAL_STREAM, PROBE_STREAM = 1, 2, 3  # corpus streams, disjoint from training
 
@@ -30,25 +30,7 @@ class QuantParams(StrictModel):
     parity_layout: Literal["none"] | LayoutModel = "none"
 
 
-def _parity_layout(layout: Layout, params: QuantParams) -> Layout | None:
-    if params.parity_layout == "none":
-        return None
-    other = params.parity_layout.layout()
-    return None if other == layout else other
-
-
-def _layouts(layout: Layout, params: QuantParams) -> dict[str, Layout]:
-    other = _parity_layout(layout, params)
-    return {"layout": layout} | ({"parity_layout": other} if other else {})
-
-
-def _label(layout: Layout, params: QuantParams) -> str:
-    other = _parity_layout(layout, params)
-    return layout.token if other is None else f"{layout.token}~{other.token}"
-
-
-def _normalize(layout: Layout, params: QuantParams) -> QuantParams:
-    return params if _parity_layout(layout, params) else params.model_copy(update={"parity_layout": "none"})
+PARITY = SecondLayout("parity_layout", sentinel="none", separator="~")
 
 
 def run(ctx: CheckContext) -> dict[str, float]:
@@ -100,7 +82,7 @@ def run(ctx: CheckContext) -> dict[str, float]:
         "quantizers_enabled": float(census.enabled),
         "kv_quantizers_enabled": float(census.kv_enabled),
     }
-    other = _parity_layout(ctx.case.layout, params)
+    other = PARITY.other(ctx.case.layout, params)
     if other is not None:
         with model_parallel(other, seed):
             twin = optimization.apply(build_model(spec, seed=seed), calibrate)
@@ -133,8 +115,5 @@ CHECK = Check(
         "parity_accuracy_delta_pts": MetricSpec("accuracy here minus under parity_layout, in points", _POINTS),
     },
     run=run,
-    layouts=_layouts,
-    label=_label,
-    label_params=("parity_layout",),
-    normalize=_normalize,
+    **PARITY.hooks(),
 )
