@@ -92,3 +92,24 @@ def test_a_tighter_recorded_delta_fails_that_format(tmp_path: Path, capsys: pyte
     assert {c["id"]: c["verdict"] for c in results["cases"]} == {victim: "fail", "quant/tiny-gpt-trained/tp1pp1/int4_awq": "pass"}
     assert code == EXIT_FAILED
     assert f"accuracy_delta_pts: measured {recorded:.6g}, baseline {recorded + 0.5:.6g}, tolerance abs 0.05, budget [-0.5, inf] -> fail" in out
+
+
+def test_warm_workers_do_not_leak_process_groups(tmp_path: Path) -> None:
+    """Each case creates megatron's ~20 groups; a warm worker must free them (threads stay flat)."""
+    from harness.launchers.local import LocalLauncher
+    from harness.suites.expand import Resources, expand
+    from harness.suites.load import load_suites
+
+    cases = [c for c in expand(load_suites([ROOT / "suites" / "ckpt.yaml"]), Resources(cpu_ranks=2, gpus=0))
+             if c.platform == "cpu" and c.world_size == 2 and c.optimization == "none"]
+    launcher = LocalLauncher(tmp_path / "artifacts")
+    try:
+        counts = []
+        for case in cases:
+            assert launcher.launch(case).error is None
+            pids = [proc.pid for proc in launcher.pools[("cpu", 2)].procs]
+            counts.append([int(Path(f"/proc/{pid}/status").read_text().split("Threads:")[1].split()[0]) for pid in pids])
+    finally:
+        launcher.close()
+    assert len(counts) >= 4
+    assert counts[-1] == counts[1], counts  # after the first case's one-off threads, no growth
