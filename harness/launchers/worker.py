@@ -7,6 +7,7 @@ address, authkey and this rank's coordinates come in the environment.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 import traceback
@@ -58,6 +59,10 @@ def run_task(task: Task, rank: int) -> RankReply:
         return RankReply(rank, metrics, None, time.perf_counter() - start)
     except Exception:
         return RankReply(rank, None, traceback.format_exc(), time.perf_counter() - start)
+    finally:
+        # Models hold their process groups in reference cycles (modelopt quantizers, megatron
+        # modules); a gloo group's threads only stop once its last reference is collected.
+        gc.collect()
 
 
 def main() -> None:
