@@ -65,9 +65,13 @@ def _train(spec: ModelSpec) -> torch.nn.Module:
     return model.eval()
 
 
+def _cached(spec: ModelSpec) -> Path:
+    return cache_root() / "models" / recipe_key(spec)
+
+
 def ensure_trained(spec: ModelSpec) -> Path:
     """The checkpoint of ``spec``'s recipe, training it first if no cache holds it (collective)."""
-    final = cache_root() / "models" / recipe_key(spec)
+    final = _cached(spec)
     if (final / "COMPLETE").exists():
         return final
     staging = final.with_name(f"{final.name}.partial")
@@ -92,11 +96,7 @@ def build_model(spec: ModelSpec, *, seed: int) -> torch.nn.Module:
     model = build_gpt(spec, seed=seed)
     if spec.recipe is None:
         return model
-    return load_checkpoint(model, ensure_trained_path(spec))
-
-
-def ensure_trained_path(spec: ModelSpec) -> Path:
-    path = cache_root() / "models" / recipe_key(spec)
+    path = _cached(spec)
     if not (path / "COMPLETE").exists():
         raise RuntimeError(f"{spec.name} is not trained yet; the worker trains it before the case starts")
-    return path
+    return load_checkpoint(model, path)
