@@ -9,7 +9,10 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.models.zoo import ModelSpec
 
 
 @dataclass(frozen=True, order=True)
@@ -74,6 +77,7 @@ class Case:
     suite: str
     check: str
     model: str
+    spec: ModelSpec  # what ``model`` names: architecture and where its weights come from
     layout: Layout
     optimization: str
     params: dict[str, Any]

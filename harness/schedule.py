@@ -18,6 +18,8 @@ class Scheduled:
 def skip_reason(case: Case, resources: Resources) -> str | None:
     if case.platform == "gpu" and resources.gpus == 0:
         return "GPU case: no CUDA device on this machine (torch.cuda.device_count() == 0)"
+    if case.spec.unavailable:
+        return f"model {case.model}: {case.spec.unavailable}"
     gpu_only = get_optimization(case.optimization).gpu_only
     if case.platform == "cpu" and gpu_only:
         return f"GPU only: {case.optimization} {gpu_only}"

@@ -36,7 +36,7 @@ def run(ctx: CheckContext) -> dict[str, float]:
     from harness.runtime.distributed import model_parallel
     from harness.runtime.forward import fixed_tokens, forward_logits, greedy_decode
     from harness.runtime.quantizers import quantizer_census
-    from harness.runtime.train import build_model
+    from harness.runtime.subject import build_model
 
     params: CkptParams = ctx.params
     spec, seed, vocab = ctx.model, ctx.case.seed, ctx.model.vocab_size

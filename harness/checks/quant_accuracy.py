@@ -11,77 +11,148 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import PositiveInt
+from pydantic import NonNegativeInt, PositiveInt
 
 from harness.checks.base import Check, CheckContext, LayoutModel, MetricSpec, SecondLayout, StrictModel
+from harness.data.text import CORPUS, token_rows
+from harness.evals.mmlu import McItem, McScores, load_mmlu, write_mmlu
+from harness.models.sources import expand_path
 from harness.records import INFORMATIONAL, Tolerance
 
-CALIB_STREAM, EVAL_STREAM, PROBE_STREAM = 1, 2, 3  # corpus streams, disjoint from training
+if TYPE_CHECKING:
+    import torch
+
+    from harness.data.corpus import MarkovCorpus
+
+CALIB_STREAM, EVAL_STREAM, MMLU_STREAM, MMLU_DEV_STREAM = 1, 2, 4, 5  # corpus streams, disjoint from training
 
 
 class QuantParams(StrictModel):
+    # Held-out text: "corpus" (the synthetic chain) or a .txt / .jsonl file, in the model's tokens.
+    eval_text: str = CORPUS
     eval_batches: PositiveInt = 8
     eval_batch_size: PositiveInt = 16
     eval_seq_len: PositiveInt = 64
+    # Calibration text for mtq.quantize's forward loop, from the same kinds of source.
+    calib_text: str = CORPUS
     calib_batches: PositiveInt = 8
     calib_batch_size: PositiveInt = 8
+    # Multiple-choice accuracy (harness.evals.mmlu): "none", "corpus" (a set the harness writes in
+    # the MMLU layout from its chain) or an MMLU directory (<dir>/<split>/<subject>_<split>.csv).
+    mmlu: str = "none"
+    mmlu_split: str = "test"
+    mmlu_shots: NonNegativeInt = 0  # few-shot examples per prompt, from the dev split
+    mmlu_limit: NonNegativeInt = 0  # questions per subject (0: all)
+    mmlu_corpus_items: PositiveInt = 400
+    # For Hugging Face models: also run transformers on the checkpoint and compare logits with the
+    # imported megatron model (the importer's correctness; costs a second copy of the weights).
+    hf_reference: bool = False
     parity_layout: Literal["none"] | LayoutModel = "none"
 
 
 PARITY = SecondLayout("parity_layout", sentinel="none", separator="~")
 
 
+def _mmlu_sets(params: QuantParams, corpus: MarkovCorpus, artifacts: Path) -> tuple[list[McItem], dict[str, list[McItem]]]:
+    """Questions and few-shot examples; the corpus set is written in the MMLU layout and read back
+    through the same loader users' directories go through."""
+    import torch.distributed as dist
+
+    root = Path(expand_path(params.mmlu))
+    if params.mmlu == CORPUS:
+        root = artifacts / "mmlu"
+        if dist.get_rank() == 0:
+            write_mmlu(root, params.mmlu_split, corpus.multiple_choice(params.mmlu_corpus_items, stream_seed=MMLU_STREAM))
+            write_mmlu(root, "dev", corpus.multiple_choice(max(1, params.mmlu_shots), stream_seed=MMLU_DEV_STREAM))
+        dist.barrier()
+    items = load_mmlu(root, params.mmlu_split, limit=params.mmlu_limit)
+    shots: dict[str, list[McItem]] = {}
+    if params.mmlu_shots:
+        for item in load_mmlu(root, "dev"):
+            shots.setdefault(item.subject, []).append(item)
+        shots = {subject: examples[: params.mmlu_shots] for subject, examples in shots.items()}
+    return items, shots
+
+
+def _hf_logit_diff(path: str, model_logits: torch.Tensor, tokens: torch.Tensor) -> float:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = reference(tokens.cpu()).logits
+    return float((logits - model_logits.cpu()).abs().max())
+
+
 def run(ctx: CheckContext) -> dict[str, float]:
     import torch
 
-    from harness.data.corpus import MarkovCorpus
     from harness.evals.lm import score_lm
+    from harness.evals.mmlu import score_mc
     from harness.optimizations import get_optimization
     from harness.runtime.distributed import model_parallel
     from harness.runtime.forward import device, forward_logits
     from harness.runtime.quantizers import quantizer_census
-    from harness.runtime.train import build_model
+    from harness.runtime.subject import build_model, tokenizer_for
+    from harness.runtime.train import corpus_of
 
     params: QuantParams = ctx.params
     spec, seed = ctx.model, ctx.case.seed
-    corpus = MarkovCorpus(spec.vocab_size, spec.recipe.corpus_seed if spec.recipe else 0)
+    corpus, tokenizer = corpus_of(spec), tokenizer_for(spec)
 
-    def batches(stream: int, count: int, size: int, seq: int) -> list[torch.Tensor]:
-        return [torch.from_numpy(corpus.sample(size, seq, stream_seed=(stream, i))).to(device()) for i in range(count)]
+    def batches(source: str, stream: int, count: int, size: int, seq: int) -> list[torch.Tensor]:
+        rows = torch.from_numpy(token_rows(source, tokenizer, corpus, count * size, seq, stream)).to(device())
+        return list(rows.split(size))
 
-    evals = batches(EVAL_STREAM, params.eval_batches, params.eval_batch_size, params.eval_seq_len + 1)
-    calib = batches(CALIB_STREAM, params.calib_batches, params.calib_batch_size, params.eval_seq_len)
-    probe = batches(PROBE_STREAM, 1, 4, params.eval_seq_len)[0]
+    evals = batches(params.eval_text, EVAL_STREAM, params.eval_batches, params.eval_batch_size, params.eval_seq_len + 1)
+    calib = batches(params.calib_text, CALIB_STREAM, params.calib_batches, params.calib_batch_size, params.eval_seq_len)
+    probe = evals[0][:4, :-1]
+    mmlu = _mmlu_sets(params, corpus, ctx.artifacts) if params.mmlu != "none" else None
     optimization = get_optimization(ctx.case.optimization)
 
     def calibrate(model: torch.nn.Module) -> None:
         for batch in calib:
             forward_logits(model, batch, spec.vocab_size)
 
+    def mc(model: torch.nn.Module) -> McScores | None:
+        return None if mmlu is None else score_mc(model, tokenizer, mmlu[0], spec.vocab_size, shots=mmlu[1], max_len=spec.max_seq_len)
+
+    metrics: dict[str, float] = {}
     with model_parallel(ctx.case.layout, seed):
         model = build_model(spec, seed=seed)
-        base = score_lm(model, evals, spec.vocab_size)
+        base, base_mc = score_lm(model, evals, spec.vocab_size), mc(model)
+        if params.hf_reference and spec.hf_path is not None:
+            metrics["hf_import_max_abs_logit_diff"] = _hf_logit_diff(spec.hf_path, forward_logits(model, probe, spec.vocab_size), probe)
         start = time.perf_counter()
         model = optimization.apply(model, calibrate)
         calibration_s = time.perf_counter() - start
-        quant = score_lm(model, evals, spec.vocab_size)
+        quant, quant_mc = score_lm(model, evals, spec.vocab_size), mc(model)
         probe_logits = forward_logits(model, probe, spec.vocab_size)
         census = quantizer_census(model)
         del model
-    metrics = {
+    metrics |= {
         "base_accuracy_pct": 100 * base.accuracy,
         "quant_accuracy_pct": 100 * quant.accuracy,
         "accuracy_delta_pts": 100 * (quant.accuracy - base.accuracy),
         "delta_significance_z": (quant.accuracy - base.accuracy) / max(1e-12, math.hypot(base.accuracy_stderr, quant.accuracy_stderr)),
         "base_perplexity": base.perplexity,
         "quant_perplexity": quant.perplexity,
-        "accuracy_ceiling_pct": 100 * corpus.best_accuracy,
         "calibration_s": calibration_s,
         "quantizers_enabled": float(census.enabled),
         "kv_quantizers_enabled": float(census.kv_enabled),
     }
+    if params.eval_text == CORPUS:
+        metrics["accuracy_ceiling_pct"] = 100 * corpus.best_accuracy
+    if base_mc is not None and quant_mc is not None:
+        metrics |= {
+            "mmlu_items": float(base_mc.items),
+            "base_mmlu_pct": 100 * base_mc.accuracy,
+            "quant_mmlu_pct": 100 * quant_mc.accuracy,
+            "mmlu_delta_pts": 100 * (quant_mc.accuracy - base_mc.accuracy),
+        }
     other = PARITY.other(ctx.case.layout, params)
     if other is not None:
         with model_parallel(other, seed):
@@ -110,6 +181,12 @@ CHECK = Check(
         "calibration_s": MetricSpec("wall time of mtq.quantize incl. calibration (seconds)", INFORMATIONAL),
         "quantizers_enabled": MetricSpec("enabled quantizers (one tensor-parallel replica)", Tolerance()),
         "kv_quantizers_enabled": MetricSpec("enabled KV-cache quantizers (0: the KV format changed nothing)", Tolerance()),
+        "mmlu_items": MetricSpec("multiple-choice questions scored", Tolerance()),
+        "base_mmlu_pct": MetricSpec("multiple-choice accuracy (%) of the unquantized model (chance: 25)", _POINTS),
+        "quant_mmlu_pct": MetricSpec("multiple-choice accuracy (%) after quantization", _POINTS),
+        "mmlu_delta_pts": MetricSpec("quantized minus base multiple-choice accuracy, in points", _POINTS),
+        "hf_import_max_abs_logit_diff": MetricSpec("max |logits| difference, imported megatron model vs transformers",
+                                                   Tolerance(abs=1e-3)),
         "parity_max_abs_logit_diff": MetricSpec("max |logits| difference, quantized here vs under parity_layout",
                                                 Tolerance(abs=1e-4)),
         "parity_accuracy_delta_pts": MetricSpec("accuracy here minus under parity_layout, in points", _POINTS),

@@ -15,7 +15,11 @@ from functools import cached_property
 
 import numpy as np
 
+from harness.data.tokenizer import corpus_word
+from harness.evals.mmlu import LETTERS, McItem
+
 SUCCESSOR_PROBS = (0.6, 0.25, 0.1, 0.05)
+_MC_TAG = 7  # separates multiple-choice draws from plain samples of the same stream
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,7 @@ class MarkovCorpus:
     def entropy_nats(self) -> float:
         return -sum(p * math.log(p) for p in self.probs)
 
-    def sample(self, batch: int, seq: int, stream_seed: int) -> np.ndarray:
+    def sample(self, batch: int, seq: int, stream_seed: int | tuple[int, ...]) -> np.ndarray:
         """``[batch, seq]`` token ids; ``stream_seed`` separates train, held-out and calibration data."""
         rng = np.random.default_rng((self.seed, stream_seed))
         out = np.empty((batch, seq), dtype=np.int64)
@@ -47,3 +51,19 @@ class MarkovCorpus:
         for t in range(1, seq):
             out[:, t] = self.successors[out[:, t - 1], choices[:, t]]
         return out
+
+    def multiple_choice(self, count: int, stream_seed: int, context_len: int = 6) -> list[McItem]:
+        """Questions in the MMLU layout whose answer the chain decides: after a sampled context, which
+        of four words comes next? The right one is the last word's most likely successor; the three
+        distractors are words that never follow it."""
+        rng = np.random.default_rng((self.seed, stream_seed, _MC_TAG))
+        contexts = self.sample(count, context_len, stream_seed=(stream_seed, _MC_TAG))
+        items = []
+        for context in contexts:
+            last = int(context[-1])
+            never = np.setdiff1d(np.arange(self.vocab_size), self.successors[last])
+            options = [int(self.successors[last, 0]), *(int(t) for t in rng.choice(never, size=3, replace=False))]
+            order = rng.permutation(4)
+            choices = tuple(corpus_word(options[i]) for i in order)
+            items.append(McItem("markov", " ".join(map(corpus_word, context)), choices, LETTERS[int(np.argmin(order))]))  # type: ignore[arg-type]
+        return items

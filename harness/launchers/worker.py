@@ -40,13 +40,12 @@ def _init(rank: int, world: int, platform: str) -> list[str]:
 def run_task(task: Task, rank: int) -> RankReply:
     from harness.checks import get_check
     from harness.checks.base import CheckContext
-    from harness.models.zoo import ZOO
     from harness.runtime.train import ensure_trained
 
     start = time.perf_counter()
     try:
         check = get_check(task.case.check)
-        spec = ZOO[task.case.model]
+        spec = task.case.spec
         if spec.recipe is not None:
             ensure_trained(spec)  # collective, under its own layout, before the case's layout exists
         context = CheckContext(

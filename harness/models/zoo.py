@@ -26,6 +26,8 @@ class TrainRecipe:
     seq_len: int = 64
     lr: float = 3e-3
     warmup_steps: int = 30
+    mc_rows: int = 4  # rows of each batch that are answered multiple-choice prompts (harness.evals.mmlu)
+    answer_weight: float = 8.0  # loss weight of a question's answer letter against 1 for a text token
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,18 @@ class ModelSpec:
     num_query_groups: int | None = None
     normalization: str = "RMSNorm"
     position_embedding_type: str = "rope"
+    swiglu: bool = False  # gated SiLU MLP (Llama) instead of GeLU
+    qk_layernorm: bool = False  # RMSNorm on queries and keys per head (Qwen3)
+    add_bias_linear: bool = True
+    norm_epsilon: float = 1e-5
+    rotary_base: int = 10000
+    rope_scaling_factor: float | None = None  # Llama 3.1 frequency scaling, when the checkpoint uses it
+    kv_channels: int | None = None  # per-head width when it is not hidden_size / num_attention_heads
+    tied_embeddings: bool = False
     recipe: TrainRecipe | None = None  # None: random weights; else trained once and cached
+    hf_path: str | None = None  # weights (and tokenizer) imported from this Hugging Face directory
+    checkpoint: str | None = None  # weights loaded from this megatron torch_dist checkpoint
+    unavailable: str | None = None  # why this machine cannot build it (a checkpoint that is not here)
 
     def layout_errors(self, layout: Layout) -> list[str]:
         """Why ``layout`` cannot shard this model (empty when it can)."""
@@ -103,6 +116,12 @@ def build_gpt(spec: ModelSpec, *, seed: int, parallel_output: bool = False) -> t
         num_query_groups=spec.num_query_groups,
         ffn_hidden_size=spec.ffn_hidden_size,
         normalization=spec.normalization,
+        layernorm_epsilon=spec.norm_epsilon,
+        gated_linear_unit=spec.swiglu,
+        qk_layernorm=spec.qk_layernorm,
+        activation_func=torch.nn.functional.silu if spec.swiglu else torch.nn.functional.gelu,
+        add_bias_linear=spec.add_bias_linear,
+        kv_channels=spec.kv_channels,
         hidden_dropout=0.0,
         attention_dropout=0.0,
         use_cpu_initialization=True,
@@ -113,14 +132,17 @@ def build_gpt(spec: ModelSpec, *, seed: int, parallel_output: bool = False) -> t
     )
     model = GPTModel(
         config=config,
-        transformer_layer_spec=get_gpt_layer_local_spec(normalization=spec.normalization),
+        transformer_layer_spec=get_gpt_layer_local_spec(normalization=spec.normalization, qk_layernorm=spec.qk_layernorm),
         vocab_size=spec.vocab_size,
         max_sequence_length=spec.max_seq_len,
         pre_process=ps.is_pipeline_first_stage(),
         post_process=ps.is_pipeline_last_stage(),
         parallel_output=parallel_output,
-        share_embeddings_and_output_weights=False,
+        share_embeddings_and_output_weights=spec.tied_embeddings,
         position_embedding_type=spec.position_embedding_type,
+        rotary_base=spec.rotary_base,
+        rope_scaling=spec.rope_scaling_factor is not None,
+        rope_scaling_factor=spec.rope_scaling_factor or 8.0,
     )
     from harness.runtime.forward import device
 

@@ -15,13 +15,16 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from harness.data.corpus import MarkovCorpus
+from harness.data.tokenizer import WordTokenizer
+from harness.evals.mmlu import format_prompt
 from harness.models.zoo import ModelSpec, build_gpt
 from harness.records import Layout
-from harness.runtime.checkpoint import load_checkpoint, save_checkpoint
+from harness.runtime.checkpoint import save_checkpoint
 from harness.runtime.distributed import model_parallel
 from harness.runtime.forward import device
 
@@ -41,8 +44,42 @@ def recipe_key(spec: ModelSpec) -> str:
 
 
 def corpus_of(spec: ModelSpec) -> MarkovCorpus:
-    assert spec.recipe is not None
-    return MarkovCorpus(spec.vocab_size, spec.recipe.corpus_seed)
+    """The chain over the tokenizer's corpus words (the top ids are the prompt template's)."""
+    return MarkovCorpus(WordTokenizer(spec.vocab_size).n_words, spec.recipe.corpus_seed if spec.recipe else 0)
+
+
+def _mc_rows(corpus: MarkovCorpus, tokenizer: WordTokenizer, rows: int, width: int, step: int) -> np.ndarray:
+    """Answered multiple-choice prompts back to back, cut to ``width``: the model learns the format
+    (and that the answer is the letter of the likeliest next word) from these."""
+    out = np.empty((rows, width), dtype=np.int64)
+    for row in range(rows):
+        ids: list[int] = []
+        items = iter(corpus.multiple_choice(width // 16 + 1, stream_seed=(TRAIN_STREAM * 1_000_003 + step) * 64 + row))
+        while len(ids) < width:
+            item = next(items)
+            ids += tokenizer.encode(f"{format_prompt(item)} {item.answer}")
+        out[row] = ids[:width]
+    return out
+
+
+def training_batch(spec: ModelSpec, step: int) -> np.ndarray:
+    """``[batch, seq + 1]`` tokens of step ``step``: corpus text, then ``recipe.mc_rows`` rows of
+    multiple-choice prompts."""
+    recipe = spec.recipe
+    assert recipe is not None
+    corpus, width = corpus_of(spec), recipe.seq_len + 1
+    text = corpus.sample(recipe.batch_size - recipe.mc_rows, width, stream_seed=(TRAIN_STREAM, step))
+    return np.concatenate([text, _mc_rows(corpus, WordTokenizer(spec.vocab_size), recipe.mc_rows, width, step)])
+
+
+def _loss_weights(inputs: torch.Tensor, tokenizer: WordTokenizer, answer_weight: float) -> torch.Tensor:
+    """Per-target weights: the random option words of a question carry nothing to learn (0), the
+    answer letter carries the whole question (``answer_weight``), every other token 1."""
+    weights = torch.ones(inputs.shape, dtype=torch.float32, device=inputs.device)
+    options = torch.tensor(tokenizer.encode("A. B. C. D."), device=inputs.device)
+    weights[torch.isin(inputs, options)] = 0.0
+    weights[inputs == tokenizer.encode("Answer:")[0]] = answer_weight
+    return weights
 
 
 def _train(spec: ModelSpec) -> torch.nn.Module:
@@ -51,11 +88,12 @@ def _train(spec: ModelSpec) -> torch.nn.Module:
     model = build_gpt(spec, seed=recipe.seed, parallel_output=True).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / recipe.warmup_steps))
-    corpus = corpus_of(spec)
+    tokenizer = WordTokenizer(spec.vocab_size)
     positions = torch.arange(recipe.seq_len, device=device()).unsqueeze(0).expand(recipe.batch_size, -1)
     for step in range(recipe.steps):
-        batch = torch.from_numpy(corpus.sample(recipe.batch_size, recipe.seq_len + 1, stream_seed=(TRAIN_STREAM, step))).to(device())
-        loss = model(batch[:, :-1], positions, None, labels=batch[:, 1:]).mean()
+        batch = torch.from_numpy(training_batch(spec, step)).to(device())
+        weights = _loss_weights(batch[:, :-1], tokenizer, recipe.answer_weight)
+        loss = (model(batch[:, :-1], positions, None, labels=batch[:, 1:]) * weights).sum() / weights.sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -65,13 +103,14 @@ def _train(spec: ModelSpec) -> torch.nn.Module:
     return model.eval()
 
 
-def _cached(spec: ModelSpec) -> Path:
+def checkpoint_path(spec: ModelSpec) -> Path:
+    """Where the trained checkpoint of ``spec``'s recipe is cached (a torch_dist checkpoint)."""
     return cache_root() / "models" / recipe_key(spec)
 
 
 def ensure_trained(spec: ModelSpec) -> Path:
     """The checkpoint of ``spec``'s recipe, training it first if no cache holds it (collective)."""
-    final = _cached(spec)
+    final = checkpoint_path(spec)
     if (final / "COMPLETE").exists():
         return final
     staging = final.with_name(f"{final.name}.partial")
@@ -89,14 +128,3 @@ def ensure_trained(spec: ModelSpec) -> Path:
         staging.rename(final)  # a crash before this leaves only the .partial folder, never a half cache
     dist.barrier()
     return final
-
-
-def build_model(spec: ModelSpec, *, seed: int) -> torch.nn.Module:
-    """``spec`` under the current layout: random weights, or its trained checkpoint."""
-    model = build_gpt(spec, seed=seed)
-    if spec.recipe is None:
-        return model
-    path = _cached(spec)
-    if not (path / "COMPLETE").exists():
-        raise RuntimeError(f"{spec.name} is not trained yet; the worker trains it before the case starts")
-    return load_checkpoint(model, path)

@@ -13,7 +13,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from harness.models.zoo import ZOO
 from harness.records import Budget, Case, Layout, Tolerance
 from harness.suites.load import CORE_AXES, Suite
 from harness.suites.yaml_lines import SuiteError
@@ -77,13 +76,13 @@ def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platfor
     params = check.normalize(layout, params)
     if any(_matches(suite, entry, chosen, layout, params) for entry in spec.exclude):
         return None, []
-    model = ZOO[chosen["model"]]
+    model = suite.models[chosen["model"]]
     problems: list[str] = []
     layouts = check.layouts(layout, params)
     world = max(each.world_size for each in layouts.values())
     first_key = {each: key for key, each in reversed(layouts.items())}  # a layout named twice is judged once
     for each, key in first_key.items():
-        for reason in model.layout_errors(each):
+        for reason in [] if model.unavailable else model.layout_errors(each):
             problems.append(lines.problem(where[key], reason))
         if world % each.world_size:
             problems.append(lines.problem(where[key], f"{each.token} does not divide the case's world size {world}"))
@@ -102,6 +101,7 @@ def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platfor
         suite=spec.suite,
         check=spec.check,
         model=chosen["model"],
+        spec=model,
         layout=layout,
         optimization=chosen["optimization"],
         params=params.model_dump(mode="json"),

@@ -12,7 +12,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from harness.checks import get_check
 from harness.checks.base import Check, LayoutModel
-from harness.models.zoo import ZOO
+from harness.models.sources import ModelSourceError, hf_spec, torch_dist_spec
+from harness.models.zoo import ZOO, ModelSpec
 from harness.optimizations import get_optimization
 from harness.suites.schema import SuiteModel
 from harness.suites.yaml_lines import LineMap, Path_, SuiteError, load_yaml_with_lines
@@ -27,6 +28,7 @@ class Suite:
     check: Check
     lines: LineMap
     axes: dict[str, list[Any]]  # every matrix axis with its validated values, in declaration order
+    models: dict[str, ModelSpec]  # the zoo and the suite's own ``models:``
 
     def canonical(self, axis: str, value: Any) -> Any:
         """A comparable form of an axis value (for exclude and overrides)."""
@@ -67,11 +69,27 @@ def _unknown_metrics(check: Check, names: dict[str, Any], base: Path_, lines: Li
             for name in names if name not in check.metrics]
 
 
-def _check_semantics(spec: SuiteModel, check: Check, lines: LineMap) -> list[str]:
+def _declared_models(spec: SuiteModel, lines: LineMap, problems: list[str]) -> dict[str, ModelSpec]:
+    models = dict(ZOO)
+    for name, source in spec.models.items():
+        where = ("models", name)
+        if name in ZOO:
+            problems.append(lines.problem(where, f"{name!r} is a zoo model; pick another name"))
+        elif source.like is not None and source.like not in ZOO:
+            problems.append(lines.problem((*where, "like"), f"unknown zoo model {source.like!r}; known: {', '.join(ZOO)}"))
+        else:
+            try:
+                models[name] = hf_spec(name, source.hf) if source.hf is not None else torch_dist_spec(name, source.torch_dist, source.like)
+            except (ModelSourceError, KeyError, ValueError, OSError) as err:
+                problems.append(lines.problem(where, f"cannot read the checkpoint: {err}"))
+    return models
+
+
+def _check_semantics(spec: SuiteModel, check: Check, lines: LineMap, models: dict[str, ModelSpec]) -> list[str]:
     problems: list[str] = []
     for i, model in enumerate(spec.matrix.model):
-        if model not in ZOO:
-            problems.append(lines.problem(("matrix", "model", i), f"unknown model {model!r}; known: {', '.join(ZOO)}"))
+        if model not in models:
+            problems.append(lines.problem(("matrix", "model", i), f"unknown model {model!r}; known: {', '.join(models)}"))
     for i, opt in enumerate(spec.matrix.optimization):
         try:
             get_optimization(opt)
@@ -119,7 +137,9 @@ def load_suite(path: str | Path) -> Suite:
         check = get_check(spec.check)
     except KeyError as err:
         raise SuiteError([lines.problem(("check",), str(err.args[0]))]) from None
-    problems = _check_semantics(spec, check, lines)
+    problems: list[str] = []
+    models = _declared_models(spec, lines, problems)
+    problems += _check_semantics(spec, check, lines, models)
     if problems:
         raise SuiteError(problems)
     axes: dict[str, list[Any]] = {
@@ -128,7 +148,7 @@ def load_suite(path: str | Path) -> Suite:
         "optimization": list(spec.matrix.optimization),
         **(spec.matrix.model_extra or {}),
     }
-    return Suite(str(path), spec, check, lines, axes)
+    return Suite(str(path), spec, check, lines, axes, models)
 
 
 def load_suites(paths: list[str | Path]) -> list[Suite]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat
+from pydantic import ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, model_validator
 
 from harness.checks.base import LayoutModel, StrictModel
 from harness.records import Budget, Direction, Tolerance
@@ -36,6 +36,24 @@ class MatrixModel(StrictModel):
     optimization: list[str] = Field(default_factory=lambda: ["none"], min_length=1)
 
 
+class ModelSourceModel(StrictModel):
+    """A model named by where its weights are (harness.models.sources); exactly one of hf / torch_dist."""
+
+    hf: str | None = None  # a Hugging Face checkpoint directory ($VARS and ~ expanded)
+    torch_dist: str | None = None  # a megatron torch_dist checkpoint directory ...
+    like: str | None = None  # ... of this zoo architecture
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSourceModel:
+        if (self.hf is None) == (self.torch_dist is None):
+            raise ValueError("give exactly one of hf: <dir> or torch_dist: <dir>")
+        if self.torch_dist is not None and self.like is None:
+            raise ValueError("torch_dist needs like: <zoo model> (the checkpoint's architecture)")
+        if self.hf is not None and self.like is not None:
+            raise ValueError("like: applies to torch_dist only (hf reads config.json)")
+        return self
+
+
 class OverrideModel(StrictModel):
     when: dict[str, Any] = Field(min_length=1)
     tolerances: dict[str, ToleranceModel] = Field(default_factory=dict)
@@ -52,6 +70,7 @@ class SuiteModel(StrictModel):
     timeout_s: PositiveFloat = 600.0
     seed: NonNegativeInt = 1234
     params: dict[str, Any] = Field(default_factory=dict)
+    models: dict[str, ModelSourceModel] = Field(default_factory=dict)
     matrix: MatrixModel
     exclude: list[dict[str, Any]] = Field(default_factory=list)
     tolerances: dict[str, ToleranceModel] = Field(default_factory=dict)

@@ -1,0 +1,55 @@
+"""Evaluation and calibration token batches from the synthetic corpus or from a user's text file.
+
+Text files are UTF-8 ``.txt`` (the whole file is one document) or ``.jsonl`` (one document per line,
+in its ``"text"`` field), tokenized with the model's own tokenizer, concatenated and cut into rows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from harness.data.corpus import MarkovCorpus
+from harness.data.tokenizer import corpus_word
+from harness.evals.mmlu import Tokenizer
+from harness.models.sources import expand_path
+
+CORPUS = "corpus"
+
+
+class TextSourceError(ValueError):
+    """A text file that is missing, malformed or too short; the message names it."""
+
+
+def read_documents(path: Path) -> list[str]:
+    if not path.is_file():
+        raise TextSourceError(f"{path}: no such file")
+    if path.suffix != ".jsonl":
+        return [path.read_text(encoding="utf-8")]
+    documents = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise TextSourceError(f"{path}:{line_no}: not JSON ({err.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise TextSourceError(f"{path}:{line_no}: expected an object with a string \"text\" field")
+        documents.append(record["text"])
+    return documents
+
+
+def token_rows(source: str, tokenizer: Tokenizer, corpus: MarkovCorpus, rows: int, width: int, stream: int) -> np.ndarray:
+    """``[rows, width]`` token ids: corpus samples of ``stream`` (rendered as words, so any
+    tokenizer reads them), or consecutive slices of the file ``source``."""
+    if source == CORPUS:
+        sampled = corpus.sample(rows, width, stream_seed=stream)
+        return np.stack([tokenizer.encode(" ".join(map(corpus_word, row)))[:width] for row in sampled])
+    path = Path(expand_path(source))
+    ids = [token for document in read_documents(path) for token in tokenizer.encode(document)]
+    if len(ids) < rows * width:
+        raise TextSourceError(f"{path}: {len(ids)} tokens, the case needs {rows} rows x {width} = {rows * width}")
+    return np.asarray(ids[: rows * width], dtype=np.int64).reshape(rows, width)

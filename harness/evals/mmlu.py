@@ -1,0 +1,152 @@
+"""Multiple-choice accuracy in the MMLU layout, scored the way Megatron's ``megatron_mmlu`` and
+lm-evaluation-harness's letter variant do: one prefill of the prompt, then the log-likelihoods of
+the four answer letters at its last position; the most likely letter is the model's answer.
+
+The data layout is the standard one users already have on disk: ``<root>/<split>/<subject>_<split>.csv``
+with no header and the columns ``question, A, B, C, D, answer``. Few-shot examples come from the
+``dev`` split when asked for.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import torch
+
+LETTERS = ("A", "B", "C", "D")
+
+
+class MmluError(ValueError):
+    """A data set that does not follow the MMLU layout; the message names the file and line."""
+
+
+class Tokenizer(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+
+
+@dataclass(frozen=True)
+class McItem:
+    subject: str
+    question: str
+    choices: tuple[str, str, str, str]
+    answer: str  # one of LETTERS
+
+
+@dataclass(frozen=True)
+class McScores:
+    accuracy: float
+    items: int
+
+    @property
+    def stderr(self) -> float:
+        return math.sqrt(self.accuracy * (1 - self.accuracy) / max(1, self.items - 1))
+
+
+def _subject_files(root: Path, split: str) -> list[Path]:
+    folder = root / split
+    if not folder.is_dir():
+        raise MmluError(f"{folder}: no such directory (expected the MMLU layout <root>/{split}/<subject>_{split}.csv)")
+    files = sorted(folder.glob(f"*_{split}.csv"))
+    if not files:
+        raise MmluError(f"{folder}: no *_{split}.csv files")
+    return files
+
+
+def load_mmlu(root: str | os.PathLike[str], split: str = "test", subjects: Sequence[str] = (), limit: int = 0) -> list[McItem]:
+    """Items of ``split``, subject by subject (sorted); ``limit`` > 0 keeps the first ``limit`` of each."""
+    files = _subject_files(Path(root), split)
+    by_subject = {path.name.removesuffix(f"_{split}.csv"): path for path in files}
+    missing = sorted(set(subjects) - set(by_subject))
+    if missing:
+        raise MmluError(f"{Path(root) / split}: no file for subject(s) {', '.join(missing)}")
+    items: list[McItem] = []
+    for subject in subjects or sorted(by_subject):
+        rows = _read_rows(by_subject[subject], subject)
+        items.extend(rows[:limit] if limit > 0 else rows)
+    return items
+
+
+def _read_rows(path: Path, subject: str) -> list[McItem]:
+    rows = []
+    with path.open(newline="", encoding="utf-8") as handle:
+        for line, row in enumerate(csv.reader(handle), start=1):
+            if len(row) != 6:
+                raise MmluError(f"{path}:{line}: expected 6 columns (question, A, B, C, D, answer), found {len(row)}")
+            answer = row[5].strip()
+            if answer not in LETTERS:
+                raise MmluError(f"{path}:{line}: answer {answer!r} is not one of {', '.join(LETTERS)}")
+            rows.append(McItem(subject, row[0], (row[1], row[2], row[3], row[4]), answer))
+    return rows
+
+
+def write_mmlu(root: str | os.PathLike[str], split: str, items: Sequence[McItem]) -> None:
+    """Write ``items`` in the MMLU layout (one file per subject)."""
+    folder = Path(root) / split
+    folder.mkdir(parents=True, exist_ok=True)
+    for subject in sorted({item.subject for item in items}):
+        with (folder / f"{subject}_{split}.csv").open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            for item in items:
+                if item.subject == subject:
+                    writer.writerow([item.question, *item.choices, item.answer])
+
+
+def _render(item: McItem, with_answer: bool) -> str:
+    lines = [item.question, *(f"{letter}. {choice}" for letter, choice in zip(LETTERS, item.choices, strict=True))]
+    return "\n".join([*lines, f"Answer: {item.answer}" if with_answer else "Answer:"])
+
+
+def format_prompt(item: McItem, shots: Sequence[McItem] = ()) -> str:
+    """The MMLU prompt: header, ``shots`` answered examples, then the question ending in ``Answer:``."""
+    header = f"The following are multiple choice questions (with answers) about {item.subject.replace('_', ' ')}."
+    return "\n\n".join([header, *(_render(shot, True) for shot in shots), _render(item, False)])
+
+
+def letter_ids(tokenizer: Tokenizer) -> list[int]:
+    """The token id of each answer letter as it follows ``Answer:`` (" A" in BPE vocabularies)."""
+    return [tokenizer.encode(f"Answer: {letter}")[-1] for letter in LETTERS]
+
+
+def score_mc(
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    items: Sequence[McItem],
+    vocab_size: int,
+    *,
+    shots: dict[str, list[McItem]] | None = None,
+    batch_size: int = 16,
+    max_len: int = 4096,
+) -> McScores:
+    """Letter accuracy over ``items``; prompts longer than ``max_len`` tokens keep their end.
+
+    Prompts are right-padded into batches: under causal attention the padding after a prompt cannot
+    change the logits at its last token, so batching does not change any answer.
+    """
+    import torch
+
+    from harness.runtime.forward import device, forward_logits
+
+    letters = torch.tensor(letter_ids(tokenizer), device=device())
+    answers = torch.tensor([LETTERS.index(item.answer) for item in items], device=device())
+    prompts = [tokenizer.encode(format_prompt(item, (shots or {}).get(item.subject, ())))[-max_len:] for item in items]
+    picked: list[torch.Tensor] = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            width = max(map(len, chunk))
+            tokens = torch.zeros(len(chunk), width, dtype=torch.long, device=device())
+            for row, ids in enumerate(chunk):
+                tokens[row, : len(ids)] = torch.tensor(ids, device=device())
+            logits = forward_logits(model, tokens, vocab_size)
+            last = torch.tensor([len(ids) - 1 for ids in chunk], device=device())
+            at_answer = logits[torch.arange(len(chunk), device=device()), last]
+            picked.append(at_answer[:, letters].argmax(dim=-1))
+    correct = int((torch.cat(picked) == answers).sum()) if items else 0
+    return McScores(accuracy=correct / max(1, len(items)), items=len(items))

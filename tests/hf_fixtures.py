@@ -1,0 +1,34 @@
+"""A tiny Llama checkpoint in the Hugging Face layout, written by the tests (no download): random
+weights, grouped-query attention, and a word-level tokenizer over the harness corpus words, so the
+same corpus text and multiple-choice prompts run through the HF path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_tiny_llama(directory: Path, *, vocab_size: int = 1024, seed: int = 0) -> Path:
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from harness.data.tokenizer import WordTokenizer
+
+    backend = Tokenizer(models.WordLevel(vocab=WordTokenizer(vocab_size).vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>").save_pretrained(directory)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(directory, safe_serialization=True)
+    return directory

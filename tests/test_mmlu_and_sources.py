@@ -1,0 +1,139 @@
+"""The MMLU-layout loader and prompt, evaluation text files, and suites that declare models by
+checkpoint path: real files written here, bad ones rejected with the file and line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.data.corpus import MarkovCorpus
+from harness.data.text import TextSourceError, read_documents, token_rows
+from harness.data.tokenizer import WordTokenizer
+from harness.evals.mmlu import LETTERS, McItem, MmluError, format_prompt, letter_ids, load_mmlu, write_mmlu
+from harness.schedule import skip_reason
+from harness.suites.expand import Resources, expand
+from harness.suites.load import load_suite
+from harness.suites.yaml_lines import SuiteError
+
+TOKENIZER = WordTokenizer(1024)
+CORPUS = MarkovCorpus(TOKENIZER.n_words)
+
+
+def test_corpus_questions_round_trip_through_the_mmlu_layout(tmp_path: Path) -> None:
+    items = CORPUS.multiple_choice(12, stream_seed=4)
+    write_mmlu(tmp_path, "test", items)
+    assert (tmp_path / "test" / "markov_test.csv").is_file()
+    assert load_mmlu(tmp_path, "test") == items
+    assert load_mmlu(tmp_path, "test", limit=5) == items[:5]
+    # the right option is the likeliest successor of the question's last word, the others never follow it
+    for item in items:
+        last = int(item.question.split()[-1][1:])
+        right = int(item.choices[LETTERS.index(item.answer)][1:])
+        others = {int(choice[1:]) for choice in item.choices} - {right}
+        assert right == CORPUS.successors[last, 0]
+        assert not others & set(CORPUS.successors[last].tolist())
+    assert {item.answer for item in CORPUS.multiple_choice(200, stream_seed=4)} == set(LETTERS)
+
+
+def test_several_subjects_and_a_subject_filter(tmp_path: Path) -> None:
+    algebra = [McItem("abstract_algebra", "1+1?", ("1", "2", "3", "4"), "B")]
+    law = [McItem("law", "Is it?", ("yes", "no", "maybe", "never"), "A"), McItem("law", "Q, with comma", ("a", "b", "c", "d"), "D")]
+    write_mmlu(tmp_path, "dev", algebra + law)
+    assert load_mmlu(tmp_path, "dev") == algebra + law
+    assert load_mmlu(tmp_path, "dev", subjects=["law"]) == law
+    with pytest.raises(MmluError, match="no file for subject"):
+        load_mmlu(tmp_path, "dev", subjects=["physics"])
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [("q,a,b,c,d\n", r"law_test.csv:2: expected 6 columns"), ("q,a,b,c,d,E\n", r"law_test.csv:2: answer 'E' is not one of")],
+)
+def test_malformed_rows_name_file_and_line(tmp_path: Path, row: str, message: str) -> None:
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / "law_test.csv").write_text("q,a,b,c,d,A\n" + row)
+    with pytest.raises(MmluError, match=message):
+        load_mmlu(tmp_path)
+
+
+def test_missing_layout_is_named(tmp_path: Path) -> None:
+    with pytest.raises(MmluError, match=r"no such directory \(expected the MMLU layout"):
+        load_mmlu(tmp_path / "nowhere")
+
+
+def test_prompt_follows_the_mmlu_template() -> None:
+    item = McItem("high_school_physics", "What falls?", ("apples", "rain", "both", "none"), "C")
+    shot = McItem("high_school_physics", "What rises?", ("smoke", "rocks", "lead", "water"), "A")
+    prompt = format_prompt(item, [shot])
+    assert prompt == (
+        "The following are multiple choice questions (with answers) about high school physics.\n\n"
+        "What rises?\nA. smoke\nB. rocks\nC. lead\nD. water\nAnswer: A\n\n"
+        "What falls?\nA. apples\nB. rain\nC. both\nD. none\nAnswer:"
+    )
+    # the harness tokenizer knows every template word, and the four letters are four tokens
+    assert TOKENIZER.vocab["<unk>"] not in TOKENIZER.encode(format_prompt(CORPUS.multiple_choice(1, 0)[0]))
+    assert len(set(letter_ids(TOKENIZER))) == 4
+
+
+def test_text_sources(tmp_path: Path) -> None:
+    rows = token_rows("corpus", TOKENIZER, CORPUS, 3, 10, stream=2)
+    np.testing.assert_array_equal(rows, CORPUS.sample(3, 10, stream_seed=2))  # corpus words read back as themselves
+    jsonl = tmp_path / "eval.jsonl"
+    jsonl.write_text(json.dumps({"text": "w1 w2 w3"}) + "\n\n" + json.dumps({"text": "w4 w5 w6 w7"}) + "\n")
+    assert token_rows(str(jsonl), TOKENIZER, CORPUS, 2, 3, stream=0).tolist() == [[1, 2, 3], [4, 5, 6]]
+    with pytest.raises(TextSourceError, match=r"eval.jsonl: 7 tokens, the case needs 2 rows x 4 = 8"):
+        token_rows(str(jsonl), TOKENIZER, CORPUS, 2, 4, stream=0)
+    jsonl.write_text('{"text": "ok"}\n{"txt": "bad"}\n')
+    with pytest.raises(TextSourceError, match=r"eval.jsonl:2: expected an object with a string \"text\" field"):
+        read_documents(jsonl)
+    with pytest.raises(TextSourceError, match="no such file"):
+        read_documents(tmp_path / "missing.txt")
+
+
+SOURCES = """\
+suite: real
+check: quant_accuracy
+models:
+{models}
+matrix:
+  model: [{model}]
+  layout: [{{tp: 2, pp: 1}}]
+  optimization: [fp8]
+"""
+
+
+@pytest.mark.parametrize(
+    ("models", "message"),
+    [
+        ("  m: {hf: /x, torch_dist: /y}", r"suite.yaml:4: models.m: Value error, give exactly one of hf"),
+        ("  m: {torch_dist: /y}", r"suite.yaml:4: models.m: Value error, torch_dist needs like"),
+        ("  m: {torch_dist: /y, like: giant}", r"suite.yaml:4: models.m.like: unknown zoo model 'giant'"),
+        ("  tiny-gpt: {hf: /x}", r"suite.yaml:4: models.tiny-gpt: 'tiny-gpt' is a zoo model"),
+    ],
+)
+def test_bad_model_declarations_name_the_line(write_suite, models: str, message: str) -> None:  # noqa: ANN001
+    with pytest.raises(SuiteError, match=message):
+        load_suite(write_suite(SOURCES.format(models=models, model="m")))
+
+
+def test_a_checkpoint_that_is_not_here_skips_its_cases_with_the_reason(write_suite, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("MODEL_STORE", str(tmp_path))
+    suite = load_suite(write_suite(SOURCES.format(models="  m: {hf: \"${MODEL_STORE}/Llama-3.1-8B\"}", model="m")))
+    (case,) = expand([suite], Resources(cpu_ranks=2, gpus=0))
+    reason = skip_reason(case, Resources(cpu_ranks=2, gpus=0))
+    assert reason == f"model m: no Hugging Face checkpoint at {tmp_path}/Llama-3.1-8B (config.json not found)"
+
+
+def test_hf_config_gives_the_architecture_and_layouts_are_judged(write_suite, tmp_path: Path) -> None:  # noqa: ANN001
+    config = {"architectures": ["LlamaForCausalLM"], "hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 3,
+              "num_key_value_heads": 3, "intermediate_size": 128, "vocab_size": 1000, "rope_theta": 500000.0}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SuiteError, match=r"suite.yaml:7: matrix.layout\[0\]: num_attention_heads 3 of model m is not divisible by tp=2"):
+        expand([load_suite(write_suite(SOURCES.format(models=f"  m: {{hf: {tmp_path}}}", model="m")))], Resources(cpu_ranks=2, gpus=0))
+    config |= {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SuiteError, match=r"suite.yaml:4: models.m: cannot read the checkpoint: .*rope_scaling type 'yarn'"):
+        load_suite(write_suite(SOURCES.format(models=f"  m: {{hf: {tmp_path}}}", model="m")))
