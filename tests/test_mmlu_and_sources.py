@@ -19,7 +19,7 @@ from harness.suites.load import load_suite
 from harness.suites.yaml_lines import SuiteError
 
 TOKENIZER = WordTokenizer(1024)
-CORPUS = MarkovCorpus(TOKENIZER.n_words)
+CORPUS = MarkovCorpus(TOKENIZER.n_words, rare_words=100)
 
 
 def test_corpus_questions_round_trip_through_the_mmlu_layout(tmp_path: Path) -> None:
@@ -35,6 +35,7 @@ def test_corpus_questions_round_trip_through_the_mmlu_layout(tmp_path: Path) -> 
         others = {int(choice[1:]) for choice in item.choices} - {right}
         assert right == CORPUS.successors[last, 0]
         assert not others & set(CORPUS.successors[last].tolist())
+        assert sum(other >= CORPUS.text_words for other in others) == 2  # two words that never occur in text
     assert {item.answer for item in CORPUS.multiple_choice(200, stream_seed=4)} == set(LETTERS)
 
 

@@ -27,12 +27,17 @@ class MarkovCorpus:
     vocab_size: int
     seed: int = 0
     probs: tuple[float, ...] = SUCCESSOR_PROBS
+    rare_words: int = 0  # the top ids never occur in text; questions use them as obvious distractors
+
+    @property
+    def text_words(self) -> int:
+        return self.vocab_size - self.rare_words
 
     @cached_property
     def successors(self) -> np.ndarray:
         """``[vocab, len(probs)]``: the successors of each token, most likely first."""
         rng = np.random.default_rng(self.seed)
-        return np.stack([rng.choice(self.vocab_size, size=len(self.probs), replace=False) for _ in range(self.vocab_size)])
+        return np.stack([rng.choice(self.text_words, size=len(self.probs), replace=False) for _ in range(self.vocab_size)])
 
     @property
     def best_accuracy(self) -> float:
@@ -46,23 +51,28 @@ class MarkovCorpus:
         """``[batch, seq]`` token ids; ``stream_seed`` separates train, held-out and calibration data."""
         rng = np.random.default_rng((self.seed, stream_seed))
         out = np.empty((batch, seq), dtype=np.int64)
-        out[:, 0] = rng.integers(0, self.vocab_size, size=batch)
+        out[:, 0] = rng.integers(0, self.text_words, size=batch)
         choices = rng.choice(len(self.probs), size=(batch, seq), p=np.asarray(self.probs))
         for t in range(1, seq):
             out[:, t] = self.successors[out[:, t - 1], choices[:, t]]
         return out
 
-    def multiple_choice(self, count: int, stream_seed: int, context_len: int = 6) -> list[McItem]:
+    def multiple_choice(self, count: int, stream_seed: int, context_len: int = 6, rare_distractors: int = 2) -> list[McItem]:
         """Questions in the MMLU layout whose answer the chain decides: after a sampled context, which
-        of four words comes next? The right one is the last word's most likely successor; the three
-        distractors are words that never follow it."""
+        of four words comes next? The right one is the last word's most likely successor. Of the three
+        distractors, ``rare_distractors`` are words that never occur in text (a model that learned the
+        language's words rules them out: 50% with two), the rest text words that never follow the last
+        word (only a model that learned the transitions rules them out)."""
+        rare = min(rare_distractors, self.rare_words)
         rng = np.random.default_rng((self.seed, stream_seed, _MC_TAG))
         contexts = self.sample(count, context_len, stream_seed=(stream_seed, _MC_TAG))
         items = []
         for context in contexts:
             last = int(context[-1])
-            never = np.setdiff1d(np.arange(self.vocab_size), self.successors[last])
-            options = [int(self.successors[last, 0]), *(int(t) for t in rng.choice(never, size=3, replace=False))]
+            never = np.setdiff1d(np.arange(self.text_words), self.successors[last])
+            distractors = [*rng.choice(np.arange(self.text_words, self.vocab_size), size=rare, replace=False),
+                           *rng.choice(never, size=3 - rare, replace=False)]
+            options = [int(self.successors[last, 0]), *(int(t) for t in distractors)]
             order = rng.permutation(4)
             choices = tuple(corpus_word(options[i]) for i in order)
             items.append(McItem("markov", " ".join(map(corpus_word, context)), choices, LETTERS[int(np.argmin(order))]))  # type: ignore[arg-type]

@@ -21,12 +21,12 @@ class TrainRecipe:
 
     corpus_seed: int = 0
     seed: int = 1234
-    steps: int = 300
+    steps: int = 800
     batch_size: int = 16
     seq_len: int = 64
     lr: float = 3e-3
     warmup_steps: int = 30
-    mc_rows: int = 4  # rows of each batch that are answered multiple-choice prompts (harness.evals.mmlu)
+    mc_rows: int = 8  # rows of each batch that are answered multiple-choice prompts (harness.evals.mmlu)
     answer_weight: float = 8.0  # loss weight of a question's answer letter against 1 for a text token
 
 

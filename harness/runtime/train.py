@@ -28,6 +28,7 @@ from harness.runtime.checkpoint import save_checkpoint
 from harness.runtime.distributed import model_parallel
 from harness.runtime.forward import device
 
+RARE_WORDS = 128  # corpus words that never occur in text (multiple-choice distractors)
 TRAIN_STREAM = 0  # corpus stream ids: training data; evaluations and calibration use others
 
 
@@ -45,7 +46,7 @@ def recipe_key(spec: ModelSpec) -> str:
 
 def corpus_of(spec: ModelSpec) -> MarkovCorpus:
     """The chain over the tokenizer's corpus words (the top ids are the prompt template's)."""
-    return MarkovCorpus(WordTokenizer(spec.vocab_size).n_words, spec.recipe.corpus_seed if spec.recipe else 0)
+    return MarkovCorpus(WordTokenizer(spec.vocab_size).n_words, spec.recipe.corpus_seed if spec.recipe else 0, rare_words=RARE_WORDS)
 
 
 def _mc_rows(corpus: MarkovCorpus, tokenizer: WordTokenizer, rows: int, width: int, step: int) -> np.ndarray:
