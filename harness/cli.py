@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         for item in plan:
             skip = f"  [skip: {item.skip}]" if item.skip else ""
-            print(f"{item.case.key}  world={item.case.world_size}  markers={','.join(item.case.markers)}{skip}")
+            known = "  [known defect: expected to fail]" if item.case.known_defect else ""
+            print(f"{item.case.key}  world={item.case.world_size}  markers={','.join(item.case.markers)}{known}{skip}")
         print(f"{len(plan)} cases")
         return 0
     if args.platform == "gpu" and resources.gpus == 0:

@@ -16,7 +16,7 @@ import pytest
 from harness.launchers.local import LocalLauncher
 from harness.pipeline import RunOptions, run_case
 from harness.provenance import provenance
-from harness.records import Case, CaseResult
+from harness.records import Case, CaseResult, Verdict
 from harness.report import summary, write_results
 from harness.schedule import Scheduled, skip_reason
 from harness.suites.expand import Resources, expand_suite
@@ -117,6 +117,8 @@ class CaseItem(pytest.Item):
         session.results.append(result)
         if not result.ok:
             raise CaseFailed(result.message())
+        if result.verdict is Verdict.XFAIL:
+            pytest.xfail(f"known defect: {self.case.known_defect}")
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, CaseFailed):

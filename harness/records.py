@@ -89,6 +89,7 @@ class Case:
     timeout_s: float
     seed: int
     source: str  # "suites/ckpt.yaml:12", where the case's suite is declared
+    known_defect: str | None = None  # an upstream defect this case reproduces: failing is expected
 
     @property
     def key(self) -> str:
@@ -115,6 +116,8 @@ class Verdict(enum.StrEnum):
     UPDATED = "updated"
     ERROR = "error"
     SKIPPED = "skipped"
+    XFAIL = "xfail"  # fails as its known defect says it should
+    XPASS = "xpass"  # a known defect no longer reproduces: an alert, the run fails until the entry goes
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,8 @@ class CaseResult:
         return self.outcome.case
 
     @property
-    def verdict(self) -> Verdict:
+    def measured_verdict(self) -> Verdict:
+        """The verdict of the numbers alone, before a known defect is taken into account."""
         if self.outcome.skipped is not None:
             return Verdict.SKIPPED
         if self.outcome.error is not None:
@@ -157,11 +161,22 @@ class CaseResult:
         return Verdict.PASS
 
     @property
+    def verdict(self) -> Verdict:
+        measured = self.measured_verdict
+        if self.case.known_defect is None:
+            return measured
+        return {Verdict.FAIL: Verdict.XFAIL, Verdict.ERROR: Verdict.XFAIL, Verdict.PASS: Verdict.XPASS}.get(measured, measured)
+
+    @property
     def ok(self) -> bool:
-        return self.verdict in (Verdict.PASS, Verdict.UPDATED, Verdict.SKIPPED)
+        return self.verdict in (Verdict.PASS, Verdict.UPDATED, Verdict.SKIPPED, Verdict.XFAIL)
 
     def message(self) -> str:
         head = f"{self.case.id} [{self.case.platform}]: {self.verdict.value}"
+        if self.verdict is Verdict.XFAIL:
+            head += f" (known defect: {self.case.known_defect})"
+        elif self.verdict is Verdict.XPASS:
+            head += f" (the known defect no longer reproduces; remove its known_defects entry: {self.case.known_defect})"
         if self.outcome.skipped is not None:
             return f"{head} ({self.outcome.skipped})"
         if self.outcome.error is not None:

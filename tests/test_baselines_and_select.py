@@ -71,6 +71,22 @@ def test_errors_and_skips_are_not_compared(tmp_path: Path) -> None:
     assert skipped.verdict is Verdict.SKIPPED and skipped.ok
 
 
+def test_known_defect_cases_are_expected_to_fail_and_alert_when_they_pass(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    store = BaselineStore(tmp_path)
+    compare(CaseOutcome(make_case(), {"x": 1.0, "speed": 2.0}, None, 1.0, "/a"), store, update=True, provenance={})
+    defective = replace(make_case(), known_defect="upstream bug 123 makes x drift")
+    still_broken = compare(CaseOutcome(defective, {"x": 5.0, "speed": 2.0}, None, 1.0, "/a"), store, update=False, provenance={})
+    assert still_broken.verdict is Verdict.XFAIL and still_broken.ok
+    assert still_broken.message().splitlines()[0] == "s/tiny-gpt/tp1pp1/none [cpu]: xfail (known defect: upstream bug 123 makes x drift)"
+    crashed = compare(CaseOutcome(defective, {}, "boom", 1.0, "/a"), store, update=False, provenance={})
+    assert crashed.verdict is Verdict.XFAIL
+    fixed = compare(CaseOutcome(defective, {"x": 1.0, "speed": 2.0}, None, 1.0, "/a"), store, update=False, provenance={})
+    assert fixed.verdict is Verdict.XPASS and not fixed.ok
+    assert "no longer reproduces; remove its known_defects entry" in fixed.message()
+
+
 @pytest.mark.parametrize(
     ("expression", "words", "expected"),
     [

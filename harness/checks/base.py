@@ -66,6 +66,8 @@ class Check:
     label_params: tuple[str, ...] = field(default_factory=tuple)
     # Canonical params for a layout (e.g. a reload layout equal to the layout becomes "same").
     normalize: Callable[[Layout, Any], Any] = lambda layout, params: params
+    # Why a case cannot run, judged before any worker starts: (param name, message) pairs.
+    case_problems: Callable[[Layout, Any, ModelSpec], list[tuple[str, str]]] = lambda layout, params, model: []
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,11 @@ ZOO: dict[str, ModelSpec] = {
         ),
     )
 }
+# A distillation student for tiny-gpt-trained (the teacher): half the layers and FFN width, same
+# hidden size and vocabulary, so intermediate losses compare hidden states without a projection.
+ZOO["tiny-gpt-student"] = replace(
+    ZOO["tiny-gpt"], name="tiny-gpt-student", description="2-layer student of tiny-gpt-trained", num_layers=2, ffn_hidden_size=512
+)
 # The same architecture trained on the synthetic corpus: accuracy deltas mean something on it.
 ZOO["tiny-gpt-trained"] = replace(
     ZOO["tiny-gpt"], name="tiny-gpt-trained", description="tiny-gpt trained on the Markov corpus (cached)", recipe=TrainRecipe()

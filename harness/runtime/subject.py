@@ -16,9 +16,10 @@ from harness.runtime.checkpoint import load_checkpoint
 from harness.runtime.train import checkpoint_path
 
 
-def build_model(spec: ModelSpec, *, seed: int) -> torch.nn.Module:
-    """``spec`` with its weights, sharded for the current megatron parallel state (collective)."""
-    model = build_gpt(spec, seed=seed)
+def build_model(spec: ModelSpec, *, seed: int, parallel_output: bool = False) -> torch.nn.Module:
+    """``spec`` with its weights, sharded for the current megatron parallel state (collective).
+    ``parallel_output``: vocabulary-parallel logits, as training and distillation losses take them."""
+    model = build_gpt(spec, seed=seed, parallel_output=parallel_output)
     if spec.hf_path is not None:
         from modelopt.torch.export import import_mcore_gpt_from_hf
 

@@ -86,6 +86,8 @@ def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platfor
             problems.append(lines.problem(where[key], reason))
         if world % each.world_size:
             problems.append(lines.problem(where[key], f"{each.token} does not divide the case's world size {world}"))
+    if not model.unavailable:
+        problems.extend(lines.problem(where.get(key, ("params", key)), message) for key, message in check.case_problems(layout, params, model))
     available = resources.cpu_ranks if platform == "cpu" else resources.gpus
     if (platform == "cpu" or resources.gpus) and world > available:
         problems.append(lines.problem(where["layout"], f"needs {world} ranks but this machine offers {available} {platform} ranks"))
@@ -113,6 +115,7 @@ def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platfor
         timeout_s=spec.timeout_s,
         seed=spec.seed,
         source=f"{suite.path}:{lines.line(('matrix',))}",
+        known_defect=next((k.defect for k in spec.known_defects if _matches(suite, k.when, chosen, layout, params)), None),
     ), []
 
 

@@ -58,10 +58,14 @@ def _validate_values(check_ref: str, lines: LineMap, entries: dict[str, Any], ba
         if key not in CORE_AXES and key not in check.params.model_fields:
             problems.append(lines.problem((*base, key), f"unknown key; axes are {', '.join(CORE_AXES)} or params of {check.name}"))
             continue
-        try:
-            _adapter(check_ref, key).validate_python(value)
-        except ValidationError as err:
-            problems.extend(_errors(err, lines, (*base, key)))
+        _validate_value(check_ref, lines, key, value, (*base, key), problems)
+
+
+def _validate_value(check_ref: str, lines: LineMap, key: str, value: Any, where: Path_, problems: list[str]) -> None:
+    try:
+        _adapter(check_ref, key).validate_python(value)
+    except ValidationError as err:
+        problems.extend(_errors(err, lines, where))
 
 
 def _unknown_metrics(check: Check, names: dict[str, Any], base: Path_, lines: LineMap) -> list[str]:
@@ -103,7 +107,7 @@ def _check_semantics(spec: SuiteModel, check: Check, lines: LineMap, models: dic
             problems.append(lines.problem(("matrix", axis), "a matrix axis must be a non-empty list"))
         else:
             for i, value in enumerate(values):
-                _validate_values(spec.check, lines, {axis: value}, ("matrix", axis, i), problems)
+                _validate_value(spec.check, lines, axis, value, ("matrix", axis, i), problems)
     for key in spec.params:
         if key not in fields:
             problems.append(lines.problem(("params", key), f"unknown key; {check.name} takes {', '.join(fields) or 'no params'}"))
@@ -113,6 +117,8 @@ def _check_semantics(spec: SuiteModel, check: Check, lines: LineMap, models: dic
     problems.extend(_unknown_metrics(check, spec.budgets, ("budgets",), lines))
     for i, entry in enumerate(spec.exclude):
         _validate_values(spec.check, lines, entry, ("exclude", i), problems)
+    for i, known in enumerate(spec.known_defects):
+        _validate_values(spec.check, lines, known.when, ("known_defects", i, "when"), problems)
     for i, override in enumerate(spec.overrides):
         _validate_values(spec.check, lines, override.when, ("overrides", i, "when"), problems)
         problems.extend(_unknown_metrics(check, override.tolerances, ("overrides", i, "tolerances"), lines))

@@ -60,6 +60,14 @@ class OverrideModel(StrictModel):
     budgets: dict[str, BudgetModel] = Field(default_factory=dict)
 
 
+class KnownDefectModel(StrictModel):
+    """Cases matching ``when`` reproduce an upstream defect: they are expected to fail (xfail), and
+    passing (xpass) fails the run so the entry is removed once upstream fixes it."""
+
+    when: dict[str, Any] = Field(min_length=1)
+    defect: str = Field(min_length=10)
+
+
 class SuiteModel(StrictModel):
     suite: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     check: str
@@ -76,3 +84,4 @@ class SuiteModel(StrictModel):
     tolerances: dict[str, ToleranceModel] = Field(default_factory=dict)
     budgets: dict[str, BudgetModel] = Field(default_factory=dict)
     overrides: list[OverrideModel] = Field(default_factory=list)
+    known_defects: list[KnownDefectModel] = Field(default_factory=list)
