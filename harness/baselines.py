@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.atomic import write_json_atomic
-from harness.records import CaseOutcome, CaseResult, Direction, MetricResult, Tolerance, Verdict
+from harness.records import CaseOutcome, CaseResult, Direction, MetricResult, Tolerance, Verdict, metric_family
 
 FORMAT = 1
 
@@ -67,10 +67,10 @@ def compare(outcome: CaseOutcome, store: BaselineStore, update: bool, provenance
     recorded = store.lookup(case.platform, case.suite, case.id) or {}
     results = []
     for name in sorted(set(outcome.metrics) | set(recorded)):
-        tolerance = case.tolerances.get(name, Tolerance())
+        tolerance = case.tolerances.get(name, case.tolerances.get(metric_family(name), Tolerance()))
         measured = outcome.metrics.get(name, math.nan)
         baseline = recorded.get(name)
-        budget = case.budgets.get(name)
+        budget = case.budgets.get(name, case.budgets.get(metric_family(name)))
         if budget is not None and not budget.allows(measured):
             verdict = Verdict.FAIL  # no baseline update can make a budget breach acceptable
         elif update:

@@ -15,6 +15,12 @@ if TYPE_CHECKING:
     from harness.models.zoo import ModelSpec
 
 
+def metric_family(name: str) -> str:
+    """``kd_loss@007`` (a per-step value) belongs to the family ``kd_loss@*``, whose spec, tolerance and
+    budget it takes unless one is given for the exact name."""
+    return f"{name.partition('@')[0]}@*" if "@" in name else name
+
+
 @dataclass(frozen=True, order=True)
 class Layout:
     tp: int = 1

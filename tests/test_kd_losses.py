@@ -123,3 +123,9 @@ def test_teacher_and_student_vocabularies_must_match(write_suite, monkeypatch) -
     suite = load_suite(write_suite(KD.format(teacher="wide-teacher", layout="{tp: 1, pp: 1}", kd="{name: logits}")))
     with pytest.raises(SuiteError, match=r"params.teacher: teacher wide-teacher has vocabulary 2048, student tiny-gpt-student 1024"):
         expand([suite], Resources(cpu_ranks=2, gpus=0))
+
+
+def test_known_defect_entries_are_validated(write_suite) -> None:  # noqa: ANN001
+    text = KD.format(teacher="tiny-gpt-trained", layout="{tp: 1, pp: 1}", kd="{name: logits}")
+    with pytest.raises(SuiteError, match=r"suite.yaml:10: known_defects\[0\].when.kdd: unknown key"):
+        load_suite(write_suite(text + "known_defects:\n  - when: {kdd: 1}\n    defect: an upstream bug that we track\n"))

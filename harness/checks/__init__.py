@@ -11,9 +11,10 @@ import importlib
 from harness.checks.base import Check
 from harness.checks.ckpt_roundtrip import CHECK as CKPT_ROUNDTRIP
 from harness.checks.kd_parity import CHECK as KD_PARITY
+from harness.checks.kd_trajectory import CHECK as KD_TRAJECTORY
 from harness.checks.quant_accuracy import CHECK as QUANT_ACCURACY
 
-CHECKS: dict[str, Check] = {check.name: check for check in (CKPT_ROUNDTRIP, QUANT_ACCURACY, KD_PARITY)}
+CHECKS: dict[str, Check] = {check.name: check for check in (CKPT_ROUNDTRIP, QUANT_ACCURACY, KD_PARITY, KD_TRAJECTORY)}
 
 
 def get_check(name: str) -> Check:

@@ -15,6 +15,7 @@ from harness.checks.base import Check, LayoutModel
 from harness.models.sources import ModelSourceError, hf_spec, torch_dist_spec
 from harness.models.zoo import ZOO, ModelSpec
 from harness.optimizations import get_optimization
+from harness.records import metric_family
 from harness.suites.schema import SuiteModel
 from harness.suites.yaml_lines import LineMap, Path_, SuiteError, load_yaml_with_lines
 
@@ -70,7 +71,7 @@ def _validate_value(check_ref: str, lines: LineMap, key: str, value: Any, where:
 
 def _unknown_metrics(check: Check, names: dict[str, Any], base: Path_, lines: LineMap) -> list[str]:
     return [lines.problem((*base, name), f"unknown metric; {check.name} emits {', '.join(check.metrics)}")
-            for name in names if name not in check.metrics]
+            for name in names if metric_family(name) not in check.metrics]
 
 
 def _declared_models(spec: SuiteModel, lines: LineMap, problems: list[str]) -> dict[str, ModelSpec]:

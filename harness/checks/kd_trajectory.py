@@ -1,0 +1,99 @@
+"""A short deterministic distillation run through modelopt's Megatron plugin, its per-step losses
+recorded as baselines in the spirit of Megatron's golden values (``kd_loss@001``, ``kd_loss@002``,
+...: one metric per step, each judged on its own, so a drift names the step where it starts).
+
+With ``parity_layout`` the same run is repeated under a second layout in the same case: TP2 and TP1
+must train the same student. ``kd_loss_decrease_pct`` says the student learns at all.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import PositiveFloat, PositiveInt
+
+from harness.checks.base import Check, CheckContext, LayoutModel, MetricSpec, SecondLayout
+from harness.checks.kd_common import KdParams, case_problems, distillation_under_layout, save_student, teacher_of, token_batch
+from harness.models.zoo import ModelSpec
+from harness.records import INFORMATIONAL, Layout, Tolerance
+
+TRAIN_STREAM = 7  # corpus stream of the training batches
+TAIL = 5  # steps averaged for the final loss
+
+
+class TrajectoryParams(KdParams):
+    steps: PositiveInt = 30
+    lr: PositiveFloat = 1e-3
+    parity_layout: Literal["none"] | LayoutModel = "none"
+
+
+PARITY = SecondLayout("parity_layout", sentinel="none", separator="~")
+
+
+def _trajectory(ctx: CheckContext, layout: Layout, teacher: ModelSpec) -> list[dict[str, float]]:
+    """Per-step losses of ``steps`` AdamW steps of the student under ``layout``. Every replica sees
+    the same batches, so no gradient exchange beyond megatron's own tensor/pipeline parallel one."""
+    import torch
+
+    from harness.runtime.distill import kd_step
+    from harness.runtime.distributed import model_parallel
+
+    params: TrajectoryParams = ctx.params
+    with model_parallel(layout, ctx.case.seed):
+        model = distillation_under_layout(ctx, teacher)
+        trainable = [p for name, p in model.named_parameters() if p.requires_grad and "_teacher_model" not in name]
+        optimizer = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=0.0)
+        losses = []
+        for step in range(params.steps):
+            tokens, labels = token_batch(teacher, params, (TRAIN_STREAM, ctx.case.seed, step))
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(kd_step(model, tokens, labels, backward=True))
+            optimizer.step()
+    return losses
+
+
+def run(ctx: CheckContext) -> dict[str, float]:
+    from harness.runtime.distributed import model_parallel
+    from harness.runtime.subject import build_model
+
+    params: TrajectoryParams = ctx.params
+    teacher = teacher_of(ctx)
+    with model_parallel(Layout(1, 1), ctx.case.seed):
+        save_student(ctx, build_model(ctx.model, seed=ctx.case.seed))
+    losses = _trajectory(ctx, ctx.case.layout, teacher)
+    components = ["kd_loss", "logits_loss"] + (["intermediate_loss"] if params.kd.intermediate else [])
+    components += [] if params.kd.skip_lm_loss else ["lm_loss"]
+    metrics = {f"{name}@{step:03d}": values[name] for step, values in enumerate(losses, start=1) for name in components}
+    first, last = losses[0]["kd_loss"], sum(v["kd_loss"] for v in losses[-TAIL:]) / min(TAIL, len(losses))
+    metrics["kd_loss_first"], metrics["kd_loss_last"] = first, last
+    metrics["kd_loss_decrease_pct"] = 100 * (first - last) / first
+    other = PARITY.other(ctx.case.layout, params)
+    if other is not None:
+        twin = _trajectory(ctx, other, teacher)
+        metrics["parity_max_rel_diff"] = max(
+            abs(mine[name] - theirs[name]) / max(abs(theirs[name]), 1e-12) for mine, theirs in zip(losses, twin, strict=True) for name in components
+        )
+    return metrics
+
+
+_STEP = Tolerance(rel=1e-4)  # CPU runs repeat bit-identically on one machine; this allows another CPU's kernels
+
+CHECK = Check(
+    name="kd_trajectory",
+    description="per-step losses of a short modelopt Megatron distillation run (golden values), and TP parity of the run",
+    params=TrajectoryParams,
+    metrics={
+        "kd_loss@*": MetricSpec("total distillation loss at each optimizer step", _STEP),
+        "logits_loss@*": MetricSpec("logits KL at each step", _STEP),
+        "intermediate_loss@*": MetricSpec("mean intermediate loss at each step (configs with intermediates)", _STEP),
+        "lm_loss@*": MetricSpec("student LM loss at each step (skip_lm_loss: false)", _STEP),
+        "kd_loss_first": MetricSpec("kd_loss at step 1", _STEP),
+        "kd_loss_last": MetricSpec(f"mean kd_loss of the last {TAIL} steps", _STEP),
+        "kd_loss_decrease_pct": MetricSpec("how much the student's kd_loss fell, first step to the last ones (%)", Tolerance(abs=1e-3)),
+        "parity_max_rel_diff": MetricSpec("max relative difference of any step's loss, here vs under parity_layout", INFORMATIONAL),
+    },
+    run=run,
+    case_problems=case_problems,
+    **{**PARITY.hooks(), "label": lambda layout, params: f"{PARITY.label(layout, params)}/{params.kd.name}",
+       "label_params": ("kd", "parity_layout")},
+)

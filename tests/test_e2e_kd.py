@@ -1,0 +1,32 @@
+"""The recorded KD trajectory is a real baseline: changing the distillation temperature in the suite
+fails the case step by step, naming each step's measured value, baseline and tolerance."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from harness.cli import EXIT_FAILED, main
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.e2e
+
+
+def test_a_perturbed_temperature_fails_the_trajectory_at_every_step(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    suite = tmp_path / "suites" / "kd_trajectory.yaml"
+    suite.parent.mkdir()
+    original = (ROOT / "suites" / "kd_trajectory.yaml").read_text()
+    suite.write_text(original.replace("temperature: 2.0", "temperature: 2.5"))
+    artifacts = tmp_path / "artifacts"
+    code = main(["run", str(suite), "-k", "not tp2pp1 and not tp1pp2", "--platform", "cpu",
+                 "--baselines", str(ROOT / "baselines"), "--artifacts", str(artifacts)])
+    out = capsys.readouterr().out
+    assert code == EXIT_FAILED
+    assert "kd-trajectory/tiny-gpt-student/tp1pp1/logits+cosine-t2/none [cpu]: fail" in out
+    failing_steps = re.findall(r"^  kd_loss@(\d{3}): measured \S+, baseline \S+, tolerance abs 0 \+ rel 0\.0001 -> fail$", out, re.M)
+    assert failing_steps[:3] == ["001", "002", "003"] and len(failing_steps) == 30
+    (case,) = json.loads((artifacts / "results.json").read_text())["cases"]
+    assert case["verdict"] == "fail"
