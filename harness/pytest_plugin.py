@@ -118,7 +118,7 @@ class CaseItem(pytest.Item):
         if not result.ok:
             raise CaseFailed(result.message())
         if result.verdict is Verdict.XFAIL:
-            pytest.xfail(f"known defect: {self.case.known_defect}")
+            pytest.xfail(f"known defect: {self.case.known_defect.describe()}")
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, CaseFailed):

@@ -78,6 +78,21 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class KnownDefect:
+    """An upstream defect a case reproduces, recognised by its symptom: every named metric within its
+    bound. Only that symptom is excused; any other failure of the case still fails it."""
+
+    description: str
+    symptom: dict[str, Budget]
+
+    def shows(self, metrics: dict[str, float]) -> bool:
+        return all(name in metrics and bound.allows(metrics[name]) for name, bound in self.symptom.items())
+
+    def describe(self) -> str:
+        return f"{self.description} [symptom: {', '.join(f'{n} in {b.describe()[7:]}' for n, b in self.symptom.items())}]"
+
+
+@dataclass(frozen=True)
 class Case:
     id: str
     suite: str
@@ -95,7 +110,7 @@ class Case:
     timeout_s: float
     seed: int
     source: str  # "suites/ckpt.yaml:12", where the case's suite is declared
-    known_defect: str | None = None  # an upstream defect this case reproduces: failing is expected
+    known_defect: KnownDefect | None = None  # an upstream defect this case reproduces
 
     @property
     def key(self) -> str:
@@ -168,10 +183,13 @@ class CaseResult:
 
     @property
     def verdict(self) -> Verdict:
-        measured = self.measured_verdict
-        if self.case.known_defect is None:
+        measured, known = self.measured_verdict, self.case.known_defect
+        if known is None or measured in (Verdict.SKIPPED, Verdict.ERROR):
             return measured
-        return {Verdict.FAIL: Verdict.XFAIL, Verdict.ERROR: Verdict.XFAIL, Verdict.PASS: Verdict.XPASS}.get(measured, measured)
+        if known.shows(self.outcome.metrics):
+            others_fail = any(m.verdict is Verdict.FAIL for m in self.metrics if m.name not in known.symptom)
+            return Verdict.FAIL if others_fail else Verdict.XFAIL
+        return Verdict.XPASS if measured is not Verdict.FAIL else Verdict.FAIL
 
     @property
     def ok(self) -> bool:
@@ -179,10 +197,13 @@ class CaseResult:
 
     def message(self) -> str:
         head = f"{self.case.id} [{self.case.platform}]: {self.verdict.value}"
+        known = self.case.known_defect
         if self.verdict is Verdict.XFAIL:
-            head += f" (known defect: {self.case.known_defect})"
+            head += f" (known defect: {known.describe()})"
         elif self.verdict is Verdict.XPASS:
-            head += f" (the known defect no longer reproduces; remove its known_defects entry: {self.case.known_defect})"
+            head += f" -- FIXED? the known defect's symptom is gone; remove its known_defects entry: {known.describe()}"
+        elif known is not None:
+            head += f" (not the known defect's symptom: {known.describe()})"
         if self.outcome.skipped is not None:
             return f"{head} ({self.outcome.skipped})"
         if self.outcome.error is not None:

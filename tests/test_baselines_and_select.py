@@ -10,7 +10,7 @@ import pytest
 
 from harness.baselines import BaselineStore, compare, within
 from harness.models.zoo import ZOO
-from harness.records import Case, CaseOutcome, Direction, Layout, Tolerance, Verdict
+from harness.records import Case, CaseOutcome, CaseResult, Direction, Layout, Tolerance, Verdict
 from harness.selection import ExpressionError, compile_expression, select
 
 
@@ -71,20 +71,29 @@ def test_errors_and_skips_are_not_compared(tmp_path: Path) -> None:
     assert skipped.verdict is Verdict.SKIPPED and skipped.ok
 
 
-def test_known_defect_cases_are_expected_to_fail_and_alert_when_they_pass(tmp_path: Path) -> None:
+def test_known_defects_excuse_only_their_symptom_and_flag_a_fix(tmp_path: Path) -> None:
     from dataclasses import replace
+
+    from harness.records import Budget, KnownDefect
 
     store = BaselineStore(tmp_path)
     compare(CaseOutcome(make_case(), {"x": 1.0, "speed": 2.0}, None, 1.0, "/a"), store, update=True, provenance={})
-    defective = replace(make_case(), known_defect="upstream bug 123 makes x drift")
-    still_broken = compare(CaseOutcome(defective, {"x": 5.0, "speed": 2.0}, None, 1.0, "/a"), store, update=False, provenance={})
-    assert still_broken.verdict is Verdict.XFAIL and still_broken.ok
-    assert still_broken.message().splitlines()[0] == "s/tiny-gpt/tp1pp1/none [cpu]: xfail (known defect: upstream bug 123 makes x drift)"
-    crashed = compare(CaseOutcome(defective, {}, "boom", 1.0, "/a"), store, update=False, provenance={})
-    assert crashed.verdict is Verdict.XFAIL
-    fixed = compare(CaseOutcome(defective, {"x": 1.0, "speed": 2.0}, None, 1.0, "/a"), store, update=False, provenance={})
+    defective = replace(make_case(), known_defect=KnownDefect("upstream bug 123 makes x drift", {"x": Budget(min=3.0)}))
+
+    def verdict(x: float, speed: float = 2.0, error: str | None = None) -> CaseResult:
+        return compare(CaseOutcome(defective, {"x": x, "speed": speed}, error, 1.0, "/a"), store, update=False, provenance={})
+
+    shown = verdict(5.0)
+    assert shown.verdict is Verdict.XFAIL and shown.ok
+    assert shown.message().splitlines()[0] == ("s/tiny-gpt/tp1pp1/none [cpu]: xfail (known defect: upstream bug 123 makes x drift "
+                                               "[symptom: x in [3, inf]])")
+    assert verdict(5.0, speed=1.0).verdict is Verdict.FAIL  # the symptom shows, but speed fails too: not excused
+    other = verdict(2.0)  # fails, but not the way the defect does
+    assert other.verdict is Verdict.FAIL and "not the known defect's symptom" in other.message()
+    assert verdict(5.0, error="boom").verdict is Verdict.ERROR
+    fixed = verdict(1.0)
     assert fixed.verdict is Verdict.XPASS and not fixed.ok
-    assert "no longer reproduces; remove its known_defects entry" in fixed.message()
+    assert "FIXED? the known defect's symptom is gone; remove its known_defects entry" in fixed.message()
 
 
 @pytest.mark.parametrize(

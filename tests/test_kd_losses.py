@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness.checks import get_check
 from harness.evals import kd_reference as ref
 from harness.models.zoo import ZOO
 from harness.suites.expand import Resources, expand
@@ -127,5 +128,10 @@ def test_teacher_and_student_vocabularies_must_match(write_suite, monkeypatch) -
 
 def test_known_defect_entries_are_validated(write_suite) -> None:  # noqa: ANN001
     text = KD.format(teacher="tiny-gpt-trained", layout="{tp: 1, pp: 1}", kd="{name: logits}")
-    with pytest.raises(SuiteError, match=r"suite.yaml:10: known_defects\[0\].when.kdd: unknown key"):
-        load_suite(write_suite(text + "known_defects:\n  - when: {kdd: 1}\n    defect: an upstream bug that we track\n"))
+    entry = "known_defects:\n  - when: {kdd: 1}\n    defect: an upstream bug that we track\n    symptom: {logits_gap: {min: 1}}\n"
+    with pytest.raises(SuiteError) as err:
+        load_suite(write_suite(text + entry))
+    assert [line.split("suite.yaml:")[1] for line in err.value.problems] == [
+        "10: known_defects[0].when.kdd: unknown key; axes are model, layout, optimization or params of kd_parity",
+        "12: known_defects[0].symptom.logits_gap: unknown metric; kd_parity emits " + ", ".join(get_check("kd_parity").metrics),
+    ]

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from harness.records import Budget, Case, Layout, Tolerance
+from harness.records import Budget, Case, KnownDefect, Layout, Tolerance
 from harness.suites.load import CORE_AXES, Suite
 from harness.suites.yaml_lines import SuiteError
 
@@ -115,7 +115,8 @@ def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platfor
         timeout_s=spec.timeout_s,
         seed=spec.seed,
         source=f"{suite.path}:{lines.line(('matrix',))}",
-        known_defect=next((k.defect for k in spec.known_defects if _matches(suite, k.when, chosen, layout, params)), None),
+        known_defect=next((KnownDefect(k.defect, {name: b.budget() for name, b in k.symptom.items()})
+                           for k in spec.known_defects if _matches(suite, k.when, chosen, layout, params)), None),
     ), []
 
 

@@ -120,6 +120,7 @@ def _check_semantics(spec: SuiteModel, check: Check, lines: LineMap, models: dic
         _validate_values(spec.check, lines, entry, ("exclude", i), problems)
     for i, known in enumerate(spec.known_defects):
         _validate_values(spec.check, lines, known.when, ("known_defects", i, "when"), problems)
+        problems.extend(_unknown_metrics(check, known.symptom, ("known_defects", i, "symptom"), lines))
     for i, override in enumerate(spec.overrides):
         _validate_values(spec.check, lines, override.when, ("overrides", i, "when"), problems)
         problems.extend(_unknown_metrics(check, override.tolerances, ("overrides", i, "tolerances"), lines))

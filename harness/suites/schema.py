@@ -61,11 +61,13 @@ class OverrideModel(StrictModel):
 
 
 class KnownDefectModel(StrictModel):
-    """Cases matching ``when`` reproduce an upstream defect: they are expected to fail (xfail), and
-    passing (xpass) fails the run so the entry is removed once upstream fixes it."""
+    """Cases matching ``when`` reproduce an upstream defect, recognised by ``symptom`` (metric bounds):
+    symptom shown -> xfail; symptom gone and the case passes -> xpass ("fixed?"), which fails the run
+    so the entry is removed; any other failure stays a failure."""
 
     when: dict[str, Any] = Field(min_length=1)
     defect: str = Field(min_length=10)
+    symptom: dict[str, BudgetModel] = Field(min_length=1)
 
 
 class SuiteModel(StrictModel):
