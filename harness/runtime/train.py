@@ -28,6 +28,7 @@ from harness.runtime.checkpoint import save_checkpoint
 from harness.runtime.distributed import model_parallel
 from harness.runtime.forward import device
 
+CORPUS_VOCAB = 1024  # the word vocabulary of the corpus when the model brings its own tokenizer
 RARE_WORDS = 128  # corpus words that never occur in text (multiple-choice distractors)
 TRAIN_STREAM = 0  # corpus stream ids: training data; evaluations and calibration use others
 
@@ -45,8 +46,11 @@ def recipe_key(spec: ModelSpec) -> str:
 
 
 def corpus_of(spec: ModelSpec) -> MarkovCorpus:
-    """The chain over the tokenizer's corpus words (the top ids are the prompt template's)."""
-    return MarkovCorpus(WordTokenizer(spec.vocab_size).n_words, spec.recipe.corpus_seed if spec.recipe else 0, rare_words=RARE_WORDS)
+    """The chain over the word tokenizer's corpus words (the top ids are the prompt template's).
+    Checkpoints with their own tokenizer read the corpus as text, so their vocabulary does not size
+    it (a 128k-word chain would take minutes to draw)."""
+    words = WordTokenizer(spec.vocab_size if spec.hf_path is None else CORPUS_VOCAB).n_words
+    return MarkovCorpus(words, spec.recipe.corpus_seed if spec.recipe else 0, rare_words=RARE_WORDS)
 
 
 def _mc_rows(corpus: MarkovCorpus, tokenizer: WordTokenizer, rows: int, width: int, step: int) -> np.ndarray:
