@@ -37,4 +37,8 @@ def write_results(path: Path, results: list[CaseResult], provenance: dict[str, A
 def summary(results: list[CaseResult]) -> str:
     counts = Counter(r.verdict for r in results)
     parts = [f"{counts[v]} {v.value}" for v in Verdict if counts[v]]
-    return f"{len(results)} cases: " + (", ".join(parts) if parts else "none selected")
+    line = f"{len(results)} cases: " + (", ".join(parts) if parts else "none selected")
+    fixed = [r.case.key for r in results if r.verdict is Verdict.XPASS]
+    if fixed:
+        line += f"\nFIXED? {len(fixed)} known defect(s) no longer show their symptom: {', '.join(fixed)}"
+    return line

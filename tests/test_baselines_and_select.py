@@ -11,6 +11,7 @@ import pytest
 from harness.baselines import BaselineStore, compare, within
 from harness.models.zoo import ZOO
 from harness.records import Case, CaseOutcome, CaseResult, Direction, Layout, Tolerance, Verdict
+from harness.report import summary
 from harness.selection import ExpressionError, compile_expression, select
 
 
@@ -94,6 +95,8 @@ def test_known_defects_excuse_only_their_symptom_and_flag_a_fix(tmp_path: Path) 
     fixed = verdict(1.0)
     assert fixed.verdict is Verdict.XPASS and not fixed.ok
     assert "FIXED? the known defect's symptom is gone; remove its known_defects entry" in fixed.message()
+    assert summary([shown, fixed]).splitlines() == ["2 cases: 1 xfail, 1 xpass",
+                                                    "FIXED? 1 known defect(s) no longer show their symptom: s/tiny-gpt/tp1pp1/none[cpu]"]
 
 
 @pytest.mark.parametrize(
