@@ -12,17 +12,24 @@ from harness.pipeline import RunOptions, collect, run_plan
 from harness.provenance import provenance
 from harness.records import Verdict
 from harness.report import summary, write_results
+from harness.reports.history import History, format_case_runs
+from harness.reports.junit import write_junit
 from harness.schedule import schedule
 from harness.selection import ExpressionError
 from harness.suites.expand import Resources
 from harness.suites.yaml_lines import SuiteError
 
 EXIT_FAILED, EXIT_USAGE, EXIT_NO_GPU = 1, 2, 3
+DEFAULT_HISTORY = Path("artifacts") / "history.sqlite"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description="Post-training regression harness for Megatron-Core + ModelOpt")
     sub = parser.add_subparsers(dest="command", required=True)
+    history = sub.add_parser("history", help="print a case's metrics over the recorded runs")
+    history.add_argument("case", help="a case id or any part of one: tp2pp1->tp1pp1/int4_awq")
+    history.add_argument("--history", type=Path, default=DEFAULT_HISTORY, help=f"run history (default: {DEFAULT_HISTORY})")
+    history.add_argument("-n", type=int, default=10, help="last N runs (default: 10)")
     for name, text in (("list", "list the cases the suites expand to"), ("run", "run cases against recorded baselines")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("suites", nargs="*", help="suite files (default: suites/*.yaml)")
@@ -34,11 +41,31 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="artifact folder (default: artifacts)")
     run.add_argument("--update-baselines", action="store_true", help="record measured values as the new baselines")
     run.add_argument("--allow-no-gpu", action="store_true", help="with --platform gpu on a machine without GPUs: skip, exit 0")
+    run.add_argument("--history", type=Path, help="run history to append to (default: <artifacts>/history.sqlite)")
+    run.add_argument("--junit", type=Path, help="also write JUnit XML here")
     return parser
+
+
+def _history(args: argparse.Namespace) -> int:
+    if not args.history.exists():
+        print(f"harness: no run history at {args.history}", file=sys.stderr)
+        return EXIT_USAGE
+    store = History(args.history)
+    try:
+        found = store.case_runs(args.case, args.n)
+    finally:
+        store.close()
+    if not found:
+        print(f"harness: no case matching {args.case!r} in {args.history}", file=sys.stderr)
+        return EXIT_USAGE
+    print("\n\n".join(format_case_runs(key, runs) for key, runs in found.items()))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "history":
+        return _history(args)
     paths = args.suites or sorted(glob.glob("suites/*.yaml"))
     resources = Resources.detect()
     markexpr = " and ".join(f"({e})" for e in (args.markexpr, args.platform) if e) or None
@@ -62,17 +89,24 @@ def main(argv: list[str] | None = None) -> int:
     options = RunOptions(args.baselines, args.artifacts, args.update_baselines)
     info = provenance(Path.cwd())
     launcher = LocalLauncher(args.artifacts)
+    history = History(args.history or args.artifacts / DEFAULT_HISTORY.name)
+    run_id = history.start_run(info)
     results = []
     try:
         for result in run_plan(plan, launcher, options, info):
             results.append(result)
             print(result.message(), flush=True)
             write_results(args.artifacts / "results.json", results, info)
+            history.record(run_id, result)
+        history.finish_run(run_id)
     except KeyboardInterrupt:
         print(f"harness: interrupted after {len(results)} of {len(plan)} cases", file=sys.stderr)
         return EXIT_FAILED
     finally:
         launcher.close()
+        history.close()
+        if args.junit is not None:
+            write_junit(args.junit, results)
     print(summary(results))
     if options.update_baselines:
         print(f"baselines written under {args.baselines}/ ({sum(r.verdict is Verdict.UPDATED for r in results)} cases changed)")

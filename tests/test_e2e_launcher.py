@@ -54,6 +54,15 @@ def test_hung_crashed_and_raising_cases_do_not_stop_the_run(write_suite, tmp_pat
     group = int(re.search(r"worker process group (\d+) killed", errors["hangs"]).group(1))
     with pytest.raises(ProcessLookupError):
         os.killpg(group, 0)
+    # the run history holds every case, errors included, with the run marked finished
+    from harness.reports.history import History
+
+    history = History(tmp_path / "artifacts" / "history.sqlite")
+    recorded = {key.split("/")[0]: runs[-1] for key, runs in history.case_runs("/tiny-gpt/").items()}
+    history.close()
+    assert {name: (run.verdict, run.finished) for name, run in recorded.items()} == {
+        "hangs": ("error", True), "crashes": ("error", True), "raises": ("error", True), "sleeps": ("pass", True)}
+    assert recorded["sleeps"].metrics["slept_s"] == (0.5, 0.5)
 
 
 def edited_baselines(tmp_path: Path, suite: str, case_id: str, metric: str, change: float) -> tuple[Path, float]:

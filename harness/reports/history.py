@@ -1,0 +1,113 @@
+"""The run history: one SQLite file that every ``harness run`` appends to, a run row with its
+provenance, then one transaction per finished case (its verdict and every metric with baseline and
+tolerance). SQLite commits are atomic, so a run killed midway leaves every finished case recorded
+and the run marked unfinished (``ended`` is NULL); nothing is ever half written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.records import CaseResult
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, started TEXT NOT NULL, ended TEXT, provenance TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cases (
+    run_id INTEGER NOT NULL REFERENCES runs(id), key TEXT NOT NULL, suite TEXT NOT NULL, verdict TEXT NOT NULL,
+    duration_s REAL, error TEXT, artifacts TEXT, PRIMARY KEY (run_id, key));
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id INTEGER NOT NULL REFERENCES runs(id), key TEXT NOT NULL, name TEXT NOT NULL, measured REAL, baseline REAL,
+    tolerance TEXT NOT NULL, verdict TEXT NOT NULL, PRIMARY KEY (run_id, key, name));
+"""
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class CaseRun:
+    """One case in one run, as the history holds it."""
+
+    run_id: int
+    started: str
+    finished: bool  # False: the run was interrupted (this case itself completed)
+    commit: str | None
+    verdict: str
+    metrics: dict[str, tuple[float | None, float | None]]  # name -> (measured, baseline)
+
+
+class History:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def start_run(self, provenance: dict[str, Any]) -> int:
+        with self._db:
+            cursor = self._db.execute("INSERT INTO runs (started, provenance) VALUES (?, ?)", (_now(), json.dumps(provenance)))
+        return int(cursor.lastrowid)
+
+    def record(self, run_id: int, result: CaseResult) -> None:
+        case, outcome = result.case, result.outcome
+        with self._db:  # one transaction: the case and all its metrics, or nothing
+            self._db.execute(
+                "INSERT OR REPLACE INTO cases VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, case.key, case.suite, result.verdict.value, outcome.duration_s, outcome.error or outcome.skipped, outcome.artifacts),
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(run_id, case.key, m.name, m.measured, m.baseline, json.dumps(dataclasses.asdict(m.tolerance)), m.verdict.value)
+                 for m in result.metrics],
+            )
+
+    def finish_run(self, run_id: int) -> None:
+        with self._db:
+            self._db.execute("UPDATE runs SET ended = ? WHERE id = ?", (_now(), run_id))
+
+    def case_runs(self, pattern: str, limit: int = 20) -> dict[str, list[CaseRun]]:
+        """The last ``limit`` runs of every case whose key contains ``pattern``, oldest first."""
+        rows = self._db.execute(
+            "SELECT c.key, r.id, r.started, r.ended, r.provenance, c.verdict FROM cases c JOIN runs r ON r.id = c.run_id "
+            "WHERE instr(c.key, ?) > 0 ORDER BY c.key, r.id DESC", (pattern,),
+        ).fetchall()
+        found: dict[str, list[CaseRun]] = {}
+        for key, run_id, started, ended, provenance, verdict in rows:
+            if len(found.setdefault(key, [])) >= limit:
+                continue
+            metrics = {name: (measured, baseline) for name, measured, baseline in self._db.execute(
+                "SELECT name, measured, baseline FROM metrics WHERE run_id = ? AND key = ? ORDER BY name", (run_id, key))}
+            found[key].append(CaseRun(run_id, started, ended is not None, json.loads(provenance).get("commit"), verdict, metrics))
+        return {key: runs[::-1] for key, runs in found.items()}
+
+
+def _value(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+def format_case_runs(key: str, runs: list[CaseRun]) -> str:
+    """A terminal table: one column per run, one row per metric (latest baseline on the right)."""
+    names = sorted({name for run in runs for name in run.metrics})
+    label = max([len("run"), *map(len, names)])
+    heads = [f"#{run.run_id}{'' if run.finished else '*'}" for run in runs]
+    width = max([10, *map(len, heads)])
+    lines = [f"{key}: {len(runs)} run(s)" + ("; * = the run was interrupted" if not all(r.finished for r in runs) else ""),
+             f"{'run':<{label}}  " + "  ".join(f"{h:>{width}}" for h in heads) + "  baseline",
+             f"{'commit':<{label}}  " + "  ".join(f"{(r.commit or '-')[:8]:>{width}}" for r in runs),
+             f"{'verdict':<{label}}  " + "  ".join(f"{r.verdict:>{width}}" for r in runs)]
+    for name in names:
+        values = [_value(run.metrics.get(name, (None, None))[0]) for run in runs]
+        latest = next((run.metrics[name][1] for run in reversed(runs) if name in run.metrics), None)
+        lines.append(f"{name:<{label}}  " + "  ".join(f"{v:>{width}}" for v in values) + f"  {_value(latest)}")
+    return "\n".join(lines)
