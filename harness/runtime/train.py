@@ -22,7 +22,7 @@ import torch.distributed as dist
 from harness.data.corpus import MarkovCorpus
 from harness.data.tokenizer import WordTokenizer
 from harness.evals.mmlu import format_prompt
-from harness.models.zoo import ModelSpec, build_gpt
+from harness.models.zoo import ModelSpec, TrainRecipe, build_gpt
 from harness.records import Layout
 from harness.runtime.checkpoint import save_checkpoint
 from harness.runtime.distributed import model_parallel
@@ -67,14 +67,13 @@ def _mc_rows(corpus: MarkovCorpus, tokenizer: WordTokenizer, rows: int, width: i
     return out
 
 
-def training_batch(spec: ModelSpec, step: int) -> np.ndarray:
+def training_batch(recipe: TrainRecipe, corpus: MarkovCorpus, tokenizer: WordTokenizer, step: int) -> np.ndarray:
     """``[batch, seq + 1]`` tokens of step ``step``: corpus text, then ``recipe.mc_rows`` rows of
-    multiple-choice prompts."""
-    recipe = spec.recipe
-    assert recipe is not None
-    corpus, width = corpus_of(spec), recipe.seq_len + 1
+    multiple-choice prompts. The corpus is built once per training run: drawing its chain costs more
+    than a batch."""
+    width = recipe.seq_len + 1
     text = corpus.sample(recipe.batch_size - recipe.mc_rows, width, stream_seed=(TRAIN_STREAM, step))
-    return np.concatenate([text, _mc_rows(corpus, WordTokenizer(spec.vocab_size), recipe.mc_rows, width, step)])
+    return np.concatenate([text, _mc_rows(corpus, tokenizer, recipe.mc_rows, width, step)])
 
 
 def _loss_weights(inputs: torch.Tensor, tokenizer: WordTokenizer, answer_weight: float) -> torch.Tensor:
@@ -93,10 +92,10 @@ def _train(spec: ModelSpec) -> torch.nn.Module:
     model = build_gpt(spec, seed=recipe.seed, parallel_output=True).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / recipe.warmup_steps))
-    tokenizer = WordTokenizer(spec.vocab_size)
+    tokenizer, corpus = WordTokenizer(spec.vocab_size), corpus_of(spec)
     positions = torch.arange(recipe.seq_len, device=device()).unsqueeze(0).expand(recipe.batch_size, -1)
     for step in range(recipe.steps):
-        batch = torch.from_numpy(training_batch(spec, step)).to(device())
+        batch = torch.from_numpy(training_batch(recipe, corpus, tokenizer, step)).to(device())
         weights = _loss_weights(batch[:, :-1], tokenizer, recipe.answer_weight)
         loss = (model(batch[:, :-1], positions, None, labels=batch[:, 1:]) * weights).sum() / weights.sum()
         optimizer.zero_grad(set_to_none=True)
