@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import argparse
 import glob
+import os
 import sys
+from collections import Counter
 from pathlib import Path
 
+from harness.atomic import write_text_atomic
 from harness.launchers.local import LocalLauncher
 from harness.pipeline import RunOptions, collect, run_plan
+from harness.progress import case_progress
 from harness.provenance import provenance
 from harness.records import Verdict
 from harness.report import summary, write_results
 from harness.reports.history import History, format_case_runs
+from harness.reports.html import html
 from harness.reports.junit import write_junit
+from harness.reports.render import markdown
+from harness.reports.trends import Settings, analyse, run_label
 from harness.schedule import schedule
 from harness.selection import ExpressionError
 from harness.suites.expand import Resources
@@ -30,6 +37,14 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("case", help="a case id or any part of one: tp2pp1->tp1pp1/int4_awq")
     history.add_argument("--history", type=Path, default=DEFAULT_HISTORY, help=f"run history (default: {DEFAULT_HISTORY})")
     history.add_argument("-n", type=int, default=10, help="last N runs (default: 10)")
+    report = sub.add_parser("report", help="Markdown + self-contained HTML report of the last N runs in the history")
+    report.add_argument("--history", type=Path, default=DEFAULT_HISTORY, help=f"run history (default: {DEFAULT_HISTORY})")
+    report.add_argument("--out", type=Path, default=Path("artifacts") / "report", help="folder for report.md and report.html")
+    report.add_argument("-n", dest="runs", type=int, default=Settings.runs, help=f"last N runs (default: {Settings.runs})")
+    report.add_argument("--drift-runs", type=int, default=Settings.drift_runs,
+                        help=f"a drift is this many latest runs beyond tolerance (default: {Settings.drift_runs})")
+    report.add_argument("--drift-window", type=int, default=Settings.drift_window,
+                        help=f"runs before the move that make the reference (default: {Settings.drift_window})")
     for name, text in (("list", "list the cases the suites expand to"), ("run", "run cases against recorded baselines")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("suites", nargs="*", help="suite files (default: suites/*.yaml)")
@@ -46,11 +61,43 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _history(args: argparse.Namespace) -> int:
-    if not args.history.exists():
-        print(f"harness: no run history at {args.history}", file=sys.stderr)
+def _open_history(path: Path) -> History | None:
+    if not path.exists():
+        print(f"harness: no run history at {path}", file=sys.stderr)
+        return None
+    return History(path)
+
+
+def _report(args: argparse.Namespace) -> int:
+    store = _open_history(args.history)
+    if store is None:
         return EXIT_USAGE
-    store = History(args.history)
+    try:
+        window = store.window(args.runs)
+    finally:
+        store.close()
+    if not window.runs:
+        print(f"harness: {args.history} holds no runs", file=sys.stderr)
+        return EXIT_USAGE
+    analysis = analyse(window, Settings(args.runs, args.drift_runs, args.drift_window))
+    text = markdown(analysis)
+    write_text_atomic(args.out / "report.md", text)
+    write_text_atomic(args.out / "report.html", html(analysis))
+    summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary_file:
+        with open(summary_file, "a") as handle:
+            handle.write(text)
+    statuses = Counter(s.status for s in analysis.cases)
+    print(f"report of {len(window.runs)} run(s), latest {run_label(analysis.latest)}: "
+          + ", ".join(f"{n} {status}" for status, n in sorted(statuses.items())) + f", {len(analysis.drifts)} drift(s)")
+    print(f"written: {args.out / 'report.md'} and {args.out / 'report.html'}")
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    store = _open_history(args.history)
+    if store is None:
+        return EXIT_USAGE
     try:
         found = store.case_runs(args.case, args.n)
     finally:
@@ -66,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "history":
         return _history(args)
+    if args.command == "report":
+        return _report(args)
     paths = args.suites or sorted(glob.glob("suites/*.yaml"))
     resources = Resources.detect()
     markexpr = " and ".join(f"({e})" for e in (args.markexpr, args.platform) if e) or None
@@ -93,11 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     run_id = history.start_run(info)
     results = []
     try:
-        for result in run_plan(plan, launcher, options, info):
-            results.append(result)
-            print(result.message(), flush=True)
-            write_results(args.artifacts / "results.json", results, info)
-            history.record(run_id, result)
+        with case_progress(len(plan)) as advance:
+            for result in run_plan(plan, launcher, options, info):
+                results.append(result)
+                print(result.message(), flush=True)
+                write_results(args.artifacts / "results.json", results, info)
+                history.record(run_id, result)
+                advance(result)
         history.finish_run(run_id)
     except KeyboardInterrupt:
         print(f"harness: interrupted after {len(results)} of {len(plan)} cases", file=sys.stderr)

@@ -1,15 +1,21 @@
-"""Where a number came from: library versions, interpreter, machine, commit and time."""
+"""Where a number came from: library versions, interpreter, machine, GPUs and driver, container,
+commit and time. Everything here is optional: a CPU host without NVML or a container simply has
+fewer keys."""
 
 from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata
+import os
 import platform
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 PACKAGES = ("torch", "megatron-core", "nvidia-modelopt", "transformer-engine")
+# What NGC PyTorch images and enroot/pyxis set; the first one present names the container.
+CONTAINER_VARIABLES = ("HARNESS_CONTAINER_IMAGE", "NVIDIA_PYTORCH_VERSION", "PYTORCH_BUILD_VERSION", "SLURM_CONTAINER_IMAGE")
 
 
 def package_versions() -> dict[str, str]:
@@ -30,12 +36,45 @@ def git_commit(where: Path) -> str | None:
     return out.stdout.strip() or None
 
 
+def gpu_facts() -> dict[str, Any]:
+    """Driver, CUDA driver version and GPU names through NVML, where the NVIDIA driver is present."""
+    try:
+        import pynvml  # nvidia-ml-py; absent or without a driver on CPU hosts
+    except ImportError:
+        return {}
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return {}
+    try:
+        cuda = pynvml.nvmlSystemGetCudaDriverVersion()
+        return {
+            "driver": pynvml.nvmlSystemGetDriverVersion(),
+            "cuda_driver": f"{cuda // 1000}.{cuda % 1000 // 10}",
+            "gpus": [pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(pynvml.nvmlDeviceGetCount())],
+        }
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def container_image() -> str | None:
+    for name in CONTAINER_VARIABLES:
+        if os.environ.get(name):
+            return f"{name}={os.environ[name]}"
+    return None
+
+
 def provenance(where: Path) -> dict[str, object]:
-    return {
+    info: dict[str, object] = {
         "versions": package_versions(),
         "python": platform.python_version(),
         "machine": f"{platform.system()} {platform.machine()}",
         "host": socket.gethostname(),
         "commit": git_commit(where),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **gpu_facts(),
     }
+    image = container_image()
+    if image is not None:
+        info["container"] = image
+    return info

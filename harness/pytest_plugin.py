@@ -18,6 +18,7 @@ from harness.pipeline import RunOptions, run_case
 from harness.provenance import provenance
 from harness.records import Case, CaseResult, Verdict
 from harness.report import summary, write_results
+from harness.reports.history import History
 from harness.schedule import Scheduled, skip_reason
 from harness.suites.expand import Resources, expand_suite
 from harness.suites.load import load_suite
@@ -27,7 +28,9 @@ _SESSION = pytest.StashKey["HarnessSession"]()
 
 
 class HarnessSession:
-    """Per pytest session: resources, one launcher (warm pools), results so far."""
+    """Per pytest session: resources, one launcher (warm pools), results so far, and the run in the
+    history that its cases are appended to (opened at the first case, so sessions without cases
+    leave no empty runs)."""
 
     def __init__(self, config: pytest.Config) -> None:
         root = Path(config.rootpath)
@@ -38,7 +41,10 @@ class HarnessSession:
         )
         self.resources = Resources.detect()
         self.provenance = provenance(root)
+        self.history_path: Path = config.getoption("harness_history") or self.options.artifacts / "history.sqlite"
         self._launcher: LocalLauncher | None = None
+        self._history: tuple[History, int] | None = None
+        self.interrupted = False
         self.results: list[CaseResult] = []
 
     @property
@@ -47,9 +53,22 @@ class HarnessSession:
             self._launcher = LocalLauncher(self.options.artifacts)
         return self._launcher
 
+    def record(self, result: CaseResult) -> None:
+        self.results.append(result)
+        if self._history is None:
+            history = History(self.history_path)
+            self._history = (history, history.start_run(self.provenance))
+        history, run_id = self._history
+        history.record(run_id, result)
+
     def close(self) -> None:
         if self._launcher is not None:
             self._launcher.close()
+        if self._history is not None:
+            history, run_id = self._history
+            if not self.interrupted:
+                history.finish_run(run_id)
+            history.close()
         if self.results:
             write_results(self.options.artifacts / "results.json", self.results, self.provenance)
 
@@ -59,6 +78,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--harness-baselines", type=Path, default=None, help="baseline folder (default: <rootdir>/baselines)")
     group.addoption("--harness-artifacts", type=Path, default=None, help="artifact folder (default: <rootdir>/artifacts)")
     group.addoption("--harness-update-baselines", action="store_true", help="record measured values as baselines")
+    group.addoption("--harness-history", type=Path, default=None, help="run history to append to (default: <artifacts>/history.sqlite)")
 
 
 def _session(config: pytest.Config) -> HarnessSession:
@@ -114,7 +134,7 @@ class CaseItem(pytest.Item):
         if skip is not None:
             pytest.skip(skip)
         result = run_case(Scheduled(self.case, None), session.launcher, session.options, session.provenance)
-        session.results.append(result)
+        session.record(result)
         if not result.ok:
             raise CaseFailed(result.message())
         if result.verdict is Verdict.XFAIL:
@@ -127,6 +147,12 @@ class CaseItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, None, f"{self.case.id} [{self.case.platform}] (from {self.case.source})"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """An interrupted session's run stays unfinished in the history (its finished cases stay recorded)."""
+    if _SESSION in session.config.stash and exitstatus == pytest.ExitCode.INTERRUPTED:
+        session.config.stash[_SESSION].interrupted = True
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

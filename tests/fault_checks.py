@@ -33,3 +33,15 @@ _METRICS = {"slept_s": MetricSpec("seconds slept", Tolerance())}
 SLEEPS = Check("sleeps", "sleeps for params.seconds", SleepParams, _METRICS, _sleep)
 CRASHES = Check("crashes", "the worker process exits with code 3", SleepParams, _METRICS, _crash)
 RAISES = Check("raises", "the check raises", SleepParams, _METRICS, _raise)
+
+
+class ValueParams(StrictModel):
+    value: float = 1.0
+
+
+def _emit(ctx: CheckContext) -> dict[str, float]:
+    return {"value": ctx.params.value}
+
+
+# A metric the test sets through the suite: lets a test move it run by run (an injected drift).
+EMITS = Check("emits", "returns params.value", ValueParams, {"value": MetricSpec("the value of params.value", Tolerance(abs=0.05))}, _emit)

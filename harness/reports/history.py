@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.records import CaseResult
+from harness.records import CaseResult, Direction, Tolerance
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, started TEXT NOT NULL, ended TEXT, provenance TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cases (
     run_id INTEGER NOT NULL REFERENCES runs(id), key TEXT NOT NULL, suite TEXT NOT NULL, verdict TEXT NOT NULL,
-    duration_s REAL, error TEXT, artifacts TEXT, PRIMARY KEY (run_id, key));
+    duration_s REAL, error TEXT, artifacts TEXT, known_defect TEXT, PRIMARY KEY (run_id, key));
 CREATE TABLE IF NOT EXISTS metrics (
     run_id INTEGER NOT NULL REFERENCES runs(id), key TEXT NOT NULL, name TEXT NOT NULL, measured REAL, baseline REAL,
     tolerance TEXT NOT NULL, verdict TEXT NOT NULL, PRIMARY KEY (run_id, key, name));
@@ -44,12 +44,60 @@ class CaseRun:
     metrics: dict[str, tuple[float | None, float | None]]  # name -> (measured, baseline)
 
 
+@dataclass(frozen=True)
+class RunRow:
+    id: int
+    started: str
+    ended: str | None  # None: the run was interrupted or is still going
+    provenance: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    run_id: int
+    key: str
+    name: str
+    measured: float | None
+    baseline: float | None
+    tolerance: Tolerance
+    verdict: str
+
+
+@dataclass(frozen=True)
+class CaseRow:
+    run_id: int
+    key: str
+    verdict: str
+    duration_s: float | None
+    error: str | None
+    artifacts: str | None
+    known_defect: str | None
+
+
+@dataclass(frozen=True)
+class Window:
+    """The last N runs, oldest first, with every case and metric they recorded."""
+
+    runs: list[RunRow]
+    cases: list[CaseRow]
+    metrics: list[MetricRow]
+
+
+def _tolerance(text: str) -> Tolerance:
+    fields = json.loads(text)
+    return Tolerance(float(fields["abs"]), float(fields["rel"]), Direction(fields["direction"]))
+
+
 class History:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(cases)")}
+        if "known_defect" not in columns:  # histories written before known defects were recorded
+            with self._db:
+                self._db.execute("ALTER TABLE cases ADD COLUMN known_defect TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -63,8 +111,9 @@ class History:
         case, outcome = result.case, result.outcome
         with self._db:  # one transaction: the case and all its metrics, or nothing
             self._db.execute(
-                "INSERT OR REPLACE INTO cases VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (run_id, case.key, case.suite, result.verdict.value, outcome.duration_s, outcome.error or outcome.skipped, outcome.artifacts),
+                "INSERT OR REPLACE INTO cases VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, case.key, case.suite, result.verdict.value, outcome.duration_s, outcome.error or outcome.skipped, outcome.artifacts,
+                 None if case.known_defect is None else case.known_defect.describe()),
             )
             self._db.executemany(
                 "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -75,6 +124,19 @@ class History:
     def finish_run(self, run_id: int) -> None:
         with self._db:
             self._db.execute("UPDATE runs SET ended = ? WHERE id = ?", (_now(), run_id))
+
+    def window(self, last: int) -> Window:
+        runs = [RunRow(i, started, ended, json.loads(prov)) for i, started, ended, prov in self._db.execute(
+            "SELECT id, started, ended, provenance FROM runs ORDER BY id DESC LIMIT ?", (last,))][::-1]
+        first = runs[0].id if runs else 0
+        cases = [CaseRow(*row) for row in self._db.execute(
+            "SELECT run_id, key, verdict, duration_s, error, artifacts, known_defect FROM cases WHERE run_id >= ? ORDER BY run_id, key",
+            (first,))]
+        metrics = [MetricRow(run_id, key, name, measured, baseline, _tolerance(tolerance), verdict)
+                   for run_id, key, name, measured, baseline, tolerance, verdict in self._db.execute(
+                       "SELECT run_id, key, name, measured, baseline, tolerance, verdict FROM metrics WHERE run_id >= ? "
+                       "ORDER BY run_id, key, name", (first,))]
+        return Window(runs, cases, metrics)
 
     def case_runs(self, pattern: str, limit: int = 20) -> dict[str, list[CaseRun]]:
         """The last ``limit`` runs of every case whose key contains ``pattern``, oldest first."""

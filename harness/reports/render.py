@@ -1,0 +1,86 @@
+"""The nightly report's tables, built once from an ``Analysis`` and written two ways: Markdown for a
+CI job summary (here) and a self-contained HTML page with trend plots (``harness.reports.html``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness.reports.trends import Analysis, CaseStatus, changes_between, run_label, version_pair
+
+SECTIONS = (("new failure", "New failures"), ("still failing", "Still failing"), ("fixed?", "FIXED? Known defects that no longer show"),
+            ("flaky", "Flaky"), ("fixed", "Fixed"), ("known defect", "Known defects (failing as declared)"))
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    headers: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    note: str = ""
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+def _status_rows(statuses: list[CaseStatus]) -> list[tuple[str, ...]]:
+    return [(s.key, s.verdict, run_label(s.since) if s.since else "-", str(s.flips), s.detail) for s in statuses]
+
+
+def run_facts(analysis: Analysis) -> list[tuple[str, str]]:
+    run = analysis.latest
+    info = run.provenance
+    facts = [("run", run_label(run)), ("started", run.started), ("ended", run.ended or "interrupted / still running"),
+             ("commit", info.get("commit") or "-"), ("python", info.get("python", "-")),
+             ("host", f"{info.get('host', '-')} ({info.get('machine', '-')})")]
+    facts += [(name, version) for name, version in sorted(info.get("versions", {}).items())]
+    facts += [(name, str(info[name])) for name in ("driver", "cuda_driver", "gpus", "container") if name in info]
+    first = analysis.runs[0]
+    facts.append(("window", f"{len(analysis.runs)} run(s): #{first.id} ({first.started[:10]}) .. #{run.id}"))
+    return facts
+
+
+def tables(analysis: Analysis) -> list[Table]:
+    found = [Table("Verdicts of the latest run", ("verdict", "cases"), [(v, str(n)) for v, n in sorted(analysis.counts.items())])]
+    heads = ("case", "verdict", "since", "flips", "detail")
+    for status, title in SECTIONS:
+        members = [s for s in analysis.cases if s.status == status]
+        if members:
+            found.append(Table(f"{title} ({len(members)})", heads, _status_rows(members)))
+    if analysis.regressions:
+        found.append(Table("Top regressions by relative change against the baseline",
+                           ("case", "metric", "baseline", "measured", "change", "tolerance", "verdict"),
+                           [(r.key, r.metric, _num(r.baseline), _num(r.measured), f"{r.relative:+.3%}", r.tolerance.describe(), r.verdict)
+                            for r in analysis.regressions]))
+    settings = analysis.settings
+    found.append(Table(f"Drifts ({len(analysis.drifts)})",
+                       ("case", "metric", "before", "now", "moved", "allowed", "baseline", "moved in", "what changed"),
+                       [(d.key, d.metric, _num(d.before), _num(d.after), f"{d.after - d.before:+.6g}", f"{d.allowed:.6g}", _num(d.baseline),
+                         run_label(d.first), d.changes) for d in analysis.drifts],
+                       note=f"the last {settings.drift_runs} run(s) all moved by more than the tolerance from the median of the "
+                            f"{settings.drift_window} run(s) before the move, whether or not still inside the baseline band"))
+    runs = analysis.runs
+    found.append(Table("Runs in the window", ("run", "versions", "what changed from the run before"),
+                       [(run_label(run), version_pair(run), changes_between(runs[i - 1] if i else None, run)) for i, run in enumerate(runs)]))
+    if analysis.versions is not None:
+        found.append(Table("The same cases across library versions (latest value under each)", ("case", "metric", *analysis.versions.pairs),
+                           [(key, name, *values) for key, name, values in analysis.versions.rows]))
+    return found
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(analysis: Analysis) -> str:
+    lines = ["# posttrain-harness nightly report", ""]
+    lines += [f"- **{name}**: {_cell(value)}" for name, value in run_facts(analysis)]
+    for table in tables(analysis):
+        lines += ["", f"## {table.title}", ""] + ([f"_{table.note}_", ""] if table.note else [])
+        if not table.rows:
+            lines.append("none")
+            continue
+        lines.append("| " + " | ".join(table.headers) + " |")
+        lines.append("|" + "---|" * len(table.headers))
+        lines += ["| " + " | ".join(_cell(cell) for cell in row) + " |" for row in table.rows]
+    return "\n".join(lines) + "\n"
