@@ -55,6 +55,26 @@ def gpu_suite(session: nox.Session) -> None:
     session.run("harness", "run", "--platform", "gpu", *session.posargs)
 
 
+NIGHTLY = "artifacts/nightly"
+
+
+@nox.session(venv_params=["--system-site-packages"])
+def nightly(session: nox.Session) -> None:
+    """Every suite (GPU cases skip with a reason on a host without GPUs), appended to the history kept
+    in artifacts/nightly/, then `harness report` (Markdown + HTML) and JUnit XML beside it. The report
+    is written even when cases fail; the session still fails then. Extra `harness run` options after --."""
+    try:
+        session.run("python", "-c", "import torch", silent=True)  # an NGC container's own build: keep it
+    except nox.command.CommandFailed:
+        session.install(CPU_TORCH)
+    session.install("-e", ".")
+    try:
+        session.run("harness", "run", "--artifacts", f"{NIGHTLY}/run", "--history", f"{NIGHTLY}/history.sqlite",
+                    "--junit", f"{NIGHTLY}/junit.xml", *session.posargs)
+    finally:
+        session.run("harness", "report", "--history", f"{NIGHTLY}/history.sqlite", "--out", f"{NIGHTLY}/report")
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
