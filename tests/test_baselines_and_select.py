@@ -78,22 +78,32 @@ def test_known_defects_excuse_only_their_symptom_and_flag_a_fix(tmp_path: Path) 
     from harness.records import Budget, KnownDefect
 
     store = BaselineStore(tmp_path)
-    compare(CaseOutcome(make_case(), {"x": 1.0, "speed": 2.0}, None, 1.0, "/a"), store, update=True, provenance={})
-    defective = replace(make_case(), known_defect=KnownDefect("upstream bug 123 makes x drift", {"x": Budget(min=3.0)}))
+    # as in a real suite, the baseline is recorded with the defect present: x = 5
+    compare(CaseOutcome(make_case(), {"x": 5.0, "speed": 2.0, "y": 1.0}, None, 1.0, "/a"), store, update=True, provenance={})
+    defective = replace(make_case(), known_defect=KnownDefect("upstream bug 123 makes x drift", {"x": Budget(min=3.0)}, affects=("y",)))
 
-    def verdict(x: float, speed: float = 2.0, error: str | None = None) -> CaseResult:
-        return compare(CaseOutcome(defective, {"x": x, "speed": speed}, error, 1.0, "/a"), store, update=False, provenance={})
+    def verdict(x: float, speed: float = 2.0, error: str | None = None, y: float = 1.0) -> CaseResult:
+        return compare(CaseOutcome(defective, {"x": x, "speed": speed, "y": y}, error, 1.0, "/a"), store, update=False, provenance={})
 
     shown = verdict(5.0)
     assert shown.verdict is Verdict.XFAIL and shown.ok
     assert shown.message().splitlines()[0] == ("s/tiny-gpt/tp1pp1/none [cpu]: xfail (known defect: upstream bug 123 makes x drift "
                                                "[symptom: x in [3, inf]])")
-    assert verdict(5.0, speed=1.0).verdict is Verdict.FAIL  # the symptom shows, but speed fails too: not excused
-    other = verdict(2.0)  # fails, but not the way the defect does
+    assert verdict(4.0).verdict is Verdict.XFAIL  # the defect moved x off its recorded value, still the defect
+    both = verdict(5.0, speed=1.0)  # the symptom shows, but speed (not excused) fails too
+    assert both.verdict is Verdict.FAIL and "metrics it does not excuse fail too" in both.message()
+    other = verdict(1.0, speed=1.0)  # a failure the defect does not explain, with the symptom gone
     assert other.verdict is Verdict.FAIL and "not the known defect's symptom" in other.message()
     assert verdict(5.0, error="boom").verdict is Verdict.ERROR
-    fixed = verdict(1.0)
+    fixed = verdict(1.0, y=0.0)  # symptom gone; x and y (which the defect affects) left the defect's baselines
     assert fixed.verdict is Verdict.XPASS and not fixed.ok
+    # with a budget on x (the defect breaches it), a symptom that no longer matches is a plain failure
+    bounded = replace(defective, budgets={"x": Budget(max=2.0)})
+    judged = compare(CaseOutcome(bounded, {"x": 5.0, "speed": 2.0, "y": 1.0}, None, 1.0, "/a"), store, update=False, provenance={})
+    assert judged.verdict is Verdict.XFAIL
+    mismatched = replace(bounded, known_defect=replace(bounded.known_defect, symptom={"x": Budget(min=6.0)}))
+    judged = compare(CaseOutcome(mismatched, {"x": 5.0, "speed": 2.0, "y": 1.0}, None, 1.0, "/a"), store, update=False, provenance={})
+    assert judged.verdict is Verdict.FAIL and "not the known defect's symptom" in judged.message()
     assert "FIXED? the known defect's symptom is gone; remove its known_defects entry" in fixed.message()
     assert summary([shown, fixed]).splitlines() == ["2 cases: 1 xfail, 1 xpass",
                                                     "FIXED? 1 known defect(s) no longer show their symptom: s/tiny-gpt/tp1pp1/none[cpu]"]

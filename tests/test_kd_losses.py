@@ -128,10 +128,19 @@ def test_teacher_and_student_vocabularies_must_match(write_suite, monkeypatch) -
 
 def test_known_defect_entries_are_validated(write_suite) -> None:  # noqa: ANN001
     text = KD.format(teacher="tiny-gpt-trained", layout="{tp: 1, pp: 1}", kd="{name: logits}")
-    entry = "known_defects:\n  - when: {kdd: 1}\n    defect: an upstream bug that we track\n    symptom: {logits_gap: {min: 1}}\n"
-    with pytest.raises(SuiteError) as err:
-        load_suite(write_suite(text + entry))
+    entry = ("known_defects:\n  - id: {id}\n    when: {{kdd: 1}}\n    defect: an upstream bug that we track\n"
+             "    symptom: {{logits_gap: {{min: 1}}}}\n    affects: [nothing_like_it]\n    versions: {{megatron-core: '{versions}'}}\n")
+    with pytest.raises(SuiteError) as err:  # the entry's own form first
+        load_suite(write_suite(text + entry.format(id="Bad Id", versions="about 0.16")))
     assert [line.split("suite.yaml:")[1] for line in err.value.problems] == [
-        "10: known_defects[0].when.kdd: unknown key; axes are model, layout, optimization or params of kd_parity",
-        "12: known_defects[0].symptom.logits_gap: unknown metric; kd_parity emits " + ", ".join(get_check("kd_parity").metrics),
+        "10: known_defects[0].id: String should match pattern '^[a-z0-9][a-z0-9_.-]*$'",
+        "15: known_defects[0].versions: Value error, megatron-core: 'about 0.16' is not a version specifier like '>=0.16,<0.20'",
+    ]
+    with pytest.raises(SuiteError) as err:  # then what it names
+        load_suite(write_suite(text + entry.format(id="upstream-1", versions="<0.20")))
+    emits = ", ".join(get_check("kd_parity").metrics)
+    assert [line.split("suite.yaml:")[1] for line in err.value.problems] == [
+        "11: known_defects[0].when.kdd: unknown key; axes are model, layout, optimization or params of kd_parity",
+        f"13: known_defects[0].symptom.logits_gap: unknown metric; kd_parity emits {emits}",
+        f"14: known_defects[0].affects.nothing_like_it: unknown metric; kd_parity emits {emits}",
     ]

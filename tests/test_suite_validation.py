@@ -121,7 +121,8 @@ def test_cli_reports_suite_errors_without_traceback(write_suite, capsys) -> None
     path = write_suite(textwrap.dedent(GOOD).replace("[tiny-gpt]", "[nope]"))
     assert main(["list", str(path)]) == EXIT_USAGE
     err = capsys.readouterr().err
-    assert err.strip() == f"harness: {path}:4: matrix.model[0]: unknown model 'nope'; known: tiny-gpt, tiny-gpt-student, tiny-gpt-trained"
+    known = "tiny-gpt, tiny-gpt-student, tiny-gpt-layernorm, tiny-gpt-trained"
+    assert err.strip() == f"harness: {path}:4: matrix.model[0]: unknown model 'nope'; known: {known}"
 
 
 def test_quant_suite_covers_formats_and_layouts() -> None:

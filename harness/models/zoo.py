@@ -95,6 +95,11 @@ ZOO: dict[str, ModelSpec] = {
 ZOO["tiny-gpt-student"] = replace(
     ZOO["tiny-gpt"], name="tiny-gpt-student", description="2-layer student of tiny-gpt-trained", num_layers=2, ffn_hidden_size=512
 )
+# GPT-2-style LayerNorm instead of RMSNorm: megatron's local spec then builds torch.nn.LayerNorm,
+# which modelopt quantizes (QuantLayerNorm input quantizers), the path of a checkpoint defect.
+ZOO["tiny-gpt-layernorm"] = replace(
+    ZOO["tiny-gpt"], name="tiny-gpt-layernorm", description="tiny-gpt with LayerNorm (quantized by modelopt)", normalization="LayerNorm"
+)
 # The same architecture trained on the synthetic corpus: accuracy deltas mean something on it.
 ZOO["tiny-gpt-trained"] = replace(
     ZOO["tiny-gpt"], name="tiny-gpt-trained", description="tiny-gpt trained on the Markov corpus (cached)", recipe=TrainRecipe()

@@ -1,7 +1,8 @@
 """Optimization registry.
 
-Any modelopt quantization config is also reachable as ``mtq:<NAME>_CFG``, and a KV-cache format
-composes with a quantization format as ``<format>+<kv format>`` (e.g. ``fp8+fp8_kv``).
+Any modelopt quantization config is also reachable as ``mtq:<NAME>_CFG``. A quantization format
+composes with a KV-cache format and with config modifiers: ``<format>[+<kv format>][+<modifier>]``
+(e.g. ``fp8+fp8_kv``, ``int8_sq+skip_layernorm``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ QUANT_FORMATS: dict[str, tuple[str, str | None]] = {
     "nvfp4": ("NVFP4_DEFAULT_CFG", _CPU_BLOCK_QUANT),
 }
 KV_CACHE_FORMATS: dict[str, str] = {"fp8_kv": "FP8_KV_CFG", "nvfp4_kv": "NVFP4_KV_CFG"}
+# name -> quant_cfg entries appended to the format's (later entries win in modelopt's list form)
+MODIFIERS: dict[str, list[dict]] = {
+    # Workaround for the LayerNorm-quantizer checkpoint defect (suites/ckpt_layernorm.yaml): modelopt
+    # registers nn.LayerNorm as a quantized module whose input quantizer "*input_quantizer" enables.
+    "skip_layernorm": [{"quantizer_name": "*", "parent_class": "nn.LayerNorm", "enable": False}],
+}
 
 
 def _none(model: torch.nn.Module, forward_loop: ForwardLoop) -> torch.nn.Module:
@@ -42,9 +49,12 @@ def get_optimization(name: str) -> Optimization:
         return OPTIMIZATIONS[name]
     if name.startswith("mtq:") and name.endswith("_CFG"):
         return quantization(name, name[len("mtq:") :])
-    base, plus, kv = name.partition("+")
-    if plus and base in QUANT_FORMATS and kv in KV_CACHE_FORMATS:
+    base, *extras = name.split("+")
+    kv = [e for e in extras if e in KV_CACHE_FORMATS]
+    modifiers = [e for e in extras if e in MODIFIERS]
+    if base in QUANT_FORMATS and extras and len(kv) <= 1 and len(kv) + len(modifiers) == len(extras):
         config, gpu_only = QUANT_FORMATS[base]
-        return quantization(name, config, gpu_only, KV_CACHE_FORMATS[kv])
+        extra_cfg = [entry for modifier in modifiers for entry in MODIFIERS[modifier]]
+        return quantization(name, config, gpu_only, KV_CACHE_FORMATS[kv[0]] if kv else None, extra_cfg)
     raise KeyError(f"unknown optimization {name!r}; known: {', '.join(OPTIMIZATIONS)}, mtq:<NAME>_CFG, "
-                   f"or <format>+<{'|'.join(KV_CACHE_FORMATS)}>")
+                   f"or <format>[+<{'|'.join(KV_CACHE_FORMATS)}>][+<{'|'.join(MODIFIERS)}>]")

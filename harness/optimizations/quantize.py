@@ -20,8 +20,10 @@ def mtq_config(config_name: str) -> dict:
     return config
 
 
-def quantization(name: str, config_name: str, gpu_only: str | None = None, kv_config_name: str | None = None) -> Optimization:
-    """PTQ with ``mtq.<config_name>``, plus KV-cache quantization with ``mtq.<kv_config_name>``."""
+def quantization(name: str, config_name: str, gpu_only: str | None = None, kv_config_name: str | None = None,
+                 extra_cfg: list[dict] | None = None) -> Optimization:
+    """PTQ with ``mtq.<config_name>``, plus KV-cache quantization with ``mtq.<kv_config_name>``, plus
+    ``extra_cfg`` entries appended to the config's ``quant_cfg`` list."""
 
     def apply(model: torch.nn.Module, forward_loop: ForwardLoop) -> torch.nn.Module:
         import modelopt.torch.quantization as mtq
@@ -30,7 +32,10 @@ def quantization(name: str, config_name: str, gpu_only: str | None = None, kv_co
         config = mtq_config(config_name)
         if kv_config_name is not None:
             config = update_quant_cfg_with_kv_cache_quant(config, mtq_config(kv_config_name)["quant_cfg"])
+        if extra_cfg:
+            config = {**config, "quant_cfg": [*config["quant_cfg"], *extra_cfg]}
         return mtq.quantize(model, config, forward_loop)
 
     kv = f" + KV cache mtq.{kv_config_name}" if kv_config_name else ""
-    return Optimization(name=name, description=f"modelopt PTQ with mtq.{config_name}{kv}", apply=apply, gpu_only=gpu_only)
+    extra = f" + {extra_cfg}" if extra_cfg else ""
+    return Optimization(name=name, description=f"modelopt PTQ with mtq.{config_name}{kv}{extra}", apply=apply, gpu_only=gpu_only)

@@ -6,11 +6,13 @@ are rejected here, naming the line of the offending matrix value, before any wor
 
 from __future__ import annotations
 
+import importlib.metadata
 import itertools
 import os
 from dataclasses import dataclass
 from typing import Any
 
+from packaging.specifiers import SpecifierSet
 from pydantic import ValidationError
 
 from harness.records import Budget, Case, KnownDefect, Layout, Tolerance
@@ -115,9 +117,22 @@ def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platfor
         timeout_s=spec.timeout_s,
         seed=spec.seed,
         source=f"{suite.path}:{lines.line(('matrix',))}",
-        known_defect=next((KnownDefect(k.defect, {name: b.budget() for name, b in k.symptom.items()})
-                           for k in spec.known_defects if _matches(suite, k.when, chosen, layout, params)), None),
+        known_defect=next((KnownDefect(k.defect, {name: b.budget() for name, b in k.symptom.items()}, k.id, k.upstream, tuple(k.affects))
+                           for k in spec.known_defects if _matches(suite, k.when, chosen, layout, params) and installed_within(k.versions)),
+                          None),
     ), []
+
+
+def installed_within(versions: dict[str, str]) -> bool:
+    """Whether the installed distributions satisfy every specifier (a missing one satisfies none)."""
+    for name, spec in versions.items():
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return False
+        if not SpecifierSet(spec).contains(installed, prereleases=True):
+            return False
+    return True
 
 
 def expand_suite(suite: Suite, resources: Resources) -> list[Case]:

@@ -121,6 +121,7 @@ def _check_semantics(spec: SuiteModel, check: Check, lines: LineMap, models: dic
     for i, known in enumerate(spec.known_defects):
         _validate_values(spec.check, lines, known.when, ("known_defects", i, "when"), problems)
         problems.extend(_unknown_metrics(check, known.symptom, ("known_defects", i, "symptom"), lines))
+        problems.extend(_unknown_metrics(check, {name: None for name in known.affects}, ("known_defects", i, "affects"), lines))
     for i, override in enumerate(spec.overrides):
         _validate_values(spec.check, lines, override.when, ("overrides", i, "when"), problems)
         problems.extend(_unknown_metrics(check, override.tolerances, ("overrides", i, "tolerances"), lines))

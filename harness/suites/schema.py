@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, model_validator
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from pydantic import ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, field_validator, model_validator
 
 from harness.checks.base import LayoutModel, StrictModel
 from harness.records import Budget, Direction, Tolerance
@@ -61,13 +62,29 @@ class OverrideModel(StrictModel):
 
 
 class KnownDefectModel(StrictModel):
-    """Cases matching ``when`` reproduce an upstream defect, recognised by ``symptom`` (metric bounds):
-    symptom shown -> xfail; symptom gone and the case passes -> xpass ("fixed?"), which fails the run
-    so the entry is removed; any other failure stays a failure."""
+    """Cases matching ``when`` (under the installed library ``versions``, when given) reproduce an
+    upstream defect, recognised by ``symptom`` (metric bounds): symptom shown -> xfail; symptom gone ->
+    xpass ("fixed?"), which fails the run so the entry is removed. The symptom's metrics and those
+    in ``affects`` (the other numbers the defect moves) are excused against their baselines; a failure
+    of any other metric stays a failure."""
 
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     when: dict[str, Any] = Field(min_length=1)
     defect: str = Field(min_length=10)
     symptom: dict[str, BudgetModel] = Field(min_length=1)
+    affects: list[str] = Field(default_factory=list)
+    upstream: str = ""  # an issue, PR or commit to watch
+    versions: dict[str, str] = Field(default_factory=dict)  # distribution -> PEP 440 specifier, e.g. {megatron-core: "<0.20"}
+
+    @field_validator("versions")
+    @classmethod
+    def _specifiers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, spec in value.items():
+            try:
+                SpecifierSet(spec)
+            except InvalidSpecifier:
+                raise ValueError(f"{name}: {spec!r} is not a version specifier like '>=0.16,<0.20'") from None
+        return value
 
 
 class SuiteModel(StrictModel):
