@@ -8,6 +8,7 @@ PyTorch container and reuses the image's torch (``--system-site-packages``), nev
 from __future__ import annotations
 
 import nox
+from packaging.version import Version
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
@@ -56,6 +57,29 @@ def gpu_suite(session: nox.Session) -> None:
 
 
 NIGHTLY = "artifacts/nightly"
+MATRIX = "artifacts/matrix"
+# (megatron-core, nvidia-modelopt) pairs of the version matrix. pyproject pins the first (what CI and
+# cpu_suite run); the others are installed over it. megatron-core >= 0.17 declares Python >= 3.12:
+# on 3.11 it installs only with --no-deps --ignore-requires-python, plus triton, which it imports.
+VERSION_MATRIX = [("0.16.1", "0.47.0"), ("0.19.2", "0.47.0"), ("0.16.1", "0.46.1")]
+
+
+@nox.session
+@nox.parametrize(("mcore", "modelopt"), VERSION_MATRIX)
+def matrix(session: nox.Session, mcore: str, modelopt: str) -> None:
+    """Every CPU case under one (megatron-core, modelopt) pair, appended to artifacts/matrix/history.sqlite,
+    then the report, whose version table compares each case across the pairs run so far. `nox -s matrix`
+    runs every pair; `nox -s "matrix(mcore='0.19.2', modelopt='0.47.0')"` one."""
+    install_cpu(session)
+    session.install("--no-deps", "--ignore-requires-python", f"megatron-core=={mcore}", f"nvidia-modelopt=={modelopt}")
+    if Version(mcore) >= Version("0.17"):
+        session.install("triton")
+    tag = f"mcore{mcore}-modelopt{modelopt}"
+    try:
+        session.run("harness", "run", "--platform", "cpu", "--artifacts", f"{MATRIX}/{tag}", "--history", f"{MATRIX}/history.sqlite",
+                    "--junit", f"{MATRIX}/{tag}.xml", *session.posargs)
+    finally:
+        session.run("harness", "report", "--history", f"{MATRIX}/history.sqlite", "--out", f"{MATRIX}/report")
 
 
 @nox.session(venv_params=["--system-site-packages"])

@@ -98,6 +98,7 @@ def test_markdown_tables_and_versions_side_by_side(history_path: Path) -> None:
     assert f"| {DRIFTING}[cpu] | x | 0.92 | 1.08 | +0.16 | 0.1 | 1 | #4 " in text
     assert "| megatron-core 0.16.1 / modelopt 0.47.0 | megatron-core 0.19.2 / modelopt 0.47.0 |" in text
     assert f"| {STABLE}[cpu] | x | 1 | 1.4 |" in text  # the latest value under each version pair
+    assert "| s | 3 pass | 3 fail |" in text  # compatibility: the suite's verdicts under each pair
 
 
 def test_report_cli_writes_both_files(history_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

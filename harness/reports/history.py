@@ -67,6 +67,7 @@ class MetricRow:
 class CaseRow:
     run_id: int
     key: str
+    suite: str
     verdict: str
     duration_s: float | None
     error: str | None
@@ -130,7 +131,8 @@ class History:
             "SELECT id, started, ended, provenance FROM runs ORDER BY id DESC LIMIT ?", (last,))][::-1]
         first = runs[0].id if runs else 0
         cases = [CaseRow(*row) for row in self._db.execute(
-            "SELECT run_id, key, verdict, duration_s, error, artifacts, known_defect FROM cases WHERE run_id >= ? ORDER BY run_id, key",
+            "SELECT run_id, key, suite, verdict, duration_s, error, artifacts, known_defect FROM cases WHERE run_id >= ? "
+            "ORDER BY run_id, key",
             (first,))]
         metrics = [MetricRow(run_id, key, name, measured, baseline, _tolerance(tolerance), verdict)
                    for run_id, key, name, measured, baseline, tolerance, verdict in self._db.execute(

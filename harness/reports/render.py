@@ -63,6 +63,8 @@ def tables(analysis: Analysis) -> list[Table]:
     found.append(Table("Runs in the window", ("run", "versions", "what changed from the run before"),
                        [(run_label(run), version_pair(run), changes_between(runs[i - 1] if i else None, run)) for i, run in enumerate(runs)]))
     if analysis.versions is not None:
+        found.append(Table("Compatibility: verdicts of each suite's latest run under each version pair", ("suite", *analysis.versions.pairs),
+                           [(suite, *cells) for suite, cells in analysis.versions.compatibility.items()]))
         found.append(Table("The same cases across library versions (latest value under each)", ("case", "metric", *analysis.versions.pairs),
                            [(key, name, *values) for key, name, values in analysis.versions.rows]))
     return found

@@ -73,6 +73,8 @@ class Series:
 class VersionTable:
     pairs: list[str]
     rows: list[tuple[str, str, list[str]]]  # (case, metric, latest value under each pair)
+    # suite -> one cell per pair: the verdict counts of that pair's latest run of the suite
+    compatibility: dict[str, list[str]]
 
 
 @dataclass(frozen=True)
@@ -193,8 +195,16 @@ def drift(series: Series, settings: Settings) -> Drift | None:
                  points[-1][1].baseline, first, changes_between(previous, first))
 
 
+def _verdict_counts(rows: list[CaseRow]) -> str:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.verdict] = counts.get(row.verdict, 0) + 1
+    return ", ".join(f"{n} {verdict}" for verdict, n in sorted(counts.items())) or "-"
+
+
 def _versions_side_by_side(window: Window) -> VersionTable | None:
-    """The latest value of every metric under each (megatron-core, modelopt) pair in the window."""
+    """The latest value of every metric, and the verdicts of every suite, under each
+    (megatron-core, modelopt) pair in the window."""
     pair_of = {run.id: version_pair(run) for run in window.runs}
     pairs = list(dict.fromkeys(pair_of.values()))
     if len(pairs) < 2:
@@ -203,7 +213,14 @@ def _versions_side_by_side(window: Window) -> VersionTable | None:
     for m in window.metrics:
         if m.measured is not None and "@" not in m.name:
             latest.setdefault((m.key, m.name), {})[pair_of[m.run_id]] = f"{m.measured:.6g}"
-    return VersionTable(pairs, [(key, name, [values.get(p, "-") for p in pairs]) for (key, name), values in sorted(latest.items())])
+    last_run: dict[tuple[str, str], int] = {}  # (suite, pair) -> the latest run that ran the suite
+    for row in window.cases:
+        last_run[(row.suite, pair_of[row.run_id])] = max(row.run_id, last_run.get((row.suite, pair_of[row.run_id]), 0))
+    suites = sorted({suite for suite, _ in last_run})
+    compatibility = {suite: [_verdict_counts([r for r in window.cases if r.suite == suite and r.run_id == last_run.get((suite, pair))])
+                             for pair in pairs] for suite in suites}
+    return VersionTable(pairs, [(key, name, [values.get(p, "-") for p in pairs]) for (key, name), values in sorted(latest.items())],
+                        compatibility)
 
 
 def analyse(window: Window, settings: Settings) -> Analysis:
