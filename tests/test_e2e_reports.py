@@ -136,3 +136,30 @@ def test_sigkill_of_a_worker_fails_that_case_and_the_run_goes_on(tmp_path: Path,
                         "s2/tiny-gpt/tp1pp1/none[cpu]": "no-baseline"}
     assert "exited with code -9" in out
     assert main(["history", "tiny-gpt", "--history", str(history)]) == 0
+
+
+def test_a_terminal_shows_the_progress_bar(tmp_path: Path, write_suite) -> None:  # noqa: ANN001
+    import pty
+    import re
+
+    suite = write_suite("suite: bar\ncheck: tests.fault_checks:SLEEPS\nparams: {seconds: 0.1}\nmatrix:\n  model: [tiny-gpt]\n", "bar.yaml")
+    leader, follower = pty.openpty()
+    command = [sys.executable, "-m", "harness.cli", "run", str(suite), "--baselines", str(tmp_path / "none"),
+               "--artifacts", str(tmp_path / "artifacts")]
+    driver = subprocess.Popen(command, cwd=ROOT, stdin=follower, stdout=follower, stderr=follower,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120", "TERM": "xterm"})
+    os.close(follower)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the driver exited and closed the terminal
+            break
+        if not chunk:
+            break
+        screen += chunk
+    driver.wait(timeout=60)
+    os.close(leader)
+    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", screen.decode(errors="replace"))
+    assert "0/1 0 failing" in text and "1/1 1 failing" in text  # no baseline: the one case counts as failing
+    assert "ETA" in text
