@@ -144,3 +144,20 @@ def test_known_defect_entries_are_validated(write_suite) -> None:  # noqa: ANN00
         f"13: known_defects[0].symptom.logits_gap: unknown metric; kd_parity emits {emits}",
         f"14: known_defects[0].affects.nothing_like_it: unknown metric; kd_parity emits {emits}",
     ]
+
+
+def test_a_known_defect_applies_only_to_the_installed_versions_it_names(write_suite) -> None:  # noqa: ANN001
+    import importlib.metadata
+
+    mcore = importlib.metadata.version("megatron-core")
+    text = KD.format(teacher="tiny-gpt-trained", layout="{tp: 1, pp: 1}", kd="{name: logits}")
+    entry = ("known_defects:\n  - id: upstream-1\n    when: {{model: tiny-gpt-student}}\n    defect: an upstream bug that we track\n"
+             "    symptom: {{logits_loss_rel_gap: {{min: 1}}}}\n    versions: {{{versions}}}\n")
+    marked = {}
+    for label, versions in (("this one", f"megatron-core: '=={mcore}'"), ("an older one", "megatron-core: '<0.10'"),
+                            ("both pinned", "megatron-core: '>=0.16', nvidia-modelopt: '>=0.40'"),
+                            ("not installed", "transformer-engine: '>=1.0'")):
+        path = write_suite(text + entry.format(versions=versions), f"{label.replace(' ', '_')}.yaml")
+        (case,) = [c for c in expand([load_suite(path)], Resources(cpu_ranks=2, gpus=0)) if c.platform == "cpu"]
+        marked[label] = case.known_defect is not None
+    assert marked == {"this one": True, "an older one": False, "both pinned": True, "not installed": False}
