@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from harness.checks import get_check
 from harness.optimizations import get_optimization
 from harness.records import Case
 from harness.suites.expand import Resources
@@ -20,10 +21,13 @@ def skip_reason(case: Case, resources: Resources) -> str | None:
         return "GPU case: no CUDA device on this machine (torch.cuda.device_count() == 0)"
     if case.spec.unavailable:
         return f"model {case.model}: {case.spec.unavailable}"
+    if case.platform != "cpu":
+        return None
     gpu_only = get_optimization(case.optimization).gpu_only
-    if case.platform == "cpu" and gpu_only:
+    if gpu_only:
         return f"GPU only: {case.optimization} {gpu_only}"
-    return None
+    blocker = get_check(case.check).cpu_blocker(case.params)
+    return None if blocker is None else f"GPU only: {blocker}"
 
 
 def schedule(cases: list[Case], resources: Resources) -> list[Scheduled]:

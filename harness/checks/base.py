@@ -68,6 +68,8 @@ class Check:
     normalize: Callable[[Layout, Any], Any] = lambda layout, params: params
     # Why a case cannot run, judged before any worker starts: (param name, message) pairs.
     case_problems: Callable[[Layout, Any, ModelSpec], list[tuple[str, str]]] = lambda layout, params, model: []
+    # Why a case (its params, as the case holds them) cannot run on a CPU worker; such cases skip there.
+    cpu_blocker: Callable[[dict[str, Any]], str | None] = lambda params: None
 
 
 @dataclass(frozen=True)

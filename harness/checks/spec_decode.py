@@ -1,0 +1,142 @@
+"""Speculative decoding: draft heads added with modelopt's speculative API, trained briefly on the
+base model's own greedy outputs; their acceptance length (AL) and per-position acceptance measured
+the way Megatron's post-training evaluation does; losslessness (speculative greedy output equals
+autoregressive greedy output, token for token); and the wall-clock speedup of draft-then-verify
+decoding over autoregressive decoding, as a median with a bootstrap confidence interval.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import NonNegativeInt, PositiveInt
+
+from harness.checks.base import Check, CheckContext, MetricSpec, StrictModel
+from harness.data.text import CORPUS, token_rows
+from harness.evals.mtbench import prompts
+from harness.records import INFORMATIONAL, Direction, Layout, Tolerance
+from harness.runtime.drafts import ALGORITHMS
+
+
+class SpecParams(StrictModel):
+    algorithm: Literal["medusa", "eagle3", "eagle_mtp"] = "medusa"
+    draft_steps: PositiveInt = 3
+    train_steps: NonNegativeInt = 150  # 0: freshly initialised heads (the floor a trained head must beat)
+    # Prompts: "corpus" (the harness's chain) or an MT-Bench question.jsonl (first turn, one question per category).
+    prompts: str = CORPUS
+    num_prompts: PositiveInt = 4
+    prompt_len: PositiveInt = 16  # corpus prompts only
+    new_tokens: PositiveInt = 16
+    timing_repeats: PositiveInt = 5  # interleaved autoregressive / speculative timings after one warm-up
+
+
+PARALLEL_DRAFT_STEP = 1  # modelopt's default: the base model's own next token
+
+
+def _label(layout: Layout, params: SpecParams) -> str:
+    return f"{layout.token}/{params.algorithm}-k{params.draft_steps}-t{params.train_steps}"
+
+
+def _case_problems(layout: Layout, params: SpecParams, model: Any) -> list[tuple[str, str]]:
+    if layout.pp > 1:
+        return [("layout", "speculative decoding runs without pipeline parallelism (modelopt's Medusa supports PP only for export)")]
+    return []
+
+
+def _cpu_blocker(params: dict[str, Any]) -> str | None:
+    blocker = ALGORITHMS[params["algorithm"]].cpu_blocker
+    return None if blocker is None else f"{params['algorithm']}: {blocker}"
+
+
+def _timed(fn: Any) -> float:
+    import torch.distributed as dist
+
+    dist.barrier()
+    start = time.perf_counter()
+    fn()
+    dist.barrier()
+    return time.perf_counter() - start
+
+
+def run(ctx: CheckContext) -> dict[str, float]:
+    import modelopt.torch.speculative as mtsp
+    import torch
+
+    from harness.evals.timing import median_ci
+    from harness.runtime.distributed import model_parallel
+    from harness.runtime.forward import device
+    from harness.runtime.speculative import HeadRecipe, greedy, measure_acceptance, speculative, trained_heads
+    from harness.runtime.subject import build_model, tokenizer_for
+    from harness.runtime.train import cache_root, corpus_of
+
+    params: SpecParams = ctx.params
+    algorithm, steps = ALGORITHMS[params.algorithm], params.draft_steps
+    corpus, tokenizer = corpus_of(ctx.model), tokenizer_for(ctx.model)
+    recipe = HeadRecipe(steps=params.train_steps)
+    with model_parallel(ctx.case.layout, ctx.case.seed):
+        model = mtsp.convert(build_model(ctx.model, seed=ctx.case.seed), algorithm.modes(steps))
+        algorithm.prepare(model)
+        prefixes = torch.as_tensor(token_rows(CORPUS, tokenizer, corpus, 8 * recipe.batch_size, recipe.prefix_len, recipe.seed))
+        trained_heads(model, ctx.model, params.algorithm, steps, recipe, prefixes, cache_root())
+        model.eval()
+        batch = [torch.tensor([ids], device=device()) for ids in prompts(params.prompts, tokenizer, corpus, params.num_prompts, params.prompt_len)]
+        truths = [greedy(model, prompt, params.new_tokens) for prompt in batch]
+        accepted = measure_acceptance(model, algorithm, truths, [p.shape[1] for p in batch], steps)
+        outputs = [speculative(model, algorithm, prompt, params.new_tokens, steps) for prompt in batch]
+        mismatches = sum(int((out != truth).sum()) for out, truth in zip(outputs, truths, strict=True))
+
+        def autoregressive() -> None:
+            for prompt in batch:
+                greedy(model, prompt, params.new_tokens)
+
+        def drafted() -> None:
+            for prompt in batch:
+                speculative(model, algorithm, prompt, params.new_tokens, steps)
+
+        _timed(autoregressive), _timed(drafted)  # warm-up
+        ar_s, spec_s = [], []
+        for _ in range(params.timing_repeats):
+            ar_s.append(_timed(autoregressive))
+            spec_s.append(_timed(drafted))
+    speedup, low, high = median_ci([a / s for a, s in zip(ar_s, spec_s, strict=True)], seed=ctx.case.seed)
+    tokens = params.new_tokens * len(batch)
+    return {
+        "acceptance_length": accepted.length,
+        "acceptance_rate": accepted.length / (steps + PARALLEL_DRAFT_STEP),
+        "lossless_mismatches": float(mismatches),
+        "base_token_mismatches": float(accepted.base_mismatches),
+        "speedup": speedup,
+        "speedup_ci_low": low,
+        "speedup_ci_high": high,
+        "ar_tokens_per_s": tokens / sorted(ar_s)[len(ar_s) // 2],
+        "spec_tokens_per_s": tokens / sorted(spec_s)[len(spec_s) // 2],
+        **{f"position_acceptance@{j + 1}": accepted.rate(j) for j in range(steps)},
+    }
+
+
+_AL = Tolerance(abs=0.02)  # deterministic on one CPU; allows another machine's reduction order
+_TIME = Tolerance(rel=0.5, direction=Direction.HIGHER_IS_BETTER)  # a 2-core shared machine: fails only on a halving
+
+CHECK = Check(
+    name="spec_decode",
+    description="draft heads (modelopt speculative): acceptance length, losslessness and speedup over autoregressive decoding",
+    params=SpecParams,
+    metrics={
+        "acceptance_length": MetricSpec("tokens per draft-and-verify step against greedy ground truth (Megatron's AL)", _AL),
+        "acceptance_rate": MetricSpec("acceptance length / (draft steps + parallel draft step) (Megatron's AR)", _AL),
+        "position_acceptance@*": MetricSpec("share of draft steps reaching draft position N whose token N is accepted", _AL),
+        "lossless_mismatches": MetricSpec("tokens where speculative greedy output differs from autoregressive greedy", Tolerance()),
+        "base_token_mismatches": MetricSpec("draft steps whose base token differs from greedy decoding", Tolerance()),
+        "speedup": MetricSpec("median autoregressive time / speculative time (no KV cache either way)", _TIME),
+        "speedup_ci_low": MetricSpec("95% bootstrap interval of the speedup median, low end", INFORMATIONAL),
+        "speedup_ci_high": MetricSpec("95% bootstrap interval of the speedup median, high end", INFORMATIONAL),
+        "ar_tokens_per_s": MetricSpec("autoregressive decoding throughput (median)", INFORMATIONAL),
+        "spec_tokens_per_s": MetricSpec("speculative decoding throughput (median)", INFORMATIONAL),
+    },
+    run=run,
+    label=_label,
+    label_params=("algorithm", "draft_steps", "train_steps"),
+    case_problems=_case_problems,
+    cpu_blocker=_cpu_blocker,
+)

@@ -1,0 +1,156 @@
+"""Draft heads on a megatron model through modelopt's speculative API (``mtsp.convert``), trained
+briefly by self-distillation and cached; acceptance measured the way Megatron's post-training code
+does it, and a real draft-then-verify decoding loop for losslessness and speed.
+
+No KV cache anywhere: autoregressive and speculative decoding both re-run the full prefix, so the
+speedup compares like with like (it is the harness's regression signal, not a serving number).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from harness.models.zoo import ModelSpec
+from harness.runtime.drafts import DraftAlgorithm, positions
+from harness.runtime.forward import device
+
+
+@dataclass(frozen=True)
+class HeadRecipe:
+    """How the harness trains draft heads: on the base model's own greedy continuations of corpus
+    prefixes (self-distillation), the base frozen."""
+
+    steps: int = 150
+    batch_size: int = 8
+    prefix_len: int = 8
+    seq_len: int = 40
+    lr: float = 3e-3
+    seed: int = 4321
+
+
+@torch.no_grad()
+def base_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Full-vocabulary next-token logits ``[batch, seq, vocab]`` of the converted model's base."""
+    return model(tokens, positions(tokens), None)
+
+
+@torch.no_grad()
+def greedy(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    tokens = prompt
+    for _ in range(new_tokens):
+        tokens = torch.cat((tokens, base_logits(model, tokens)[:, -1:].argmax(dim=-1)), dim=1)
+    return tokens
+
+
+@torch.no_grad()
+def speculative(model: torch.nn.Module, algorithm: DraftAlgorithm, prompt: torch.Tensor, new_tokens: int, steps: int) -> torch.Tensor:
+    """Draft, then verify every draft with one forward of the base: the accepted drafts and the
+    base's own next token are kept. Greedy, so the output must equal ``greedy``'s exactly."""
+    tokens, end = prompt, prompt.shape[1] + new_tokens
+    while tokens.shape[1] < end:
+        base, drafts = algorithm.draft(model, tokens, steps)
+        candidate = torch.cat((tokens, base, drafts), dim=1)
+        verified = base_logits(model, candidate)[:, tokens.shape[1]:].argmax(dim=-1)  # after base, after each draft
+        agree = (drafts[0] == verified[0, :-1]).int()
+        accepted = int(agree.cumprod(0).sum())
+        tokens = torch.cat((tokens, base, drafts[:, :accepted], verified[:, accepted : accepted + 1]), dim=1)
+    return tokens[:, :end]
+
+
+@dataclass
+class Acceptance:
+    """Megatron's measure: from each position of the ground truth, one draft step; the base token
+    plus the leading drafts that match the ground truth are accepted."""
+
+    steps: int = 0
+    generated: int = 0
+    base_mismatches: int = 0  # the draft step's base token differs from greedy decoding
+    attempted: list[int] = field(default_factory=list)  # per draft position: reached (all earlier ones accepted)
+    accepted: list[int] = field(default_factory=list)
+
+    @property
+    def length(self) -> float:
+        return self.generated / self.steps
+
+    def rate(self, position: int) -> float:
+        return self.accepted[position] / self.attempted[position] if self.attempted[position] else 0.0
+
+
+@torch.no_grad()
+def measure_acceptance(model: torch.nn.Module, algorithm: DraftAlgorithm, truths: list[torch.Tensor], prompt_lens: list[int],
+                       steps: int) -> Acceptance:
+    result = Acceptance(attempted=[0] * steps, accepted=[0] * steps)
+    for truth, start in zip(truths, prompt_lens, strict=True):
+        position = start
+        while position < truth.shape[1]:
+            base, drafts = algorithm.draft(model, truth[:, :position], steps)
+            result.base_mismatches += int(base[0, 0] != truth[0, position])
+            reachable = min(steps, truth.shape[1] - position - 1)
+            accepted = 0
+            for j in range(reachable):
+                result.attempted[j] += 1
+                if drafts[0, j] != truth[0, position + 1 + j]:
+                    break
+                result.accepted[j] += 1
+                accepted += 1
+            result.steps += 1
+            result.generated += 1 + accepted
+            position += 1 + accepted
+    return result
+
+
+def _heads_path(root: Path, spec_key: str, algorithm: str, steps: int, recipe: HeadRecipe) -> Path:
+    from megatron.core import parallel_state as ps
+
+    text = json.dumps({"base": spec_key, "algorithm": algorithm, "steps": steps, "recipe": asdict(recipe),
+                       "tp": ps.get_tensor_model_parallel_world_size()}, sort_keys=True)
+    return root / "draft-heads" / f"{algorithm}-{hashlib.sha256(text.encode()).hexdigest()[:16]}-rank{dist.get_rank()}.pt"
+
+
+def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {name: param for name, param in model.named_parameters() if param.requires_grad}
+
+
+def _train(model: torch.nn.Module, data: torch.Tensor, recipe: HeadRecipe) -> None:
+    optimizer = torch.optim.Adam(_trainable(model).values(), lr=recipe.lr)
+    model.train()
+    for step in range(recipe.steps):
+        batch = data[step % data.shape[0]]
+        inputs, labels = batch[:, :-1], batch[:, 1:]
+        loss = model(inputs, positions(inputs), None, labels=labels).float().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def trained_heads(model: torch.nn.Module, spec: ModelSpec, algorithm: str, steps: int, recipe: HeadRecipe, prefixes: torch.Tensor,
+                  cache: Path) -> None:
+    """Load the cached heads for this (base, algorithm, steps, recipe, TP size), or train and cache them."""
+    from harness.runtime.train import recipe_key
+
+    if recipe.steps == 0:  # the untrained (freshly initialised) heads, for comparison
+        return
+    path = _heads_path(cache, recipe_key(spec) if spec.recipe else spec.name, algorithm, steps, recipe)
+    params = _trainable(model)
+    ready = torch.tensor([int(path.exists())])
+    dist.all_reduce(ready, op=dist.ReduceOp.MIN)  # every rank loads, or every rank trains
+    if ready.item():
+        saved = torch.load(path, map_location=device())
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(saved[name])
+        return
+    torch.manual_seed(recipe.seed)
+    data = greedy(model, prefixes.to(device()), recipe.seq_len - recipe.prefix_len)  # the base's own continuations
+    _train(model, data.view(-1, recipe.batch_size, recipe.seq_len), recipe)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({name: param.detach().cpu() for name, param in params.items()}, tmp)
+    os.replace(tmp, path)
