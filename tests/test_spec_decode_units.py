@@ -45,6 +45,7 @@ def test_mtbench_questions_one_per_category(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("rows", "message"), [
     (["{not json"], ":1: not JSON"),
+    (["[1, 2]"], ":1: expected a JSON object"),
     ([{"question_id": 1, "category": "x", "turns": []}], ":1: expected an object with a string \"category\""),
     (["", {"question_id": 1, "turns": ["a"]}], ":2: expected an object"),
     ([""], ": no questions"),

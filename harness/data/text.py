@@ -7,7 +7,9 @@ in its ``"text"`` field), tokenized with the model's own tokenizer, concatenated
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,12 +25,11 @@ class TextSourceError(ValueError):
     """A text file that is missing, malformed or too short; the message names it."""
 
 
-def read_documents(path: Path) -> list[str]:
+def jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSON-lines file; a line that is not a JSON
+    object is reported as ``file:line``."""
     if not path.is_file():
         raise TextSourceError(f"{path}: no such file")
-    if path.suffix != ".jsonl":
-        return [path.read_text(encoding="utf-8")]
-    documents = []
     for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
@@ -36,7 +37,19 @@ def read_documents(path: Path) -> list[str]:
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise TextSourceError(f"{path}:{line_no}: not JSON ({err.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        if not isinstance(record, dict):
+            raise TextSourceError(f"{path}:{line_no}: expected a JSON object")
+        yield line_no, record
+
+
+def read_documents(path: Path) -> list[str]:
+    if not path.is_file():
+        raise TextSourceError(f"{path}: no such file")
+    if path.suffix != ".jsonl":
+        return [path.read_text(encoding="utf-8")]
+    documents = []
+    for line_no, record in jsonl_objects(path):
+        if not isinstance(record.get("text"), str):
             raise TextSourceError(f"{path}:{line_no}: expected an object with a string \"text\" field")
         documents.append(record["text"])
     return documents

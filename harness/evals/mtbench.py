@@ -4,12 +4,11 @@ them; or, by default, prompts drawn from the harness corpus."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.data.corpus import MarkovCorpus
-from harness.data.text import CORPUS, TextSourceError, token_rows
+from harness.data.text import CORPUS, TextSourceError, jsonl_objects, token_rows
 from harness.evals.mmlu import Tokenizer
 from harness.models.sources import expand_path
 
@@ -24,17 +23,9 @@ class Question:
 
 
 def read_questions(path: Path) -> list[Question]:
-    if not path.is_file():
-        raise TextSourceError(f"{path}: no such file")
     questions = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise TextSourceError(f"{path}:{line_no}: not JSON ({err.msg})") from None
-        turns = record.get("turns") if isinstance(record, dict) else None
+    for line_no, record in jsonl_objects(path):
+        turns = record.get("turns")
         if not (isinstance(turns, list) and turns and all(isinstance(t, str) for t in turns)) or not isinstance(record.get("category"), str):
             raise TextSourceError(f"{path}:{line_no}: expected an object with a string \"category\" and a non-empty list of string \"turns\"")
         questions.append(Question(int(record.get("question_id", line_no)), record["category"], turns))
