@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from harness.runtime.forward import positions
+
 LOSS_NAMES = ("kd_loss", "logits_loss", "intermediate_loss", "lm_loss")
 
 
@@ -94,8 +96,7 @@ def _loss_func(model: torch.nn.Module, tokens: int, output: torch.Tensor) -> tup
 
 def _forward_step(data_iterator: Any, model: torch.nn.Module) -> tuple[torch.Tensor, Callable[..., Any]]:
     tokens, labels = next(data_iterator)
-    positions = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
-    return model(tokens, positions, None, labels=labels), partial(_loss_func, model, labels.numel())
+    return model(tokens, positions(tokens), None, labels=labels), partial(_loss_func, model, labels.numel())
 
 
 def kd_step(model: torch.nn.Module, tokens: torch.Tensor, labels: torch.Tensor, *, backward: bool) -> dict[str, float]:

@@ -28,13 +28,9 @@ def _quiet_medusa(model: torch.nn.Module) -> None:
     model.medusa_report_acc = False  # else every training step gathers the head logits and prints accuracies
 
 
-def positions(tokens: torch.Tensor) -> torch.Tensor:
-    import torch
-
-    return torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
-
-
 def _medusa_draft(model: torch.nn.Module, prefix: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from harness.runtime.forward import positions
+
     base, drafts = model.pseudo_speculative_generate(prefix, positions(prefix), None)  # one token per head
     return base, drafts[:, :steps]
 

@@ -23,14 +23,18 @@ def fixed_tokens(batch: int, seq: int, vocab: int, seed: int) -> torch.Tensor:
     return torch.randint(0, vocab, (batch, seq), generator=generator).to(device())
 
 
+def positions(tokens: torch.Tensor) -> torch.Tensor:
+    """Position ids ``0..seq-1`` for every row of ``tokens``."""
+    return torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
+
+
 def _identity_loss(output: torch.Tensor, non_loss_data: bool = False) -> torch.Tensor:
     return output
 
 
 def _forward_step(data_iterator: Any, model: torch.nn.Module) -> tuple[torch.Tensor, Callable[..., Any]]:
     tokens = next(data_iterator)
-    positions = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
-    return model(tokens, positions, None), _identity_loss
+    return model(tokens, positions(tokens), None), _identity_loss
 
 
 @torch.no_grad()

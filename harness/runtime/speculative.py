@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 
 from harness.models.zoo import ModelSpec
-from harness.runtime.drafts import DraftAlgorithm, positions
-from harness.runtime.forward import device
+from harness.runtime.drafts import DraftAlgorithm
+from harness.runtime.forward import device, positions
 
 
 @dataclass(frozen=True)
