@@ -150,6 +150,10 @@ class Verdict(enum.StrEnum):
     XPASS = "xpass"  # a known defect no longer reproduces: an alert, the run fails until the entry goes
 
 
+# Verdicts that do not fail a run.
+OK_VERDICTS = frozenset({Verdict.PASS, Verdict.UPDATED, Verdict.SKIPPED, Verdict.XFAIL})
+
+
 @dataclass(frozen=True)
 class MetricResult:
     name: str
@@ -209,7 +213,7 @@ class CaseResult:
 
     @property
     def ok(self) -> bool:
-        return self.verdict in (Verdict.PASS, Verdict.UPDATED, Verdict.SKIPPED, Verdict.XFAIL)
+        return self.verdict in OK_VERDICTS
 
     def message(self) -> str:
         head = f"{self.case.id} [{self.case.platform}]: {self.verdict.value}"

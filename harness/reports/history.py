@@ -156,7 +156,8 @@ class History:
         return {key: runs[::-1] for key, runs in found.items()}
 
 
-def _value(value: float | None) -> str:
+def number(value: float | None) -> str:
+    """A metric value as the terminal and the reports show it."""
     return "-" if value is None else f"{value:.6g}"
 
 
@@ -171,7 +172,7 @@ def format_case_runs(key: str, runs: list[CaseRun]) -> str:
              f"{'commit':<{label}}  " + "  ".join(f"{(r.commit or '-')[:8]:>{width}}" for r in runs),
              f"{'verdict':<{label}}  " + "  ".join(f"{r.verdict:>{width}}" for r in runs)]
     for name in names:
-        values = [_value(run.metrics.get(name, (None, None))[0]) for run in runs]
+        values = [number(run.metrics.get(name, (None, None))[0]) for run in runs]
         latest = next((run.metrics[name][1] for run in reversed(runs) if name in run.metrics), None)
-        lines.append(f"{name:<{label}}  " + "  ".join(f"{v:>{width}}" for v in values) + f"  {_value(latest)}")
+        lines.append(f"{name:<{label}}  " + "  ".join(f"{v:>{width}}" for v in values) + f"  {number(latest)}")
     return "\n".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from harness.reports.history import number
 from harness.reports.trends import Analysis, CaseStatus, changes_between, run_label, version_pair
 
 SECTIONS = (("new failure", "New failures"), ("still failing", "Still failing"), ("fixed?", "FIXED? Known defects that no longer show"),
@@ -17,10 +18,6 @@ class Table:
     headers: tuple[str, ...]
     rows: list[tuple[str, ...]]
     note: str = ""
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.6g}"
 
 
 def _status_rows(statuses: list[CaseStatus]) -> list[tuple[str, ...]]:
@@ -50,12 +47,12 @@ def tables(analysis: Analysis) -> list[Table]:
     if analysis.regressions:
         found.append(Table("Top regressions by relative change against the baseline",
                            ("case", "metric", "baseline", "measured", "change", "tolerance", "verdict"),
-                           [(r.key, r.metric, _num(r.baseline), _num(r.measured), f"{r.relative:+.3%}", r.tolerance.describe(), r.verdict)
+                           [(r.key, r.metric, number(r.baseline), number(r.measured), f"{r.relative:+.3%}", r.tolerance.describe(), r.verdict)
                             for r in analysis.regressions]))
     settings = analysis.settings
     found.append(Table(f"Drifts ({len(analysis.drifts)})",
                        ("case", "metric", "before", "now", "moved", "allowed", "baseline", "moved in", "what changed"),
-                       [(d.key, d.metric, _num(d.before), _num(d.after), f"{d.after - d.before:+.6g}", f"{d.allowed:.6g}", _num(d.baseline),
+                       [(d.key, d.metric, number(d.before), number(d.after), f"{d.after - d.before:+.6g}", f"{d.allowed:.6g}", number(d.baseline),
                          run_label(d.first), d.changes) for d in analysis.drifts],
                        note=f"the last {settings.drift_runs} run(s) all moved by more than the tolerance from the median of the "
                             f"{settings.drift_window} run(s) before the move, whether or not still inside the baseline band"))

@@ -11,12 +11,12 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass
 
-from harness.records import Direction, Tolerance, Verdict
+from harness.records import OK_VERDICTS, Direction, Tolerance, Verdict
 from harness.reports.history import CaseRow, MetricRow, RunRow, Window
 
-OK = frozenset({Verdict.PASS.value, Verdict.UPDATED.value, Verdict.SKIPPED.value, Verdict.XFAIL.value})
 TRACKED = ("megatron-core", "nvidia-modelopt", "torch", "transformer-engine")
 
 
@@ -113,7 +113,8 @@ def changes_between(before: RunRow | None, after: RunRow) -> str:
 
 
 def _flips(verdicts: list[str]) -> int:
-    states = [v in OK for v in verdicts if v != Verdict.SKIPPED.value]
+    # Verdict is a StrEnum: the history's verdict strings test against OK_VERDICTS directly
+    states = [v in OK_VERDICTS for v in verdicts if v != Verdict.SKIPPED.value]
     return sum(a != b for a, b in itertools.pairwise(states))
 
 
@@ -134,13 +135,13 @@ def case_status(key: str, history: list[tuple[RunRow, CaseRow]], metrics: list[M
         return CaseStatus(key, "skipped", latest.verdict, None, flips, latest.error or "")
     if flips >= 2:
         return CaseStatus(key, "flaky", latest.verdict, None, flips, detail)
-    if latest.verdict in OK:
-        fixed = bool(previous) and previous[-1] not in OK
+    if latest.verdict in OK_VERDICTS:
+        fixed = bool(previous) and previous[-1] not in OK_VERDICTS
         return CaseStatus(key, "fixed" if fixed else "passing", latest.verdict, latest_run if fixed else None, flips, "")
     streak = len(history)
-    while streak > 1 and history[streak - 2][1].verdict not in OK:
+    while streak > 1 and history[streak - 2][1].verdict not in OK_VERDICTS:
         streak -= 1
-    status = "new failure" if streak == len(history) and (not previous or previous[-1] in OK) else "still failing"
+    status = "new failure" if streak == len(history) and (not previous or previous[-1] in OK_VERDICTS) else "still failing"
     return CaseStatus(key, status, latest.verdict, history[streak - 1][0], flips, detail)
 
 
@@ -196,10 +197,7 @@ def drift(series: Series, settings: Settings) -> Drift | None:
 
 
 def _verdict_counts(rows: list[CaseRow]) -> str:
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row.verdict] = counts.get(row.verdict, 0) + 1
-    return ", ".join(f"{n} {verdict}" for verdict, n in sorted(counts.items())) or "-"
+    return ", ".join(f"{n} {verdict}" for verdict, n in sorted(Counter(row.verdict for row in rows).items())) or "-"
 
 
 def _versions_side_by_side(window: Window) -> VersionTable | None:
@@ -234,10 +232,7 @@ def analyse(window: Window, settings: Settings) -> Analysis:
     latest_metrics = [m for m in window.metrics if m.run_id == latest.id]
     statuses = [case_status(key, rows, [m for m in latest_metrics if m.key == key])
                 for key, rows in sorted(by_case.items()) if rows[-1][0].id == latest.id]
-    counts: dict[str, int] = {}
-    for row in window.cases:
-        if row.run_id == latest.id:
-            counts[row.verdict] = counts.get(row.verdict, 0) + 1
+    counts = dict(Counter(row.verdict for row in window.cases if row.run_id == latest.id))
     grouped: dict[tuple[str, str], list[tuple[RunRow, MetricRow]]] = {}
     for m in window.metrics:
         if "@" not in m.name:  # per-step values are a trajectory inside one run, not a trend
