@@ -64,6 +64,16 @@ MATRIX = "artifacts/matrix"
 VERSION_MATRIX = [("0.16.1", "0.47.0"), ("0.19.2", "0.47.0"), ("0.16.1", "0.46.1")]
 
 
+def run_then_report(session: nox.Session, folder: str, artifacts: str, junit: str, *run_args: str) -> None:
+    """`harness run` appending to <folder>/history.sqlite, then `harness report` into <folder>/report,
+    written even when cases fail (the session still fails then)."""
+    try:
+        session.run("harness", "run", *run_args, "--artifacts", artifacts, "--history", f"{folder}/history.sqlite", "--junit", junit,
+                    *session.posargs)
+    finally:
+        session.run("harness", "report", "--history", f"{folder}/history.sqlite", "--out", f"{folder}/report")
+
+
 @nox.session
 @nox.parametrize(("mcore", "modelopt"), VERSION_MATRIX)
 def matrix(session: nox.Session, mcore: str, modelopt: str) -> None:
@@ -75,11 +85,7 @@ def matrix(session: nox.Session, mcore: str, modelopt: str) -> None:
     if Version(mcore) >= Version("0.17"):
         session.install("triton")
     tag = f"mcore{mcore}-modelopt{modelopt}"
-    try:
-        session.run("harness", "run", "--platform", "cpu", "--artifacts", f"{MATRIX}/{tag}", "--history", f"{MATRIX}/history.sqlite",
-                    "--junit", f"{MATRIX}/{tag}.xml", *session.posargs)
-    finally:
-        session.run("harness", "report", "--history", f"{MATRIX}/history.sqlite", "--out", f"{MATRIX}/report")
+    run_then_report(session, MATRIX, f"{MATRIX}/{tag}", f"{MATRIX}/{tag}.xml", "--platform", "cpu")
 
 
 @nox.session(venv_params=["--system-site-packages"])
@@ -92,11 +98,7 @@ def nightly(session: nox.Session) -> None:
     except nox.command.CommandFailed:
         session.install(CPU_TORCH)
     session.install("-e", ".")
-    try:
-        session.run("harness", "run", "--artifacts", f"{NIGHTLY}/run", "--history", f"{NIGHTLY}/history.sqlite",
-                    "--junit", f"{NIGHTLY}/junit.xml", *session.posargs)
-    finally:
-        session.run("harness", "report", "--history", f"{NIGHTLY}/history.sqlite", "--out", f"{NIGHTLY}/report")
+    run_then_report(session, NIGHTLY, f"{NIGHTLY}/run", f"{NIGHTLY}/junit.xml")
 
 
 @nox.session
