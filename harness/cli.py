@@ -10,7 +10,9 @@ from collections import Counter
 from pathlib import Path
 
 from harness.atomic import write_text_atomic
-from harness.launchers.local import LocalLauncher
+from harness.launchers.batch import LauncherError
+from harness.launchers.registry import LAUNCHERS, make_launcher
+from harness.launchers.settings import LaunchSettings
 from harness.pipeline import RunOptions, collect, run_plan
 from harness.progress import case_progress
 from harness.provenance import provenance
@@ -58,7 +60,38 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-no-gpu", action="store_true", help="with --platform gpu on a machine without GPUs: skip, exit 0")
     run.add_argument("--history", type=Path, help="run history to append to (default: <artifacts>/history.sqlite)")
     run.add_argument("--junit", type=Path, help="also write JUnit XML here")
+    launch = run.add_argument_group("launching (see README: Containers and Slurm)")
+    launch.add_argument("--launcher", choices=sorted(LAUNCHERS), default="local", help="where the ranks run (default: local)")
+    launch.add_argument("--image", help="container image: a local docker/podman image, or a pyxis/enroot image under slurm")
+    launch.add_argument("--engine", choices=("docker", "podman"), help="container engine (default: podman if installed, else docker)")
+    launch.add_argument("--python", default="python", help="the interpreter inside the image (default: python)")
+    launch.add_argument("--mount", action="append", default=[], metavar="SRC[:DST]", help="another folder for the ranks (data, checkpoints)")
+    launch.add_argument("--env", action="append", default=[], metavar="NAME", help="another variable to pass to the ranks")
+    launch.add_argument("--container-arg", action="append", default=[], metavar="ARG", help="extra `docker/podman run` argument")
+    launch.add_argument("--nodes", type=int, default=1, help="slurm: spread each case over up to N nodes (default: 1)")
+    launch.add_argument("--gpus-per-node", type=int, default=8, help="slurm: GPUs per node (default: 8)")
+    launch.add_argument("--partition", help="slurm partition")
+    launch.add_argument("--account", help="slurm account")
+    launch.add_argument("--time", dest="time_limit", help="slurm --time per job (default: its cases' timeouts + 10 min)")
+    launch.add_argument("--slurm-arg", action="append", default=[], metavar="ARG", help="extra sbatch argument: --slurm-arg=--qos=high")
     return parser
+
+
+def _settings(args: argparse.Namespace) -> LaunchSettings:
+    return LaunchSettings(
+        launcher=args.launcher, artifacts=args.artifacts, image=args.image, engine=args.engine, python=args.python,
+        nodes=args.nodes, gpus_per_node=args.gpus_per_node, partition=args.partition, account=args.account,
+        time_limit=args.time_limit, slurm_args=tuple(args.slurm_arg), container_args=tuple(args.container_arg),
+        extra_mounts=tuple(args.mount), env=tuple(args.env),
+    )
+
+
+def _resources(args: argparse.Namespace) -> Resources:
+    """What the cases may use: this machine, or under Slurm up to --nodes nodes of it."""
+    here = Resources.detect()
+    if getattr(args, "launcher", "local") != "slurm":
+        return here
+    return Resources(cpu_ranks=here.cpu_ranks * args.nodes, gpus=args.gpus_per_node * args.nodes)
 
 
 def _open_history(path: Path) -> History | None:
@@ -116,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         return _report(args)
     paths = args.suites or sorted(glob.glob("suites/*.yaml"))
-    resources = Resources.detect()
+    resources = _resources(args)
     markexpr = " and ".join(f"({e})" for e in (args.markexpr, args.platform) if e) or None
     try:
         cases = collect(paths, resources, args.keyword, markexpr)
@@ -136,8 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.allow_no_gpu:
             return EXIT_NO_GPU
     options = RunOptions(args.baselines, args.artifacts, args.update_baselines)
+    try:
+        launcher = make_launcher(_settings(args), [item.case for item in plan if item.skip is None])
+    except LauncherError as err:
+        print(f"harness: {err}", file=sys.stderr)
+        return EXIT_USAGE
     info = provenance(Path.cwd())
-    launcher = LocalLauncher(args.artifacts)
     history = History(args.history or args.artifacts / DEFAULT_HISTORY.name)
     run_id = history.start_run(info)
     results = []

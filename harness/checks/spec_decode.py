@@ -64,12 +64,13 @@ def run(ctx: CheckContext) -> dict[str, float]:
     import modelopt.torch.speculative as mtsp
     import torch
 
+    from harness.cache import cache_root
     from harness.evals.timing import median_ci
     from harness.runtime.distributed import model_parallel
     from harness.runtime.forward import device
     from harness.runtime.speculative import HeadRecipe, greedy, measure_acceptance, speculative, trained_heads
     from harness.runtime.subject import build_model, tokenizer_for
-    from harness.runtime.train import cache_root, corpus_of
+    from harness.runtime.train import corpus_of
 
     params: SpecParams = ctx.params
     algorithm, steps = ALGORITHMS[params.algorithm], params.draft_steps

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -20,30 +19,19 @@ import time
 from multiprocessing.connection import Connection, Listener, wait
 from pathlib import Path
 
+from harness.launchers.common import artifact_dir_name, checkout_pythonpath, rank_environment, tail
 from harness.launchers.protocol import RankReply, Task
 from harness.records import Case, CaseOutcome
 
 STARTUP_TIMEOUT_S = 300.0
 ERROR_GRACE_S = 10.0
 EXIT_GRACE_S = 5.0
-LOG_TAIL_LINES = 25
-
-
-def artifact_dir_name(case: Case) -> str:
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", case.key).strip("_")
 
 
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 class PoolBroken(RuntimeError):
@@ -59,7 +47,6 @@ class WorkerPool:
         self._start()
 
     def _env(self, rank: int, address: str, authkey: bytes, master_port: int) -> dict[str, str]:
-        cpus = os.cpu_count() or 1
         return {
             **os.environ,
             "RANK": str(rank),
@@ -69,12 +56,8 @@ class WorkerPool:
             "MASTER_PORT": str(master_port),
             "HARNESS_DRIVER_ADDR": address,
             "HARNESS_AUTHKEY": authkey.hex(),
-            "HARNESS_PLATFORM": self.platform,
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, cpus // self.world_size))),
-            "PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p),
-            "PYTHONUNBUFFERED": "1",
-            # A CPU case on a GPU machine must not see the GPUs (the CPU adaptations refuse CUDA).
-            **({"CUDA_VISIBLE_DEVICES": ""} if self.platform == "cpu" else {}),
+            "PYTHONPATH": checkout_pythonpath(),
+            **rank_environment(self.platform, self.world_size),
         }
 
     def _start(self) -> None:
@@ -147,7 +130,7 @@ class WorkerPool:
                 raise PoolBroken(self._explain(f"rank {rank} exited with code {proc.returncode} {when}"))
 
     def _explain(self, reason: str) -> str:
-        tails = "\n".join(f"--- rank {r} log ({self.log_dir / f'rank{r}.log'}), last lines:\n{_tail(self.log_dir / f'rank{r}.log')}"
+        tails = "\n".join(f"--- rank {r} log ({self.log_dir / f'rank{r}.log'}), last lines:\n{tail(self.log_dir / f'rank{r}.log')}"
                           for r in range(self.world_size))
         return f"{reason}\n{tails}"
 

@@ -22,3 +22,23 @@ class RankReply:
     metrics: dict[str, float] | None
     error: str | None
     duration_s: float
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Cases a batch job (Slurm, container) runs in order, pickled into its folder by the driver."""
+
+    platform: str
+    world_size: int
+    tasks: tuple[Task, ...]
+
+
+BATCH_FILE = "batch.pkl"
+
+
+def started_marker(index: int, rank: int) -> str:
+    return f"{index:04d}.rank{rank}.started"
+
+
+def reply_file(index: int, rank: int) -> str:
+    return f"{index:04d}.rank{rank}.json"

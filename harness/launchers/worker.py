@@ -18,7 +18,7 @@ from pathlib import Path
 from harness.launchers.protocol import RankReply, Task
 
 
-def _init(rank: int, world: int, platform: str) -> list[str]:
+def init_rank(rank: int, world: int, platform: str) -> list[str]:
     import torch
     import torch.distributed as dist
 
@@ -69,7 +69,7 @@ def main() -> None:
     host, port = os.environ["HARNESS_DRIVER_ADDR"].rsplit(":", 1)
     conn: Connection = Client((host, int(port)), authkey=bytes.fromhex(os.environ["HARNESS_AUTHKEY"]))
     conn.send(("hello", rank))
-    adapted = _init(rank, world, os.environ["HARNESS_PLATFORM"])
+    adapted = init_rank(rank, world, os.environ["HARNESS_PLATFORM"])
     conn.send(("ready", rank, adapted))
     while True:
         message = conn.recv()

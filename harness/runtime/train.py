@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from harness.cache import cache_root
 from harness.data.corpus import MarkovCorpus
 from harness.data.tokenizer import WordTokenizer
 from harness.evals.mmlu import format_prompt
@@ -31,10 +31,6 @@ from harness.runtime.forward import device
 CORPUS_VOCAB = 1024  # the word vocabulary of the corpus when the model brings its own tokenizer
 RARE_WORDS = 128  # corpus words that never occur in text (multiple-choice distractors)
 TRAIN_STREAM = 0  # corpus stream ids: training data; evaluations and calibration use others
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "posttrain-harness"))
 
 
 def recipe_key(spec: ModelSpec) -> str:

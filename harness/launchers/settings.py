@@ -1,0 +1,45 @@
+"""How a run is launched: the ``--launcher`` choice and its options, one record for every launcher."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.cache import cache_root
+
+# Variables a rank needs from the driver's environment when it runs elsewhere (container, other node).
+PASSED_PREFIXES = ("HARNESS_", "HF_", "NCCL_", "TORCH_")
+PER_RANK = {"HARNESS_PLATFORM", "HARNESS_DRIVER_ADDR", "HARNESS_AUTHKEY"}
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    launcher: str = "local"
+    artifacts: Path = Path("artifacts")
+    image: str | None = None  # container image (docker/podman name, or pyxis/enroot image under Slurm)
+    engine: str | None = None  # docker | podman; default: whichever is installed, podman first
+    python: str = "python"  # the interpreter inside the image
+    nodes: int = 1  # Slurm: spread each case over up to this many nodes
+    gpus_per_node: int = 8
+    partition: str | None = None
+    account: str | None = None
+    time_limit: str | None = None  # Slurm --time; default: the batch's case timeouts plus a margin
+    slurm_args: tuple[str, ...] = ()  # extra sbatch arguments, passed as they are
+    container_args: tuple[str, ...] = ()  # extra `docker/podman run` arguments
+    extra_mounts: tuple[str, ...] = ()  # SRC[:DST] folders the ranks need (data files, checkpoints)
+    env: tuple[str, ...] = ()  # more variable names to pass through
+
+    def mounts(self) -> list[tuple[str, str]]:
+        """Artifacts and the model cache at their own paths (paths inside pickled cases stay valid), then the extras."""
+        own = [str(self.artifacts.resolve()), str(cache_root().resolve())]
+        pairs = [(path, path) for path in dict.fromkeys(own)]
+        for each in self.extra_mounts:
+            src, _, dst = each.partition(":")
+            pairs.append((str(Path(src).resolve()), dst or str(Path(src).resolve())))
+        return pairs
+
+    def passed_env(self) -> dict[str, str]:
+        names = [n for n in os.environ if n.startswith(PASSED_PREFIXES) and n not in PER_RANK] + list(self.env)
+        passed = {name: os.environ[name] for name in names if name in os.environ}
+        return {**passed, "HARNESS_CACHE": str(cache_root().resolve())}
