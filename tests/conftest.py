@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,23 @@ import pytest
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
+TP2_CASES = "tp2pp1/int4_awq"  # a TP=2 round trip and a TP1 -> TP2 reshard of the ckpt suite
+
+
+def measured_cases(results: Path) -> dict[str, tuple[str, dict[str, float]]]:
+    """Each case of a ``results.json``: its verdict and every measured value."""
+    cases = json.loads(results.read_text())["cases"]
+    return {c["id"]: (c["verdict"], {m["name"]: m["measured"] for m in c["metrics"]}) for c in cases}
+
+
+@pytest.fixture(scope="session")
+def local_tp2(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, dict[str, float]]]:
+    """TP2_CASES under the local launcher: what the Slurm and container launchers must reproduce exactly."""
+    from harness.cli import main
+
+    artifacts = tmp_path_factory.mktemp("local-tp2")
+    assert main(["run", str(ROOT / "suites" / "ckpt.yaml"), "--platform", "cpu", "-k", TP2_CASES, "--artifacts", str(artifacts)]) == 0
+    return measured_cases(artifacts / "results.json")
 
 
 @pytest.fixture

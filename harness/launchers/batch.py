@@ -25,6 +25,7 @@ from harness.records import Case, CaseOutcome
 POLL_S = 0.5
 STARTUP_TIMEOUT_S = 600.0  # a running job's ranks must start their first case by then (imports, rendezvous)
 ERROR_GRACE_S = 10.0  # after one rank's error, how long the others get to report theirs
+EXIT_GRACE_S = 60.0  # after a job's last case, how long it gets to exit by itself
 
 
 class LauncherError(RuntimeError):
@@ -48,6 +49,7 @@ class Job(Protocol):
 
 class Backend(Protocol):
     name: str
+    success: frozenset[str]  # the JobState details of a job that ended well
 
     def submit(self, folder: Path, batch: Batch) -> Job: ...
 
@@ -139,13 +141,28 @@ class BatchLauncher:
                 return self._end(f"the job's ranks did not start {case.id} within {STARTUP_TIMEOUT_S:.0f} s")
             time.sleep(POLL_S)
 
+    def _finish(self) -> None:
+        """Let a job whose cases are all in end by itself, and say so when it then fails; cancel it otherwise."""
+        running, self.running = self.running, None
+        if running is None:
+            return
+        if running.done < len(running.keys):
+            running.job.cancel()  # the plan changed under it (or the run stops); its remaining cases go to a new job
+            return
+        deadline = time.monotonic() + EXIT_GRACE_S
+        while (state := running.job.state()).phase != "ended" and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+        if state.phase != "ended":
+            running.job.cancel()
+            print(f"[harness] {self.backend.name} job {running.job.id} did not exit {EXIT_GRACE_S:.0f} s after its last case; cancelled", flush=True)
+        elif state.detail not in self.backend.success:
+            print(f"[harness] {self.backend.name} job {running.job.id} ended {state.detail} after its cases; log: {running.job.log}", flush=True)
+
     def launch(self, case: Case) -> CaseOutcome:
         start = time.perf_counter()
         running = self.running
         if running is not None and (running.done >= len(running.keys) or running.keys[running.done] != case.key):
-            if running.done < len(running.keys):
-                running.job.cancel()  # the plan changed under it; its remaining cases go to a new job
-            self.running = None
+            self._finish()
         self.launched.add(case.key)
         artifacts = str(self.artifacts_root / artifact_dir_name(case))
         try:
@@ -155,13 +172,13 @@ class BatchLauncher:
         except LauncherError as err:  # this case cannot be submitted (its shape, sbatch refused it)
             return CaseOutcome(case, {}, str(err), time.perf_counter() - start, artifacts)
         except BaseException:  # Ctrl-C included: no job outlives the driver
-            self.close()
+            if self.running is not None:
+                self.running.job.cancel()
+                self.running = None
             raise
         if isinstance(found, str):
             return CaseOutcome(case, {}, found, time.perf_counter() - start, artifacts)
         return CaseOutcome(case, found, None, time.perf_counter() - start, artifacts)
 
     def close(self) -> None:
-        if self.running is not None:
-            self.running.job.cancel()
-            self.running = None
+        self._finish()

@@ -84,6 +84,7 @@ def find_engine(wanted: str | None) -> str:
 
 class ContainerBackend:
     name = "container"
+    success = frozenset({"exited with code 0"})
 
     def __init__(self, settings: LaunchSettings) -> None:
         if not settings.image:

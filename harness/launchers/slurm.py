@@ -13,6 +13,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from harness.launchers.settings import LaunchSettings
 TOOLS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo")
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED"}
+CANCEL_WAIT_S = 60.0
 JOB_MARGIN_S = 600.0  # --time beyond the batch's summed case timeouts: imports, rendezvous, teardown
 
 
@@ -119,21 +121,26 @@ class SlurmJob:
         return self._last
 
     def cancel(self) -> None:
+        """``scancel``, then wait (bounded) until Slurm reports the job ended, so its state is final."""
         _run(["scancel", self.id])
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while self.state().phase != "ended" and time.monotonic() < deadline:
+            time.sleep(0.5)
 
 
 class SlurmBackend:
     name = "slurm"
+    success = frozenset({"COMPLETED exit 0:0"})
 
     def __init__(self, settings: LaunchSettings) -> None:
         missing = [tool for tool in TOOLS if shutil.which(tool) is None]
         if missing:
             raise LauncherError(f"--launcher slurm: {', '.join(missing)} not found on PATH (is this a Slurm login node?)")
+        if settings.image and settings.image.startswith(("/", "./")) and not Path(settings.image).exists():
+            raise LauncherError(f"--image {settings.image}: no such file (a squashfs image for pyxis/enroot)")
         reachable = _run(["sinfo", "--noheader", "--format=%P"])
         if reachable.returncode != 0:
             raise LauncherError(f"--launcher slurm: the cluster does not answer (sinfo: {reachable.stderr.strip()})")
-        if settings.image and settings.image.startswith(("/", "./")) and not Path(settings.image).exists():
-            raise LauncherError(f"--image {settings.image}: no such file (a squashfs image for pyxis/enroot)")
         self.settings = settings
 
     def submit(self, folder: Path, batch: Batch) -> SlurmJob:
