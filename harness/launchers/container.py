@@ -94,6 +94,7 @@ class ContainerBackend:
         if found.returncode != 0:
             raise LauncherError(f"--image {settings.image}: not usable with {self.engine} ({found.stderr.strip() or 'image not found'});"
                                 f" pull or build it first")
+        settings.prepare_mounts()
         self.settings = settings
 
     def submit(self, folder: Path, batch: Batch) -> ContainerJob:

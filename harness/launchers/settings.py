@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.cache import cache_root
+from harness.launchers.batch import LauncherError
 
 # Variables a rank needs from the driver's environment when it runs elsewhere (container, other node).
 PASSED_PREFIXES = ("HARNESS_", "HF_", "NCCL_", "TORCH_")
@@ -30,14 +31,25 @@ class LaunchSettings:
     extra_mounts: tuple[str, ...] = ()  # SRC[:DST] folders the ranks need (data files, checkpoints)
     env: tuple[str, ...] = ()  # more variable names to pass through
 
+    def own_folders(self) -> list[Path]:
+        return list(dict.fromkeys([self.artifacts.resolve(), cache_root().resolve()]))
+
     def mounts(self) -> list[tuple[str, str]]:
         """Artifacts and the model cache at their own paths (paths inside pickled cases stay valid), then the extras."""
-        own = [str(self.artifacts.resolve()), str(cache_root().resolve())]
-        pairs = [(path, path) for path in dict.fromkeys(own)]
+        pairs = [(str(path), str(path)) for path in self.own_folders()]
         for each in self.extra_mounts:
             src, _, dst = each.partition(":")
             pairs.append((str(Path(src).resolve()), dst or str(Path(src).resolve())))
         return pairs
+
+    def prepare_mounts(self) -> None:
+        """Create the harness's own folders (a fresh cache may not exist yet: an engine refuses to mount
+        a missing path); a ``--mount`` source that does not exist is the user's error, said now."""
+        for path in self.own_folders():
+            path.mkdir(parents=True, exist_ok=True)
+        for src, _ in self.mounts()[len(self.own_folders()):]:
+            if not Path(src).exists():
+                raise LauncherError(f"--mount {src}: no such file or directory")
 
     def passed_env(self) -> dict[str, str]:
         names = [n for n in os.environ if n.startswith(PASSED_PREFIXES) and n not in PER_RANK] + list(self.env)

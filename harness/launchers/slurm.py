@@ -141,6 +141,8 @@ class SlurmBackend:
         reachable = _run(["sinfo", "--noheader", "--format=%P"])
         if reachable.returncode != 0:
             raise LauncherError(f"--launcher slurm: the cluster does not answer (sinfo: {reachable.stderr.strip()})")
+        if settings.image:
+            settings.prepare_mounts()
         self.settings = settings
 
     def submit(self, folder: Path, batch: Batch) -> SlurmJob:
