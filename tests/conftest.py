@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,13 @@ import pytest
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
+def wait_for(condition: str, check: Callable[[], bool], timeout_s: float = 240, poll_s: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {condition}"
+        time.sleep(poll_s)
+
+
 TP2_CASES = "tp2pp1/int4_awq"  # a TP=2 round trip and a TP1 -> TP2 reshard of the ckpt suite
 
 

@@ -45,3 +45,9 @@ def _emit(ctx: CheckContext) -> dict[str, float]:
 
 # A metric the test sets through the suite: lets a test move it run by run (an injected drift).
 EMITS = Check("emits", "returns params.value", ValueParams, {"value": MetricSpec("the value of params.value", Tolerance(abs=0.05))}, _emit)
+
+
+def fault_suite(name: str, check: str, seconds: float, timeout_s: float) -> str:
+    """A TP=2 suite running one of these checks (``check`` names it: SLEEPS, CRASHES, RAISES)."""
+    return (f"suite: {name}\ncheck: tests.fault_checks:{check}\ntimeout_s: {timeout_s}\n"
+            f"params: {{seconds: {seconds}}}\nmatrix:\n  model: [tiny-gpt]\n  layout: [{{tp: 2, pp: 1}}]\n")

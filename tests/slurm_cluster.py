@@ -9,9 +9,10 @@ import contextlib
 import os
 import shutil
 import subprocess
-import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+from tests.conftest import wait_for
 
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch")
 CTLD_PORT, NODE_PORT = 16817, 17001
@@ -56,12 +57,9 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
 
 
-def _wait(what: str, ready, timeout_s: float = 60.0) -> None:  # noqa: ANN001 - a predicate
-    deadline = time.monotonic() + timeout_s
-    while not ready():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"local Slurm cluster: {what} not ready within {timeout_s:.0f} s")
-        time.sleep(0.2)
+def queued(env: Mapping[str, str] | None = None) -> str:
+    """``squeue``'s lines: empty when no job is left."""
+    return subprocess.run(["squeue", "--noheader"], env=env, capture_output=True, text=True, check=False).stdout.strip()
 
 
 def _idle_nodes(env: dict[str, str]) -> int:
@@ -91,14 +89,13 @@ def local_cluster(folder: Path, nodes: int) -> Iterator[dict[str, str]]:
         for index in range(1, nodes + 1):
             started.append(subprocess.Popen(["slurmd", "-D", "-N", f"node{index}", "-f", str(conf)], env=env,
                                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True))
-        _wait(f"{nodes} idle node(s)", lambda: _idle_nodes(env) >= nodes)
+        wait_for(f"local Slurm cluster: {nodes} idle node(s)", lambda: _idle_nodes(env) >= nodes, timeout_s=60, poll_s=0.2)
         yield env
     finally:
         # jobs first (a slurmstepd left behind outlives the daemons), then the daemons
         subprocess.run(["scancel", "--full", "--user=root"], env=env, capture_output=True, check=False)
-        with contextlib.suppress(RuntimeError):
-            _wait("an empty queue", lambda: not subprocess.run(["squeue", "--noheader"], env=env, capture_output=True, text=True,
-                                                                check=False).stdout.strip(), timeout_s=30)
+        with contextlib.suppress(AssertionError):
+            wait_for("an empty queue", lambda: not queued(env), timeout_s=30, poll_s=0.2)
         subprocess.run(["scontrol", "shutdown"], env=env, capture_output=True, check=False)
         for proc in started:
             try:

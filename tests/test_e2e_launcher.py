@@ -12,14 +12,10 @@ from pathlib import Path
 import pytest
 
 from harness.cli import EXIT_FAILED, main
+from tests.fault_checks import fault_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
-
-
-def fault_suite(name: str, check: str, seconds: float, timeout_s: float) -> str:
-    return (f"suite: {name}\ncheck: tests.fault_checks:{check}\ntimeout_s: {timeout_s}\n"
-            f"params: {{seconds: {seconds}}}\nmatrix:\n  model: [tiny-gpt]\n  layout: [{{tp: 2, pp: 1}}]\n")
 
 
 def run_cli(args: list[str], tmp_path: Path, baselines: Path) -> tuple[int, dict]:

@@ -19,6 +19,7 @@ import pytest
 
 from harness.cli import EXIT_FAILED, main
 from harness.reports.history import History
+from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CKPT_CASE = "ckpt/tiny-gpt/tp1pp1/none"
@@ -72,13 +73,6 @@ def test_three_runs_then_report_show_the_regression_its_start_and_the_drift(tmp_
     assert page.count('<svg class="trend"') == 6  # five checkpoint metrics and the emitted value
     assert '<details open><summary class="bad">ckpt/tiny-gpt/tp1pp1/none[cpu]' in page
     assert 'fill="#d62728"' in page  # the failed points of the regression
-
-
-def wait_for(condition: str, check: Callable[[], bool], timeout_s: float = 240) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {condition}"
-        time.sleep(0.5)
 
 
 def recorded_cases(history: Path) -> list[tuple[str, str]]:

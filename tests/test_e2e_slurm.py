@@ -10,15 +10,15 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from harness.cli import EXIT_FAILED, main
-from tests.conftest import measured_cases
-from tests.slurm_cluster import local_cluster, missing
+from tests.conftest import measured_cases, wait_for
+from tests.fault_checks import fault_suite
+from tests.slurm_cluster import local_cluster, missing, queued
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
@@ -60,11 +60,6 @@ def test_ckpt_suite_under_slurm_passes_like_the_local_launcher(cluster: Path, lo
         assert state == "COMPLETED" and (nodelist == "node[1-2]" if nodes == 2 else nodelist in ("node1", "node2")), (job, state, nodelist)
 
 
-def fault_suite(name: str, check: str, seconds: float, timeout_s: float) -> str:
-    return (f"suite: {name}\ncheck: tests.fault_checks:{check}\ntimeout_s: {timeout_s}\n"
-            f"params: {{seconds: {seconds}}}\nmatrix:\n  model: [tiny-gpt]\n  layout: [{{tp: 2, pp: 1}}]\n")
-
-
 def test_failed_and_hung_cases_report_their_job_and_the_run_goes_on(cluster: Path, write_suite, tmp_path: Path) -> None:  # noqa: ANN001
     suites = [write_suite(fault_suite("raises", "RAISES", 0, 60), "raises.yaml"),
               write_suite(fault_suite("hangs", "SLEEPS", 600, 5), "hangs.yaml"),
@@ -85,14 +80,7 @@ def test_failed_and_hung_cases_report_their_job_and_the_run_goes_on(cluster: Pat
     assert "RuntimeError: deliberate failure" in log_tail and "CANCELLED AT" in log_tail
     hung = cases["hangs"]["error"]
     assert "timed out after 5 s; job cancelled" in hung and re.search(r"slurm job \d+ \(CANCELLED", hung)
-    wait_for_empty_queue()
-
-
-def wait_for_empty_queue(timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while subprocess.run(["squeue", "--noheader"], capture_output=True, text=True, check=False).stdout.strip():
-        assert time.monotonic() < deadline, "jobs left in the queue"
-        time.sleep(0.5)
+    wait_for("an empty queue", lambda: not queued(), timeout_s=60)
 
 
 def test_ctrl_c_cancels_the_running_job(cluster: Path, write_suite, tmp_path: Path) -> None:  # noqa: ANN001
@@ -101,13 +89,12 @@ def test_ctrl_c_cancels_the_running_job(cluster: Path, write_suite, tmp_path: Pa
     driver = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(suite), "--launcher", "slurm", "--baselines",
                                str(tmp_path / "none"), "--artifacts", str(artifacts)], cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.monotonic() + 180
-    while not list(artifacts.glob("_jobs/*/0000.rank*.started")):
-        assert driver.poll() is None and time.monotonic() < deadline, "the case never started"
-        time.sleep(0.5)
-    assert subprocess.run(["squeue", "--noheader"], capture_output=True, text=True, check=False).stdout.strip()
+    wait_for("the case to start (or the driver to die)",
+             lambda: driver.poll() is not None or bool(list(artifacts.glob("_jobs/*/0000.rank*.started"))), timeout_s=180)
+    assert driver.poll() is None, "the driver died before its case started"
+    assert queued()
     driver.send_signal(signal.SIGINT)
     _, err = driver.communicate(timeout=120)
     assert driver.returncode == EXIT_FAILED, err
     assert "interrupted after 0 of 1 cases" in err
-    wait_for_empty_queue()
+    wait_for("an empty queue", lambda: not queued(), timeout_s=60)

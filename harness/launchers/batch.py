@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from harness.launchers.common import artifact_dir_name, tail
+from harness.launchers.common import artifact_dir_name, fresh_artifacts, tail
 from harness.launchers.protocol import BATCH_FILE, Batch, RankReply, Task, reply_file, started_marker
 from harness.records import Case, CaseOutcome
 
@@ -88,23 +88,24 @@ class BatchLauncher:
         folder = self.artifacts_root / "_jobs" / f"{self.backend.name}-{case.platform}-w{case.world_size}-{self._serial}"
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-        tasks = []
-        for each in cases:
-            artifacts = self.artifacts_root / artifact_dir_name(each)
-            shutil.rmtree(artifacts, ignore_errors=True)
-            artifacts.mkdir(parents=True)
-            tasks.append(Task(each, str(artifacts)))
-        batch = Batch(case.platform, case.world_size, tuple(tasks))
+        tasks = tuple(Task(each, str(fresh_artifacts(self.artifacts_root, each))) for each in cases)
+        batch = Batch(case.platform, case.world_size, tasks)
         (folder / BATCH_FILE).write_bytes(pickle.dumps(batch))
         job = self.backend.submit(folder, batch)
         print(f"[harness] {self.backend.name} job {job.id}: {len(cases)} case(s), world size {case.world_size}, folder {folder}", flush=True)
         return _Running(job, folder, [c.key for c in cases])
 
+    def _cancel(self) -> _Running | None:
+        """Detach the running job and cancel it (its remaining cases go to a new job, if any)."""
+        running, self.running = self.running, None
+        if running is not None:
+            running.job.cancel()
+        return running
+
     def _end(self, why: str) -> str:
         """Cancel the running job; the error text for the case it was on."""
-        running, self.running = self.running, None
+        running = self._cancel()
         assert running is not None
-        running.job.cancel()
         state = running.job.state()
         return (f"{why}\n{self.backend.name} job {running.job.id} ({state.detail}); folder {running.folder}\n"
                 f"--- job log ({running.job.log}), last lines:\n{tail(running.job.log)}")
@@ -143,12 +144,13 @@ class BatchLauncher:
 
     def _finish(self) -> None:
         """Let a job whose cases are all in end by itself, and say so when it then fails; cancel it otherwise."""
-        running, self.running = self.running, None
+        running = self.running
         if running is None:
             return
-        if running.done < len(running.keys):
-            running.job.cancel()  # the plan changed under it (or the run stops); its remaining cases go to a new job
+        if running.done < len(running.keys):  # the plan changed under it, or the run stops
+            self._cancel()
             return
+        self.running = None
         deadline = time.monotonic() + EXIT_GRACE_S
         while (state := running.job.state()).phase != "ended" and time.monotonic() < deadline:
             time.sleep(POLL_S)
@@ -172,9 +174,7 @@ class BatchLauncher:
         except LauncherError as err:  # this case cannot be submitted (its shape, sbatch refused it)
             return CaseOutcome(case, {}, str(err), time.perf_counter() - start, artifacts)
         except BaseException:  # Ctrl-C included: no job outlives the driver
-            if self.running is not None:
-                self.running.job.cancel()
-                self.running = None
+            self._cancel()
             raise
         if isinstance(found, str):
             return CaseOutcome(case, {}, found, time.perf_counter() - start, artifacts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 from harness.records import Case
@@ -13,6 +14,14 @@ LOG_TAIL_LINES = 25
 
 def artifact_dir_name(case: Case) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", case.key).strip("_")
+
+
+def fresh_artifacts(root: Path, case: Case) -> Path:
+    """The case's artifact folder under ``root``, emptied: nothing of an earlier run is mistaken for this one's."""
+    folder = root / artifact_dir_name(case)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
 
 
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 
 from harness.launchers.batch import JobState, LauncherError
-from harness.launchers.common import rank_environment
 from harness.launchers.protocol import Batch
 from harness.launchers.settings import LaunchSettings
 
@@ -46,7 +45,7 @@ def run_command(engine: str, name: str, folder: Path, batch: Batch, settings: La
         command += gpu_args(engine)
     for src, dst in settings.mounts():
         command.append(f"--volume={src}:{dst}")
-    env = {**rank_environment(batch.platform, batch.world_size), **settings.passed_env()}
+    env = settings.job_environment(batch.platform, batch.world_size)
     command += [f"--env={name}={value}" for name, value in sorted(env.items())]
     command += [f"--workdir={settings.artifacts.resolve()}", *settings.container_args, settings.image]
     return [*command, settings.python, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +18,7 @@ import time
 from multiprocessing.connection import Connection, Listener, wait
 from pathlib import Path
 
-from harness.launchers.common import artifact_dir_name, checkout_pythonpath, rank_environment, tail
+from harness.launchers.common import checkout_pythonpath, fresh_artifacts, rank_environment, tail
 from harness.launchers.protocol import RankReply, Task
 from harness.records import Case, CaseOutcome
 
@@ -197,9 +196,7 @@ class LocalLauncher:
         self._serial = 0
 
     def launch(self, case: Case) -> CaseOutcome:
-        artifacts = self.artifacts_root / artifact_dir_name(case)
-        shutil.rmtree(artifacts, ignore_errors=True)
-        artifacts.mkdir(parents=True)
+        artifacts = fresh_artifacts(self.artifacts_root, case)
         start = time.perf_counter()
         key = (case.platform, case.world_size)
         try:

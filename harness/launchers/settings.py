@@ -8,6 +8,7 @@ from pathlib import Path
 
 from harness.cache import cache_root
 from harness.launchers.batch import LauncherError
+from harness.launchers.common import rank_environment
 
 # Variables a rank needs from the driver's environment when it runs elsewhere (container, other node).
 PASSED_PREFIXES = ("HARNESS_", "HF_", "NCCL_", "TORCH_")
@@ -34,20 +35,24 @@ class LaunchSettings:
     def own_folders(self) -> list[Path]:
         return list(dict.fromkeys([self.artifacts.resolve(), cache_root().resolve()]))
 
-    def mounts(self) -> list[tuple[str, str]]:
-        """Artifacts and the model cache at their own paths (paths inside pickled cases stay valid), then the extras."""
-        pairs = [(str(path), str(path)) for path in self.own_folders()]
+    def extra_mount_pairs(self) -> list[tuple[str, str]]:
+        pairs = []
         for each in self.extra_mounts:
             src, _, dst = each.partition(":")
-            pairs.append((str(Path(src).resolve()), dst or str(Path(src).resolve())))
+            source = str(Path(src).resolve())
+            pairs.append((source, dst or source))
         return pairs
+
+    def mounts(self) -> list[tuple[str, str]]:
+        """Artifacts and the model cache at their own paths (paths inside pickled cases stay valid), then the extras."""
+        return [(str(path), str(path)) for path in self.own_folders()] + self.extra_mount_pairs()
 
     def prepare_mounts(self) -> None:
         """Create the harness's own folders (a fresh cache may not exist yet: an engine refuses to mount
         a missing path); a ``--mount`` source that does not exist is the user's error, said now."""
         for path in self.own_folders():
             path.mkdir(parents=True, exist_ok=True)
-        for src, _ in self.mounts()[len(self.own_folders()):]:
+        for src, _ in self.extra_mount_pairs():
             if not Path(src).exists():
                 raise LauncherError(f"--mount {src}: no such file or directory")
 
@@ -55,3 +60,7 @@ class LaunchSettings:
         names = [n for n in os.environ if n.startswith(PASSED_PREFIXES) and n not in PER_RANK] + list(self.env)
         passed = {name: os.environ[name] for name in names if name in os.environ}
         return {**passed, "HARNESS_CACHE": str(cache_root().resolve())}
+
+    def job_environment(self, platform: str, world_size: int) -> dict[str, str]:
+        """What a batch job's ranks get, whichever system starts them: the rank variables, then the passed ones."""
+        return {**rank_environment(platform, world_size), **self.passed_env()}

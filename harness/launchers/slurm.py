@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.launchers.batch import JobState, LauncherError
-from harness.launchers.common import checkout_pythonpath, rank_environment
+from harness.launchers.common import checkout_pythonpath
 from harness.launchers.protocol import Batch
 from harness.launchers.settings import LaunchSettings
 
@@ -84,7 +84,7 @@ def srun_command(folder: Path, settings: LaunchSettings) -> list[str]:
 
 
 def batch_script(folder: Path, batch: Batch, settings: LaunchSettings) -> str:
-    env = {**rank_environment(batch.platform, batch.world_size), **settings.passed_env()}
+    env = settings.job_environment(batch.platform, batch.world_size)
     if not settings.image:
         env["PYTHONPATH"] = checkout_pythonpath()
     lines = ["#!/bin/bash", "# written by posttrain-harness; every value is quoted", "set -eo pipefail"]
