@@ -1,21 +1,28 @@
 """Recorded baselines and the comparison step.
 
-One JSON file per (platform, suite) under version control: ``baselines/<platform>/<suite>.json``,
-each case holding its metrics and the provenance of the run that recorded them. Comparing is a
-step of its own, separate from measuring; ``update`` rewrites a case's entry atomically and says
-what changed.
+One JSON file per (environment, suite) under version control: ``baselines/<environment>/<suite>.json``
+(``cpu-x86_64-avx2``, ``gpu-nvidia-h100-80gb-hbm3``: harness.environment), each case holding its
+metrics and the provenance of the run that recorded them, including the sha256 of every shipped
+subject it ran on. Comparing is a step of its own, separate from measuring; ``update`` rewrites a
+case's entry atomically and says what changed.
+
+Two kinds of metric: invariants carry a budget (an absolute bound: a gap to a reference, TP/PP
+parity, losslessness, lost quantizers) and are judged everywhere; every other metric belongs to
+its environment and is judged only against that environment's baseline. In an environment with no
+baselines at all, invariants are judged and the rest reads ``no-baseline`` without failing the run.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from harness.atomic import write_json_atomic
-from harness.records import CaseOutcome, CaseResult, Direction, MetricResult, Tolerance, Verdict, metric_family
+from harness.models.subjects import manifest
+from harness.records import Case, CaseOutcome, CaseResult, Direction, MetricResult, Tolerance, Verdict, metric_family
 
 FORMAT = 1
 
@@ -34,9 +41,21 @@ def within(measured: float, baseline: float, tolerance: Tolerance) -> bool:
 @dataclass(frozen=True)
 class BaselineStore:
     root: Path
+    # platform -> the environment whose baselines this run reads and writes (default: the platform's name)
+    environments: dict[str, str] = field(default_factory=dict)
+
+    def environment(self, platform: str) -> str:
+        return self.environments.get(platform, platform)
 
     def path(self, platform: str, suite: str) -> Path:
-        return self.root / platform / f"{suite}.json"
+        return self.root / self.environment(platform) / f"{suite}.json"
+
+    def has_environment(self, platform: str) -> bool:
+        """Whether any baseline was ever recorded for the environment ``platform`` runs in here."""
+        return any((self.root / self.environment(platform)).glob("*.json"))
+
+    def entry(self, platform: str, suite: str, case_id: str) -> dict[str, Any] | None:
+        return self._read(self.path(platform, suite))["cases"].get(case_id)
 
     def _read(self, path: Path) -> dict[str, Any]:
         if not path.exists():
@@ -47,24 +66,48 @@ class BaselineStore:
         return data
 
     def lookup(self, platform: str, suite: str, case_id: str) -> dict[str, float] | None:
-        entry = self._read(self.path(platform, suite))["cases"].get(case_id)
+        entry = self.entry(platform, suite, case_id)
         return None if entry is None else entry["metrics"]
 
     def record(self, outcome: CaseOutcome, provenance: dict[str, Any]) -> None:
         case = outcome.case
         path = self.path(case.platform, case.suite)
         data = self._read(path)
-        data.update({"suite": case.suite, "platform": case.platform})
-        data["cases"][case.id] = {"metrics": outcome.metrics, "provenance": {**provenance, "platform": case.platform}}
+        data.update({"suite": case.suite, "platform": case.platform, "environment": self.environment(case.platform)})
+        data["cases"][case.id] = {"metrics": outcome.metrics, "provenance": {
+            **provenance, "platform": case.platform, "environment": self.environment(case.platform), "subjects": case_subjects(case)}}
         write_json_atomic(path, data)
+
+
+def case_subjects(case: Case) -> dict[str, str]:
+    """sha256 of every shipped subject ``case`` runs on (its model, a KD teacher, trained draft heads)."""
+    from harness.checks import get_check
+
+    names = ([case.model] if case.spec.recipe is not None else []) + get_check(case.check).subjects(case.params, case.model)
+    shipped = manifest()
+    return {name: shipped.expected_hash(name) for name in names}
+
+
+def _other_subjects(case: Case, recorded: dict[str, str], path: Path) -> str | None:
+    """Why the baseline cannot judge this case: it was measured on other weights than the shipped ones."""
+    for name, digest in case_subjects(case).items():
+        if recorded.get(name, digest) != digest:
+            return (f"the baseline in {path} was measured on subject {name} sha256 {recorded[name][:16]}..., the shipped {name} is "
+                    f"{digest[:16]}...: it belongs to other weights. Re-record it (--update-baselines) in a commit that says why")
+    return None
 
 
 def compare(outcome: CaseOutcome, store: BaselineStore, update: bool, provenance: dict[str, Any]) -> CaseResult:
     """Judge each measured metric against the recorded value (or record it, with ``update``)."""
-    if outcome.error is not None or outcome.skipped is not None:
-        return CaseResult(outcome)
     case = outcome.case
-    recorded = store.lookup(case.platform, case.suite, case.id) or {}
+    environment, known = store.environment(case.platform), store.has_environment(case.platform)
+    if outcome.error is not None or outcome.skipped is not None:
+        return CaseResult(outcome, environment=environment, new_environment=not known)
+    entry = store.entry(case.platform, case.suite, case.id) or {}
+    stale = None if update else _other_subjects(case, entry.get("provenance", {}).get("subjects", {}), store.path(case.platform, case.suite))
+    if stale is not None:
+        return CaseResult(replace(outcome, error=stale), environment=environment)
+    recorded = entry.get("metrics", {})
     results = []
     for name in sorted(set(outcome.metrics) | set(recorded)):
         tolerance = case.tolerances.get(name, case.tolerances.get(metric_family(name), Tolerance()))
@@ -76,10 +119,10 @@ def compare(outcome: CaseOutcome, store: BaselineStore, update: bool, provenance
         elif update:
             verdict = Verdict.PASS if baseline == measured else Verdict.UPDATED
         elif baseline is None:
-            verdict = Verdict.NO_BASELINE
+            verdict = Verdict.NO_BASELINE if budget is None else Verdict.PASS  # an invariant is judged by its budget alone
         else:
             verdict = Verdict.PASS if within(measured, baseline, tolerance) else Verdict.FAIL
         results.append(MetricResult(name, measured, baseline, tolerance, verdict, budget))
     if update:
         store.record(outcome, provenance)
-    return CaseResult(outcome, tuple(results))
+    return CaseResult(outcome, tuple(results), environment=environment, new_environment=not known and not update)

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import sys
 from collections import Counter
 from pathlib import Path
 
 from harness.atomic import write_text_atomic
+from harness.baselines import BaselineStore
 from harness.launchers.batch import LauncherError
 from harness.launchers.registry import LAUNCHERS, make_launcher
 from harness.launchers.settings import LaunchSettings
-from harness.pipeline import RunOptions, collect, run_plan
+from harness.models.build import build, export
+from harness.models.subjects import SubjectError, manifest
+from harness.pipeline import RunOptions, collect, preflight, run_plan
 from harness.progress import case_progress
 from harness.provenance import provenance
 from harness.records import Verdict
@@ -47,6 +51,20 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"a drift is this many latest runs beyond tolerance (default: {Settings.drift_runs})")
     report.add_argument("--drift-window", type=int, default=Settings.drift_window,
                         help=f"runs before the move that make the reference (default: {Settings.drift_window})")
+    models = sub.add_parser("models", help="shipped subjects: the trained weights cases load (see README: Environments)")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    models_sub.add_parser("list", help="every shipped subject with its sha256, size and recipe")
+    models_sub.add_parser("verify", help="check every shipped file against its manifest hash (exit 1 on a mismatch)")
+    build = models_sub.add_parser("build", help="train a subject under the pinned numerics, ship it, print its new hash")
+    build.add_argument("name", help="tiny-gpt-trained, or draft heads on it: tiny-gpt-trained+medusa-k2-t150")
+    build.add_argument("--artifacts", type=Path, default=Path("artifacts") / "build", help="worker logs and the built file")
+    export = models_sub.add_parser("export", help="write a shipped model as a megatron torch_dist checkpoint")
+    export.add_argument("name", help="a model subject, e.g. tiny-gpt-trained")
+    export.add_argument("directory", type=Path, help="the checkpoint folder to write (a suite loads it with `torch_dist:`)")
+    export.add_argument("--artifacts", type=Path, default=Path("artifacts") / "build", help="worker logs")
+    baselines = sub.add_parser("baselines", help="the baseline environments and how many of this machine's cases each covers")
+    baselines.add_argument("--baselines", type=Path, default=Path("baselines"), help="baseline folder (default: baselines)")
+    baselines.add_argument("suites", nargs="*", help="suite files (default: suites/*.yaml)")
     for name, text in (("list", "list the cases the suites expand to"), ("run", "run cases against recorded baselines")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("suites", nargs="*", help="suite files (default: suites/*.yaml)")
@@ -91,7 +109,7 @@ def _resources(args: argparse.Namespace) -> Resources:
     here = Resources.detect()
     if getattr(args, "launcher", "local") != "slurm":
         return here
-    return Resources(cpu_ranks=here.cpu_ranks * args.nodes, gpus=args.gpus_per_node * args.nodes)
+    return Resources(cpu_ranks=here.cpu_ranks * args.nodes, gpus=args.gpus_per_node * args.nodes, gpu_name=here.gpu_name)
 
 
 def _open_history(path: Path) -> History | None:
@@ -142,12 +160,68 @@ def _history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace) -> int:
+    shipped = manifest()
+    try:
+        if args.models_command == "build":
+            digest, metrics = build(args.name, args.artifacts, provenance(Path.cwd()))
+            print(f"{args.name}: sha256 {digest}")
+            print(f"  {', '.join(f'{k} {v:g}' for k, v in sorted(metrics.items()))}; written to {shipped.file(args.name)} and {shipped.path}")
+            print("  baselines measured on the previous file no longer judge cases that use it: re-record them (--update-baselines)")
+            return 0
+        if args.models_command == "export":
+            export(args.name, args.directory, args.artifacts)
+            print(f"{args.name}: torch_dist checkpoint written to {args.directory}")
+            return 0
+        problems = shipped.problems()
+    except SubjectError as err:
+        print(f"harness: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    for name, entry in sorted(shipped.entries().items()):
+        state = "ok" if problems[name] is None else f"MISMATCH: {problems[name]}"
+        if args.models_command == "list":
+            state = f"{entry['bytes'] / 1e6:.1f} MB, {entry['kind']}, recipe {entry['recipe']}"
+        print(f"{name}  sha256 {entry['sha256'][:16]}...  {state}")
+    bad = [name for name, problem in problems.items() if problem is not None]
+    if args.models_command == "verify":
+        print(f"{len(problems) - len(bad)} of {len(problems)} subjects match {shipped.path}")
+    return EXIT_FAILED if bad else 0
+
+
+def _baselines(args: argparse.Namespace) -> int:
+    """Each recorded environment: which suites and how many of this machine's cases of its platform it covers."""
+    try:
+        cases = collect(args.suites or sorted(glob.glob("suites/*.yaml")), Resources.detect())
+    except SuiteError as err:
+        print(f"harness: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    here = Resources.detect().environments
+    found = sorted(p for p in args.baselines.iterdir() if p.is_dir()) if args.baselines.is_dir() else []
+    for folder in found:
+        recorded = {(f.stem, case_id) for f in folder.glob("*.json") for case_id in json.loads(f.read_text()).get("cases", {})}
+        platform = "gpu" if folder.name.startswith("gpu-") else "cpu"
+        mine = [c for c in cases if c.platform == platform]
+        covered = sum((c.suite, c.id) in recorded for c in mine)
+        tag = "  <- this machine" if here.get(platform) == folder.name else ""
+        print(f"{folder.name}: {len(recorded)} cases recorded, {covered} of the {len(mine)} {platform} cases of the suites{tag}")
+        suites = Counter(suite for suite, _ in recorded)
+        print("  " + ", ".join(f"{suite} {n}" for suite, n in sorted(suites.items())))
+    missing = sorted(set(here.values()) - {f.name for f in found} - {"gpu-none"})
+    for name in missing:
+        print(f"{name}: no baselines (this machine's environment; record with `harness run --update-baselines`)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "history":
         return _history(args)
     if args.command == "report":
         return _report(args)
+    if args.command == "models":
+        return _models(args)
+    if args.command == "baselines":
+        return _baselines(args)
     paths = args.suites or sorted(glob.glob("suites/*.yaml"))
     resources = _resources(args)
     markexpr = " and ".join(f"({e})" for e in (args.markexpr, args.platform) if e) or None
@@ -168,13 +242,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"harness: no GPU on this machine; {len(plan)} GPU cases cannot run", file=sys.stderr)
         if not args.allow_no_gpu:
             return EXIT_NO_GPU
-    options = RunOptions(args.baselines, args.artifacts, args.update_baselines)
+    options = RunOptions(args.baselines, args.artifacts, args.update_baselines, resources.environments)
+    said = preflight(plan, BaselineStore(options.baselines, options.environments), options.update_baselines)
+    problems = [line for line in said if not line.startswith("note:")]
+    for line in said:
+        print(f"harness: {line}", file=sys.stderr)
+    if problems:
+        print(f"harness: {len(problems)} problem(s) before start; nothing was run", file=sys.stderr)
+        return EXIT_USAGE
     try:
         launcher = make_launcher(_settings(args), [item.case for item in plan if item.skip is None])
     except LauncherError as err:
         print(f"harness: {err}", file=sys.stderr)
         return EXIT_USAGE
-    info = provenance(Path.cwd())
+    info = provenance(Path.cwd(), resources.gpu_name)
     history = History(args.history or args.artifacts / DEFAULT_HISTORY.name)
     run_id = history.start_run(info)
     results = []

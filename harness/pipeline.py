@@ -8,11 +8,12 @@ The CLI and the pytest plugin both drive these same steps.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from harness.baselines import BaselineStore, compare
+from harness.baselines import BaselineStore, case_subjects, compare
+from harness.models.subjects import SubjectError, manifest
 from harness.records import Case, CaseOutcome, CaseResult
 from harness.schedule import Scheduled
 from harness.selection import select
@@ -31,6 +32,7 @@ class RunOptions:
     baselines: Path
     artifacts: Path
     update_baselines: bool = False
+    environments: dict[str, str] = field(default_factory=dict)  # platform -> baseline environment (Resources.environments)
 
 
 def collect(paths: list[str | Path], resources: Resources, keyword: str | None = None, markexpr: str | None = None) -> list[Case]:
@@ -45,7 +47,31 @@ def launch(item: Scheduled, launcher: Launcher) -> CaseOutcome:
 
 def run_case(item: Scheduled, launcher: Launcher, options: RunOptions, provenance: dict[str, Any]) -> CaseResult:
     """launch -> compare for one case."""
-    return compare(launch(item, launcher), BaselineStore(options.baselines), options.update_baselines, provenance)
+    return compare(launch(item, launcher), BaselineStore(options.baselines, options.environments), options.update_baselines, provenance)
+
+
+def preflight(plan: list[Scheduled], store: BaselineStore, update: bool = False) -> list[str]:
+    """Problems to say before any worker starts: shipped subjects the runnable cases need that are
+    missing or not the manifest's bytes, and environments with no baselines yet (said once each)."""
+    problems, notes = [], []
+    for item in plan:
+        if item.skip is not None:
+            continue
+        try:
+            for name in case_subjects(item.case):
+                manifest().verified_file(name)
+        except SubjectError as err:
+            problems.append(f"{item.case.id}: {err}")
+    for platform in sorted({item.case.platform for item in plan if item.skip is None}):
+        if store.has_environment(platform):
+            continue
+        if update:
+            notes.append(f"note: recording the first baselines of environment {store.environment(platform)} under {store.root}/")
+        else:
+            notes.append(f"note: no baselines for environment {store.environment(platform)} under {store.root}/ yet: budgets "
+                         "(invariants) are judged, every other metric reads no-baseline without failing the run; "
+                         "--update-baselines records this environment's set")
+    return list(dict.fromkeys(problems)) + notes
 
 
 def run_plan(plan: list[Scheduled], launcher: Launcher, options: RunOptions, provenance: dict[str, Any]) -> Iterator[CaseResult]:

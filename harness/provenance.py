@@ -1,6 +1,6 @@
-"""Where a number came from: library versions, interpreter, machine, GPUs and driver, container,
-commit and time. Everything here is optional: a CPU host without NVML or a container simply has
-fewer keys."""
+"""Where a number came from: library versions, interpreter, machine, CPU model and ISA flags, the
+pinned numerics and baseline environments, GPUs and driver, container, commit and time. Everything
+here is optional: a CPU host without NVML or a container simply has fewer keys."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import socket
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from harness.environment import numerics_provenance
 
 PACKAGES = ("torch", "megatron-core", "nvidia-modelopt", "transformer-engine")
 # What NGC PyTorch images and enroot/pyxis set; the first one present names the container.
@@ -64,7 +66,9 @@ def container_image() -> str | None:
     return None
 
 
-def provenance(where: Path) -> dict[str, object]:
+def provenance(where: Path, gpu_name: str | None = None) -> dict[str, object]:
+    """``gpu_name``: the GPU model the run's GPU cases use (it names their baseline environment)."""
+    gpus = gpu_facts()
     info: dict[str, object] = {
         "versions": package_versions(),
         "python": platform.python_version(),
@@ -72,7 +76,8 @@ def provenance(where: Path) -> dict[str, object]:
         "host": socket.gethostname(),
         "commit": git_commit(where),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        **gpu_facts(),
+        **gpus,
+        **numerics_provenance(gpu_name or next(iter(gpus.get("gpus", [])), None)),
     }
     image = container_image()
     if image is not None:

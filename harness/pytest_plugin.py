@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from harness.baselines import BaselineStore
 from harness.launchers.local import LocalLauncher
-from harness.pipeline import RunOptions, run_case
+from harness.pipeline import RunOptions, preflight, run_case
 from harness.provenance import provenance
 from harness.records import Case, CaseResult, Verdict
 from harness.report import summary, write_results
@@ -34,13 +35,14 @@ class HarnessSession:
 
     def __init__(self, config: pytest.Config) -> None:
         root = Path(config.rootpath)
+        self.resources = Resources.detect()
         self.options = RunOptions(
             baselines=config.getoption("harness_baselines") or root / "baselines",
             artifacts=config.getoption("harness_artifacts") or root / "artifacts",
             update_baselines=bool(config.getoption("harness_update_baselines")),
+            environments=self.resources.environments,
         )
-        self.resources = Resources.detect()
-        self.provenance = provenance(root)
+        self.provenance = provenance(root, self.resources.gpu_name)
         self.history_path: Path = config.getoption("harness_history") or self.options.artifacts / "history.sqlite"
         self._launcher: LocalLauncher | None = None
         self._history: tuple[History, int] | None = None
@@ -133,7 +135,12 @@ class CaseItem(pytest.Item):
         skip = skip_reason(self.case, session.resources)
         if skip is not None:
             pytest.skip(skip)
-        result = run_case(Scheduled(self.case, None), session.launcher, session.options, session.provenance)
+        item = Scheduled(self.case, None)
+        problems = [line for line in preflight([item], BaselineStore(session.options.baselines, session.options.environments))
+                    if not line.startswith("note:")]
+        if problems:
+            raise CaseFailed("\n".join(problems))
+        result = run_case(item, session.launcher, session.options, session.provenance)
         session.record(result)
         if not result.ok:
             raise CaseFailed(result.message())

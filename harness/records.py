@@ -180,6 +180,8 @@ class MetricResult:
 class CaseResult:
     outcome: CaseOutcome
     metrics: tuple[MetricResult, ...] = field(default_factory=tuple)
+    environment: str = ""  # the baseline set it was judged against (harness.environment)
+    new_environment: bool = False  # that set holds no baselines yet: only budgets (invariants) can fail
 
     @property
     def case(self) -> Case:
@@ -213,7 +215,7 @@ class CaseResult:
 
     @property
     def ok(self) -> bool:
-        return self.verdict in OK_VERDICTS
+        return self.verdict in OK_VERDICTS or (self.new_environment and self.verdict is Verdict.NO_BASELINE)
 
     def message(self) -> str:
         head = f"{self.case.id} [{self.case.platform}]: {self.verdict.value}"
@@ -226,6 +228,8 @@ class CaseResult:
             head += f" (the known defect shows, but metrics it does not excuse fail too: {known.describe()})"
         elif known is not None:
             head += f" (not the known defect's symptom: {known.describe()})"
+        elif self.verdict is Verdict.NO_BASELINE and self.new_environment:
+            head += f" (environment {self.environment} has no baselines yet: budgets judged, the rest recorded only)"
         if self.outcome.skipped is not None:
             return f"{head} ({self.outcome.skipped})"
         if self.outcome.error is not None:

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.environment import cpu_environment
+
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
+CPU_ENV = cpu_environment()  # the baseline set this machine's CPU cases read and write
 def wait_for(condition: str, check: Callable[[], bool], timeout_s: float = 240, poll_s: float = 0.5) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():

@@ -51,3 +51,15 @@ def fault_suite(name: str, check: str, seconds: float, timeout_s: float) -> str:
     """A TP=2 suite running one of these checks (``check`` names it: SLEEPS, CRASHES, RAISES)."""
     return (f"suite: {name}\ncheck: tests.fault_checks:{check}\ntimeout_s: {timeout_s}\n"
             f"params: {{seconds: {seconds}}}\nmatrix:\n  model: [tiny-gpt]\n  layout: [{{tp: 2, pp: 1}}]\n")
+
+
+def _numerics(ctx: CheckContext) -> dict[str, float]:
+    import torch
+
+    return {"threads": float(torch.get_num_threads()), "avx2_kernels": float(torch.backends.cpu.get_cpu_capability() == "AVX2")}
+
+
+# What a worker rank computes with: the pinned thread count and kernel ISA must have taken effect there.
+NUMERICS = Check("numerics", "the rank's torch threads and ATen kernel ISA", SleepParams,
+                 {"threads": MetricSpec("torch threads", Tolerance()), "avx2_kernels": MetricSpec("1 when ATen runs AVX2", Tolerance())},
+                 _numerics)

@@ -49,7 +49,7 @@ def test_compare_record_and_fail_message(tmp_path: Path) -> None:
     assert recorded.verdict is Verdict.UPDATED
     saved = json.loads((tmp_path / "cpu" / "s.json").read_text())
     assert saved["cases"]["s/tiny-gpt/tp1pp1/none"] == {"metrics": {"x": 1.0, "speed": 2.0},
-                                                       "provenance": {"commit": "abc", "platform": "cpu"}}
+                                                       "provenance": {"commit": "abc", "platform": "cpu", "environment": "cpu", "subjects": {}}}
     assert compare(outcome, store, update=False, provenance={}).verdict is Verdict.PASS
     worse = CaseOutcome(make_case(), {"x": 1.2, "speed": 2.5}, None, 1.0, "/art/case")
     result = compare(worse, store, update=False, provenance={})

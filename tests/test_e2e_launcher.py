@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import EXIT_FAILED, main
+from tests.conftest import CPU_ENV
 from tests.fault_checks import fault_suite
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,8 +33,8 @@ def test_hung_crashed_and_raising_cases_do_not_stop_the_run(write_suite, tmp_pat
         write_suite(fault_suite("sleeps", "SLEEPS", seconds=0.5, timeout_s=60), "sleeps.yaml"),
     ]
     baselines = tmp_path / "baselines"
-    (baselines / "cpu").mkdir(parents=True)
-    (baselines / "cpu" / "sleeps.json").write_text(json.dumps(
+    (baselines / CPU_ENV).mkdir(parents=True)
+    (baselines / CPU_ENV / "sleeps.json").write_text(json.dumps(
         {"format": 1, "cases": {"sleeps/tiny-gpt/tp2pp1/none": {"metrics": {"slept_s": 0.5}, "provenance": {}}}}))
     code, results = run_cli([str(s) for s in suites], tmp_path, baselines)
     out = capsys.readouterr().out
@@ -65,7 +66,7 @@ def edited_baselines(tmp_path: Path, suite: str, case_id: str, metric: str, chan
     """A copy of the recorded baselines with one value moved by ``change``; returns it and the old value."""
     baselines = tmp_path / "baselines"
     shutil.copytree(ROOT / "baselines", baselines)
-    path = baselines / "cpu" / f"{suite}.json"
+    path = baselines / CPU_ENV / f"{suite}.json"
     data = json.loads(path.read_text())
     recorded = data["cases"][case_id]["metrics"][metric]
     data["cases"][case_id]["metrics"][metric] = recorded + change

@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.models.zoo import ZOO
-from harness.runtime.train import checkpoint_path
 from tests.hf_fixtures import write_tiny_llama
 
 pytestmark = pytest.mark.e2e
@@ -50,7 +48,8 @@ def test_hugging_face_checkpoint_is_imported_quantized_and_scored(write_suite, t
 
 def test_torch_dist_checkpoint_scores_exactly_like_the_model_that_wrote_it(write_suite, tmp_path: Path) -> None:  # noqa: ANN001
     trained = run_recording(write_suite(quant_suite("zoo", "  {}", "tiny-gpt-trained", "{tp: 1, pp: 1}"), "zoo.yaml"), tmp_path)
-    declared = f"  tiny-dist: {{torch_dist: {checkpoint_path(ZOO['tiny-gpt-trained'])}, like: tiny-gpt}}"
+    assert main(["models", "export", "tiny-gpt-trained", str(tmp_path / "ckpt"), "--artifacts", str(tmp_path / "export")]) == 0
+    declared = f"  tiny-dist: {{torch_dist: {tmp_path / 'ckpt'}, like: tiny-gpt}}"
     loaded = run_recording(write_suite(quant_suite("dist", declared, "tiny-dist", "{tp: 2, pp: 1}"), "dist.yaml"), tmp_path)
     (zoo_metrics,), (dist_metrics,) = trained.values(), loaded.values()
     for name in ("base_accuracy_pct", "base_mmlu_pct", "quant_accuracy_pct"):

@@ -19,7 +19,7 @@ import pytest
 
 from harness.cli import EXIT_FAILED, main
 from harness.reports.history import History
-from tests.conftest import wait_for
+from tests.conftest import CPU_ENV, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CKPT_CASE = "ckpt/tiny-gpt/tp1pp1/none"
@@ -37,7 +37,7 @@ def degraded_baselines(tmp_path: Path) -> Path:
     """The recorded baselines, except that the checkpoint case claims one quantizer should be enabled."""
     degraded = tmp_path / "degraded"
     shutil.copytree(ROOT / "baselines", degraded)
-    path = degraded / "cpu" / "ckpt.json"
+    path = degraded / CPU_ENV / "ckpt.json"
     data = json.loads(path.read_text())
     data["cases"][CKPT_CASE]["metrics"]["quantizers_enabled"] = 1.0
     path.write_text(json.dumps(data))
@@ -49,10 +49,10 @@ def test_three_runs_then_report_show_the_regression_its_start_and_the_drift(tmp_
     suites.mkdir()
     baselines = tmp_path / "baselines"
     shutil.copytree(ROOT / "baselines", baselines)
-    (baselines / "cpu" / "emits.json").write_text(json.dumps(
+    (baselines / CPU_ENV / "emits.json").write_text(json.dumps(
         {"format": 1, "cases": {"emits/tiny-gpt/tp1pp1/none": {"metrics": {"value": 1.0}, "provenance": {}}}}))
     degraded = degraded_baselines(tmp_path)
-    (degraded / "cpu" / "emits.json").write_text((baselines / "cpu" / "emits.json").read_text())
+    (degraded / CPU_ENV / "emits.json").write_text((baselines / CPU_ENV / "emits.json").read_text())
     # night 1 passes; night 2 the checkpoint baseline is degraded (a regression) and the emitted value
     # moves from 0.97 to 1.03: more than its tolerance (0.05), still inside the baseline band
     for value, recorded in ((0.97, baselines), (1.03, degraded), (1.04, degraded)):
@@ -138,7 +138,8 @@ def test_a_terminal_shows_the_progress_bar(tmp_path: Path, write_suite) -> None:
     import pty
     import re
 
-    suite = write_suite("suite: bar\ncheck: tests.fault_checks:SLEEPS\nparams: {seconds: 0.1}\nmatrix:\n  model: [tiny-gpt]\n", "bar.yaml")
+    suite = write_suite("suite: bar\ncheck: tests.fault_checks:SLEEPS\nparams: {seconds: 0.1}\nbudgets: {slept_s: {max: 0.01}}\n"
+                        "matrix:\n  model: [tiny-gpt]\n", "bar.yaml")
     leader, follower = pty.openpty()
     command = [sys.executable, "-m", "harness.cli", "run", str(suite), "--baselines", str(tmp_path / "none"),
                "--artifacts", str(tmp_path / "artifacts")]
@@ -157,5 +158,5 @@ def test_a_terminal_shows_the_progress_bar(tmp_path: Path, write_suite) -> None:
     driver.wait(timeout=60)
     os.close(leader)
     text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", screen.decode(errors="replace"))
-    assert "0/1 0 failing" in text and "1/1 1 failing" in text  # no baseline: the one case counts as failing
+    assert "0/1 0 failing" in text and "1/1 1 failing" in text  # slept past its budget: the one case counts as failing
     assert "ETA" in text

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import EXIT_FAILED, main
-from tests.conftest import measured_cases, wait_for
+from tests.conftest import CPU_ENV, measured_cases, wait_for
 from tests.fault_checks import fault_suite
 from tests.slurm_cluster import local_cluster, missing, queued
 
@@ -65,8 +65,8 @@ def test_failed_and_hung_cases_report_their_job_and_the_run_goes_on(cluster: Pat
               write_suite(fault_suite("hangs", "SLEEPS", 600, 5), "hangs.yaml"),
               write_suite(fault_suite("sleeps", "SLEEPS", 0.5, 60), "sleeps.yaml")]
     baselines = tmp_path / "baselines"
-    (baselines / "cpu").mkdir(parents=True)
-    (baselines / "cpu" / "sleeps.json").write_text(json.dumps(
+    (baselines / CPU_ENV).mkdir(parents=True)
+    (baselines / CPU_ENV / "sleeps.json").write_text(json.dumps(
         {"format": 1, "cases": {"sleeps/tiny-gpt/tp2pp1/none": {"metrics": {"slept_s": 0.5}, "provenance": {}}}}))
     artifacts = tmp_path / "artifacts"
     code = main(["run", *map(str, suites), "--launcher", "slurm", "--baselines", str(baselines), "--artifacts", str(artifacts)])

@@ -173,9 +173,9 @@ def test_a_pyxis_image_file_that_does_not_exist_is_refused(tmp_path: Path) -> No
 
 
 def test_mounts_create_the_harness_folders_and_refuse_missing_extras(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "fresh" / "cache"))
+    monkeypatch.setenv("HARNESS_SUBJECTS", str(tmp_path / "fresh" / "subjects"))
     settings = LaunchSettings("container", tmp_path / "artifacts", image="x")
     settings.prepare_mounts()  # an engine refuses to mount a path that does not exist yet
-    assert (tmp_path / "fresh" / "cache").is_dir() and (tmp_path / "artifacts").is_dir()
+    assert (tmp_path / "fresh" / "subjects").is_dir() and (tmp_path / "artifacts").is_dir()
     with pytest.raises(LauncherError, match=f"--mount {tmp_path / 'no-data'}: no such file"):
         LaunchSettings("container", tmp_path / "artifacts", image="x", extra_mounts=(f"{tmp_path / 'no-data'}:/data",)).prepare_mounts()

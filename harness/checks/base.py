@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, PositiveInt
 
-from harness.records import Case, Layout, Tolerance
+from harness.records import Budget, Case, Layout, Tolerance
 
 if TYPE_CHECKING:
     from harness.models.zoo import ModelSpec
@@ -34,8 +34,13 @@ class LayoutModel(StrictModel):
 
 @dataclass(frozen=True)
 class MetricSpec:
+    """A metric a check emits. With a ``budget`` it is an invariant: an absolute bound that holds on
+    every machine and in every environment (suites may tighten it). Without one it belongs to its
+    environment and is judged only against that environment's baseline, within ``tolerance``."""
+
     description: str
     tolerance: Tolerance
+    budget: Budget | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,9 @@ class Check:
     case_problems: Callable[[Layout, Any, ModelSpec], list[tuple[str, str]]] = lambda layout, params, model: []
     # Why a case (its params, as the case holds them) cannot run on a CPU worker; such cases skip there.
     cpu_blocker: Callable[[dict[str, Any]], str | None] = lambda params: None
+    # Shipped subjects a case loads besides its own model (a KD teacher, trained draft heads), from its
+    # params and model name: their hashes go into the provenance of the baselines it records.
+    subjects: Callable[[dict[str, Any], str], list[str]] = lambda params, model: []
 
 
 @dataclass(frozen=True)

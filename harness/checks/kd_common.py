@@ -82,13 +82,13 @@ def label(layout: Layout, params: KdParams) -> str:
 
 
 def teacher_of(ctx: CheckContext) -> ModelSpec:
-    """The teacher's spec, trained first when it has a recipe (collective; call with no layout active)."""
-    from harness.runtime.train import ensure_trained
+    return ZOO[ctx.params.teacher]
 
-    teacher = ZOO[ctx.params.teacher]
-    if teacher.recipe is not None:
-        ensure_trained(teacher)
-    return teacher
+
+def subjects(params: dict[str, Any], model: str) -> list[str]:
+    """The teacher, when it is a shipped subject (the student is the case's model)."""
+    teacher = ZOO.get(params.get("teacher", ""))
+    return [teacher.name] if teacher is not None and teacher.recipe is not None else []
 
 
 def token_batch(teacher: ModelSpec, params: KdParams, stream: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:

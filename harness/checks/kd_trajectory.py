@@ -13,9 +13,9 @@ from typing import Literal
 from pydantic import PositiveFloat, PositiveInt
 
 from harness.checks.base import Check, CheckContext, LayoutModel, MetricSpec, SecondLayout
-from harness.checks.kd_common import KdParams, case_problems, distillation_under_layout, save_student, teacher_of, token_batch
+from harness.checks.kd_common import KdParams, case_problems, distillation_under_layout, save_student, subjects, teacher_of, token_batch
 from harness.models.zoo import ModelSpec
-from harness.records import INFORMATIONAL, Layout, Tolerance
+from harness.records import INFORMATIONAL, Budget, Layout, Tolerance
 
 TRAIN_STREAM = 7  # corpus stream of the training batches
 TAIL = 5  # steps averaged for the final loss
@@ -90,10 +90,12 @@ CHECK = Check(
         "kd_loss_first": MetricSpec("kd_loss at step 1", _STEP),
         "kd_loss_last": MetricSpec(f"mean kd_loss of the last {TAIL} steps", _STEP),
         "kd_loss_decrease_pct": MetricSpec("how much the student's kd_loss fell, first step to the last ones (%)", Tolerance(abs=1e-3)),
-        "parity_max_rel_diff": MetricSpec("max relative difference of any step's loss, here vs under parity_layout", INFORMATIONAL),
+        "parity_max_rel_diff": MetricSpec("max relative difference of any step's loss, here vs under parity_layout", INFORMATIONAL,
+                                          Budget(max=1e-3)),  # measured 8.4e-5 at TP2: reduction order compounds over 30 Adam steps
     },
     run=run,
     case_problems=case_problems,
+    subjects=subjects,
     **{**PARITY.hooks(), "label": lambda layout, params: f"{PARITY.label(layout, params)}/{params.kd.name}",
        "label_params": ("kd", "parity_layout")},
 )

@@ -14,16 +14,18 @@ from typing import Any, Literal
 from pydantic import NonNegativeInt, PositiveInt
 
 from harness.checks.base import Check, CheckContext, MetricSpec, StrictModel
-from harness.data.text import CORPUS, token_rows
+from harness.data.text import CORPUS
 from harness.evals.mtbench import prompts
-from harness.records import INFORMATIONAL, Direction, Layout, Tolerance
-from harness.runtime.drafts import ALGORITHMS
+from harness.models.subjects import HeadsName
+from harness.models.zoo import ZOO
+from harness.records import INFORMATIONAL, Budget, Direction, Layout, Tolerance
+from harness.runtime.drafts import ALGORITHMS, HeadRecipe
 
 
 class SpecParams(StrictModel):
     algorithm: Literal["medusa", "eagle3", "eagle_mtp"] = "medusa"
     draft_steps: PositiveInt = 3
-    train_steps: NonNegativeInt = 150  # 0: freshly initialised heads (the floor a trained head must beat)
+    train_steps: NonNegativeInt = 150  # the shipped heads trained this long; 0: freshly initialised heads (the floor)
     # Prompts: "corpus" (the harness's chain) or an MT-Bench question.jsonl (first turn, one question per category).
     prompts: str = CORPUS
     num_prompts: PositiveInt = 4
@@ -33,6 +35,21 @@ class SpecParams(StrictModel):
 
 
 PARALLEL_DRAFT_STEP = 1  # modelopt's default: the base model's own next token
+
+
+def heads_subject(base: str, params: SpecParams) -> str | None:
+    """The shipped subject holding the trained heads a case asks for: heads ship for shipped bases
+    (zoo models with a recipe). On any other base (a real checkpoint) the case trains them itself,
+    under its own environment's numerics and baselines."""
+    spec = ZOO.get(base)
+    if params.train_steps == 0 or spec is None or spec.recipe is None:
+        return None
+    return HeadsName(base, params.algorithm, params.draft_steps, params.train_steps).name
+
+
+def _subjects(params: dict[str, Any], model: str) -> list[str]:
+    name = heads_subject(model, SpecParams.model_validate(params))
+    return [] if name is None else [name]
 
 
 def _label(layout: Layout, params: SpecParams) -> str:
@@ -64,11 +81,10 @@ def run(ctx: CheckContext) -> dict[str, float]:
     import modelopt.torch.speculative as mtsp
     import torch
 
-    from harness.cache import cache_root
     from harness.evals.timing import median_ci
     from harness.runtime.distributed import model_parallel
     from harness.runtime.forward import device
-    from harness.runtime.speculative import HeadRecipe, greedy, measure_acceptance, speculative, trained_heads
+    from harness.runtime.speculative import greedy, load_heads, measure_acceptance, speculative, train_heads
     from harness.runtime.subject import build_model, tokenizer_for
     from harness.runtime.train import corpus_of
 
@@ -79,8 +95,11 @@ def run(ctx: CheckContext) -> dict[str, float]:
     with model_parallel(ctx.case.layout, ctx.case.seed):
         model = mtsp.convert(build_model(ctx.model, seed=ctx.case.seed), algorithm.modes(steps))
         algorithm.prepare(model)
-        prefixes = torch.as_tensor(token_rows(CORPUS, tokenizer, corpus, 8 * recipe.batch_size, recipe.prefix_len, recipe.seed))
-        trained_heads(model, ctx.model, params.algorithm, steps, recipe, prefixes, cache_root())
+        shipped = heads_subject(ctx.model.name, params)
+        if shipped is not None:
+            load_heads(model, shipped, recipe)
+        elif params.train_steps:  # else the freshly initialised heads: the floor a trained head must beat
+            train_heads(model, recipe, tokenizer, corpus)
         model.eval()
         batch = [torch.tensor([ids], device=device()) for ids in prompts(params.prompts, tokenizer, corpus, params.num_prompts, params.prompt_len)]
         truths = [greedy(model, prompt, params.new_tokens) for prompt in batch]
@@ -127,8 +146,10 @@ CHECK = Check(
         "acceptance_length": MetricSpec("tokens per draft-and-verify step against greedy ground truth (Megatron's AL)", _AL),
         "acceptance_rate": MetricSpec("acceptance length / (draft steps + parallel draft step) (Megatron's AR)", _AL),
         "position_acceptance@*": MetricSpec("share of draft steps reaching draft position N whose token N is accepted", _AL),
-        "lossless_mismatches": MetricSpec("tokens where speculative greedy output differs from autoregressive greedy", Tolerance()),
-        "base_token_mismatches": MetricSpec("draft steps whose base token differs from greedy decoding", Tolerance()),
+        # Greedy speculative decoding is lossless by construction, on every machine: any difference is a bug.
+        "lossless_mismatches": MetricSpec("tokens where speculative greedy output differs from autoregressive greedy", Tolerance(),
+                                          Budget(max=0.0)),
+        "base_token_mismatches": MetricSpec("draft steps whose base token differs from greedy decoding", Tolerance(), Budget(max=0.0)),
         "speedup": MetricSpec("median autoregressive time / speculative time (no KV cache either way)", _TIME),
         "speedup_ci_low": MetricSpec("95% bootstrap interval of the speedup median, low end", INFORMATIONAL),
         "speedup_ci_high": MetricSpec("95% bootstrap interval of the speedup median, high end", INFORMATIONAL),
@@ -140,4 +161,5 @@ CHECK = Check(
     label_params=("algorithm", "draft_steps", "train_steps"),
     case_problems=_case_problems,
     cpu_blocker=_cpu_blocker,
+    subjects=_subjects,
 )

@@ -7,6 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
+from harness.environment import cpu_pins
 from harness.records import Case
 
 LOG_TAIL_LINES = 25
@@ -31,20 +32,15 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
         return "(no log)"
 
 
-def threads_per_rank(world_size: int) -> int:
-    """The CPU threads each rank gets: the same under every launcher, so CPU metrics match."""
-    return int(os.environ.get("OMP_NUM_THREADS", max(1, (os.cpu_count() or 1) // world_size)))
-
-
 def rank_environment(platform: str, world_size: int) -> dict[str, str]:
-    """Variables every rank needs beyond its coordinates, whichever launcher starts it."""
-    return {
-        "HARNESS_PLATFORM": platform,
-        "OMP_NUM_THREADS": str(threads_per_rank(world_size)),
-        "PYTHONUNBUFFERED": "1",
+    """Variables every rank needs beyond its coordinates, whichever launcher starts it. CPU ranks run
+    under the pinned numerics (harness.environment); they win over the caller's own variables."""
+    if platform == "cpu":
         # A CPU case on a GPU machine must not see the GPUs (the CPU adaptations refuse CUDA).
-        **({"CUDA_VISIBLE_DEVICES": ""} if platform == "cpu" else {}),
-    }
+        numerics = {pin.variable: pin.value for pin in cpu_pins(world_size)} | {"CUDA_VISIBLE_DEVICES": ""}
+    else:
+        numerics = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // world_size))}
+    return {"HARNESS_PLATFORM": platform, "PYTHONUNBUFFERED": "1", **numerics}
 
 
 def checkout_pythonpath() -> str:

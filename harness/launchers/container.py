@@ -1,5 +1,5 @@
 """Container launcher: each batch runs in a fresh container of an image (docker or podman, same
-CLI subset), its ranks started by torchrun inside; artifacts and the model cache are mounted at
+CLI subset), its ranks started by torchrun inside; artifacts and the shipped subjects are mounted at
 their own paths, so results come back through the mounted folder.
 """
 

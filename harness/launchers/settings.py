@@ -6,9 +6,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.cache import cache_root
 from harness.launchers.batch import LauncherError
 from harness.launchers.common import rank_environment
+from harness.models.subjects import subjects_root
 
 # Variables a rank needs from the driver's environment when it runs elsewhere (container, other node).
 PASSED_PREFIXES = ("HARNESS_", "HF_", "NCCL_", "TORCH_")
@@ -33,7 +33,7 @@ class LaunchSettings:
     env: tuple[str, ...] = ()  # more variable names to pass through
 
     def own_folders(self) -> list[Path]:
-        return list(dict.fromkeys([self.artifacts.resolve(), cache_root().resolve()]))
+        return list(dict.fromkeys([self.artifacts.resolve(), subjects_root().resolve()]))
 
     def extra_mount_pairs(self) -> list[tuple[str, str]]:
         pairs = []
@@ -44,7 +44,7 @@ class LaunchSettings:
         return pairs
 
     def mounts(self) -> list[tuple[str, str]]:
-        """Artifacts and the model cache at their own paths (paths inside pickled cases stay valid), then the extras."""
+        """Artifacts and the shipped subjects at their own paths (paths inside pickled cases stay valid), then the extras."""
         return [(str(path), str(path)) for path in self.own_folders()] + self.extra_mount_pairs()
 
     def prepare_mounts(self) -> None:
@@ -59,7 +59,8 @@ class LaunchSettings:
     def passed_env(self) -> dict[str, str]:
         names = [n for n in os.environ if n.startswith(PASSED_PREFIXES) and n not in PER_RANK] + list(self.env)
         passed = {name: os.environ[name] for name in names if name in os.environ}
-        return {**passed, "HARNESS_CACHE": str(cache_root().resolve())}
+        # the driver's subjects, whose hashes it checked, not a copy an image may carry
+        return {**passed, "HARNESS_SUBJECTS": str(subjects_root().resolve())}
 
     def job_environment(self, platform: str, world_size: int) -> dict[str, str]:
         """What a batch job's ranks get, whichever system starts them: the rank variables, then the passed ones."""

@@ -29,6 +29,7 @@ def init_rank(rank: int, world: int, platform: str) -> list[str]:
         from harness.runtime.cpu_compat import apply_cpu_adaptations
 
         backend, adapted = "gloo", apply_cpu_adaptations()
+        check_pins()
     dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(minutes=30))
     # Paid once per worker instead of once per case (~10 s together on 2 CPU cores).
     import megatron.core.models.gpt  # noqa: F401
@@ -37,20 +38,29 @@ def init_rank(rank: int, world: int, platform: str) -> list[str]:
     return adapted
 
 
+def check_pins() -> None:
+    """The pinned CPU numerics (harness.environment) must have taken effect: a torch that ignored them
+    would compute other low bits while the results claim the pinned environment."""
+    import torch
+
+    isa = os.environ.get("ATEN_CPU_CAPABILITY")
+    threads = int(os.environ["OMP_NUM_THREADS"])
+    if isa is not None and torch.backends.cpu.get_cpu_capability().lower() != isa:
+        raise RuntimeError(f"ATEN_CPU_CAPABILITY={isa} did not take effect (torch runs {torch.backends.cpu.get_cpu_capability()})")
+    if torch.get_num_threads() != threads:
+        raise RuntimeError(f"OMP_NUM_THREADS={threads} did not take effect (torch runs {torch.get_num_threads()} threads)")
+
+
 def run_task(task: Task, rank: int) -> RankReply:
     from harness.checks import get_check
     from harness.checks.base import CheckContext
-    from harness.runtime.train import ensure_trained
 
     start = time.perf_counter()
     try:
         check = get_check(task.case.check)
-        spec = task.case.spec
-        if spec.recipe is not None:
-            ensure_trained(spec)  # collective, under its own layout, before the case's layout exists
         context = CheckContext(
             case=task.case,
-            model=spec,
+            model=task.case.spec,
             params=check.params.model_validate(task.case.params),
             artifacts=Path(task.artifacts),
         )

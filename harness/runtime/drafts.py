@@ -15,6 +15,19 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class HeadRecipe:
+    """How the harness trains draft heads: on the base model's own greedy continuations of corpus
+    prefixes (self-distillation), the base frozen."""
+
+    steps: int = 150
+    batch_size: int = 8
+    prefix_len: int = 8
+    seq_len: int = 40
+    lr: float = 3e-3
+    seed: int = 4321
+
+
+@dataclass(frozen=True)
 class DraftAlgorithm:
     name: str
     modes: Callable[[int], list[tuple[str, dict]]]  # draft steps -> mtsp.convert's mode list

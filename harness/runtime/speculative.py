@@ -1,5 +1,5 @@
 """Draft heads on a megatron model through modelopt's speculative API (``mtsp.convert``), trained
-briefly by self-distillation and cached; acceptance measured the way Megatron's post-training code
+briefly by self-distillation and shipped as subjects (harness.models.subjects); acceptance measured the way Megatron's post-training code
 does it, and a real draft-then-verify decoding loop for losslessness and speed.
 
 No KV cache anywhere: autoregressive and speculative decoding both re-run the full prefix, so the
@@ -8,31 +8,14 @@ speedup compares like with like (it is the harness's regression signal, not a se
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
-from harness.models.zoo import ModelSpec
-from harness.runtime.drafts import DraftAlgorithm
+from harness.data.corpus import MarkovCorpus
+from harness.evals.mmlu import Tokenizer
+from harness.runtime.drafts import DraftAlgorithm, HeadRecipe
 from harness.runtime.forward import device, positions
-
-
-@dataclass(frozen=True)
-class HeadRecipe:
-    """How the harness trains draft heads: on the base model's own greedy continuations of corpus
-    prefixes (self-distillation), the base frozen."""
-
-    steps: int = 150
-    batch_size: int = 8
-    prefix_len: int = 8
-    seq_len: int = 40
-    lr: float = 3e-3
-    seed: int = 4321
 
 
 @torch.no_grad()
@@ -106,14 +89,6 @@ def measure_acceptance(model: torch.nn.Module, algorithm: DraftAlgorithm, truths
     return result
 
 
-def _heads_path(root: Path, spec_key: str, algorithm: str, steps: int, recipe: HeadRecipe) -> Path:
-    from megatron.core import parallel_state as ps
-
-    text = json.dumps({"base": spec_key, "algorithm": algorithm, "steps": steps, "recipe": asdict(recipe),
-                       "tp": ps.get_tensor_model_parallel_world_size()}, sort_keys=True)
-    return root / "draft-heads" / f"{algorithm}-{hashlib.sha256(text.encode()).hexdigest()[:16]}-rank{dist.get_rank()}.pt"
-
-
 def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {name: param for name, param in model.named_parameters() if param.requires_grad}
 
@@ -130,27 +105,20 @@ def _train(model: torch.nn.Module, data: torch.Tensor, recipe: HeadRecipe) -> No
         optimizer.step()
 
 
-def trained_heads(model: torch.nn.Module, spec: ModelSpec, algorithm: str, steps: int, recipe: HeadRecipe, prefixes: torch.Tensor,
-                  cache: Path) -> None:
-    """Load the cached heads for this (base, algorithm, steps, recipe, TP size), or train and cache them."""
-    from harness.runtime.train import recipe_key
+def train_heads(model: torch.nn.Module, recipe: HeadRecipe, tokenizer: Tokenizer, corpus: MarkovCorpus) -> None:
+    """Self-distillation: the heads learn the base's own greedy continuations of corpus prefixes, the
+    base frozen (what ``harness models build`` runs for a heads subject)."""
+    from harness.data.text import CORPUS, token_rows
 
-    if recipe.steps == 0:  # the untrained (freshly initialised) heads, for comparison
-        return
-    path = _heads_path(cache, recipe_key(spec) if spec.recipe else spec.name, algorithm, steps, recipe)
-    params = _trainable(model)
-    ready = torch.tensor([int(path.exists())])
-    dist.all_reduce(ready, op=dist.ReduceOp.MIN)  # every rank loads, or every rank trains
-    if ready.item():
-        saved = torch.load(path, map_location=device())
-        with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(saved[name])
-        return
+    prefixes = torch.as_tensor(token_rows(CORPUS, tokenizer, corpus, 8 * recipe.batch_size, recipe.prefix_len, recipe.seed))
     torch.manual_seed(recipe.seed)
-    data = greedy(model, prefixes.to(device()), recipe.seq_len - recipe.prefix_len)  # the base's own continuations
+    data = greedy(model, prefixes.to(device()), recipe.seq_len - recipe.prefix_len)
     _train(model, data.view(-1, recipe.batch_size, recipe.seq_len), recipe)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({name: param.detach().cpu() for name, param in params.items()}, tmp)
-    os.replace(tmp, path)
+
+
+def load_heads(model: torch.nn.Module, subject: str, recipe: HeadRecipe) -> None:
+    """The shipped heads ``subject`` (trained at TP1) into ``model``'s heads, cut to the current layout."""
+    from harness.runtime.subject import shipped_file
+    from harness.runtime.weights import load_whole
+
+    load_whole(model, shipped_file(subject, asdict(recipe)), partial=True)

@@ -1,44 +1,24 @@
-"""Train zoo models on the synthetic corpus, once per recipe, cached as torch_dist checkpoints.
+"""Train zoo models on the synthetic corpus: what ``harness models build`` runs to make a shipped
+subject (harness.models.subjects). Cases never train: they load the shipped weights.
 
-The checkpoint is written under TP1/PP1 and read under any layout (the ckpt suite guards that path).
-Every rank trains the same replica from the same seed and data: no gradient exchange is needed, and
-the result does not depend on the world size of the pool that happened to train it.
+Every rank trains the same replica from the same seed and data under TP1/PP1: no gradient exchange
+is needed, and the result does not depend on the world size of the pool that trains it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
-import time
-from dataclasses import asdict
-from pathlib import Path
-
 import numpy as np
 import torch
-import torch.distributed as dist
 
-from harness.cache import cache_root
 from harness.data.corpus import MarkovCorpus
 from harness.data.tokenizer import WordTokenizer
 from harness.evals.mmlu import format_prompt
 from harness.models.zoo import ModelSpec, TrainRecipe, build_gpt
-from harness.records import Layout
-from harness.runtime.checkpoint import save_checkpoint
-from harness.runtime.distributed import model_parallel
 from harness.runtime.forward import device
 
 CORPUS_VOCAB = 1024  # the word vocabulary of the corpus when the model brings its own tokenizer
 RARE_WORDS = 128  # corpus words that never occur in text (multiple-choice distractors)
 TRAIN_STREAM = 0  # corpus stream ids: training data; evaluations and calibration use others
-
-
-def recipe_key(spec: ModelSpec) -> str:
-    """Architecture + recipe + the megatron-core that trained it: any change retrains."""
-    from megatron.core.package_info import __version__ as mcore
-
-    text = json.dumps({"spec": asdict(spec), "megatron-core": mcore, "torch": torch.__version__}, sort_keys=True)
-    return f"{spec.name}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
 def corpus_of(spec: ModelSpec) -> MarkovCorpus:
@@ -82,7 +62,8 @@ def _loss_weights(inputs: torch.Tensor, tokenizer: WordTokenizer, answer_weight:
     return weights
 
 
-def _train(spec: ModelSpec) -> torch.nn.Module:
+def train(spec: ModelSpec) -> torch.nn.Module:
+    """``spec`` trained by its recipe under the current (TP1/PP1) parallel state."""
     recipe = spec.recipe
     assert recipe is not None
     model = build_gpt(spec, seed=recipe.seed, parallel_output=True).train()
@@ -101,30 +82,3 @@ def _train(spec: ModelSpec) -> torch.nn.Module:
         if step % 50 == 0 or step == recipe.steps - 1:
             print(f"[harness] train {spec.name} step {step} loss {loss.item():.4f}", flush=True)
     return model.eval()
-
-
-def checkpoint_path(spec: ModelSpec) -> Path:
-    """Where the trained checkpoint of ``spec``'s recipe is cached (a torch_dist checkpoint)."""
-    return cache_root() / "models" / recipe_key(spec)
-
-
-def ensure_trained(spec: ModelSpec) -> Path:
-    """The checkpoint of ``spec``'s recipe, training it first if no cache holds it (collective)."""
-    final = checkpoint_path(spec)
-    if (final / "COMPLETE").exists():
-        return final
-    staging = final.with_name(f"{final.name}.partial")
-    start = time.perf_counter()
-    with model_parallel(Layout(1, 1), spec.recipe.seed):
-        model = _train(spec)
-        if dist.get_rank() == 0:
-            shutil.rmtree(staging, ignore_errors=True)
-        dist.barrier()
-        save_checkpoint(model, staging)
-    dist.barrier()
-    if dist.get_rank() == 0:
-        (staging / "COMPLETE").write_text(json.dumps({"seconds": round(time.perf_counter() - start, 1)}))
-        shutil.rmtree(final, ignore_errors=True)
-        staging.rename(final)  # a crash before this leaves only the .partial folder, never a half cache
-    dist.barrier()
-    return final

@@ -15,6 +15,7 @@ from typing import Any
 from packaging.specifiers import SpecifierSet
 from pydantic import ValidationError
 
+from harness.environment import environment
 from harness.records import Budget, Case, KnownDefect, Layout, Tolerance
 from harness.suites.load import CORE_AXES, Suite
 from harness.suites.yaml_lines import SuiteError
@@ -26,13 +27,20 @@ class Resources:
 
     cpu_ranks: int
     gpus: int
+    gpu_name: str | None = None  # the GPU model, which picks the GPU cases' baseline environment
 
     @classmethod
     def detect(cls) -> Resources:
         import torch
 
         cpu_ranks = int(os.environ.get("HARNESS_CPU_RANKS", os.cpu_count() or 1))
-        return cls(cpu_ranks=cpu_ranks, gpus=torch.cuda.device_count() if torch.cuda.is_available() else 0)
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return cls(cpu_ranks=cpu_ranks, gpus=gpus, gpu_name=torch.cuda.get_device_name(0) if gpus else None)
+
+    @property
+    def environments(self) -> dict[str, str]:
+        """platform -> the environment whose baselines judge its cases here (harness.environment)."""
+        return {platform: environment(platform, self.gpu_name) for platform in ("cpu", "gpu")}
 
 
 def _matches(suite: Suite, entry: dict[str, Any], chosen: dict[str, Any], layout: Layout, params: Any) -> bool:
@@ -56,10 +64,11 @@ def _value_token(value: Any) -> str:
 
 
 def _limits(suite: Suite, chosen: dict[str, Any], layout: Layout, params: Any) -> tuple[dict[str, Tolerance], dict[str, Budget]]:
-    """Tolerances (check defaults < suite < matching overrides) and budgets (suite < overrides)."""
+    """Tolerances and budgets: check defaults < suite < matching overrides."""
     tolerances = {name: spec.tolerance for name, spec in suite.check.metrics.items()}
     tolerances.update({name: t.tolerance() for name, t in suite.spec.tolerances.items()})
-    budgets = {name: b.budget() for name, b in suite.spec.budgets.items()}
+    budgets = {name: spec.budget for name, spec in suite.check.metrics.items() if spec.budget is not None}
+    budgets.update({name: b.budget() for name, b in suite.spec.budgets.items()})
     for override in suite.spec.overrides:
         if _matches(suite, override.when, chosen, layout, params):
             tolerances.update({name: t.tolerance() for name, t in override.tolerances.items()})

@@ -1,0 +1,122 @@
+"""Which environment a run is in, and the pinned CPU numerics that make one environment out of
+many machines.
+
+A baseline holds only where the same arithmetic runs. On CPUs, the same torch build picks kernels
+by the host's instruction set (AVX2, AVX-512, AMX) and splits reductions by its thread count, so
+two x86 machines give different low bits and, through an INT8 rounding or a training run,
+different verdicts. The workers therefore run with the pins below; every x86-64 host with AVX2
+then computes bit-identically and shares one baseline set, ``cpu-x86_64-avx2``. GPUs cannot be
+pinned that way (H100, H200 and B200 run different kernels), so each GPU model is an environment
+of its own, like Megatron-LM's golden values per platform.
+
+Importable without torch: the driver computes environments and rank variables before any worker.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Pin:
+    variable: str
+    value: str
+    why: str
+
+
+PINNED_ISA = "avx2"
+# Threads per world of ranks, whatever the host's core count: a world-1 case gets 2 threads, each rank
+# of a world-2 case 1. ATen splits reductions by thread count and MKL's results are reproducible only
+# for a fixed count, so this is part of the arithmetic, not a tuning knob. (2 = the CI machine's cores.)
+THREADS_PER_WORLD = 2
+
+# Applied to every CPU rank on x86-64 hosts with AVX2 (torch reads them when it loads its libraries).
+X86_PINS: tuple[Pin, ...] = (
+    Pin("ATEN_CPU_CAPABILITY", PINNED_ISA,
+        "ATen's vectorised kernels (softmax, norms, reductions, elementwise, RNG fills) take the AVX2 path, not AVX-512 where the host has it"),
+    Pin("MKL_CBWR", "AVX2", "MKL conditional numerical reproducibility: GEMMs run the AVX2 code path, bit-identical on every AVX2 CPU"),
+    Pin("ONEDNN_MAX_CPU_ISA", "AVX2", "oneDNN kernels (mkldnn matmul, bf16 paths) no wider than AVX2: no AVX-512 or AMX kernels"),
+    Pin("MKL_DYNAMIC", "FALSE", "MKL may not lower its thread count at run time under load (that would change the reduction split)"),
+    Pin("OMP_DYNAMIC", "FALSE", "nor may OpenMP"),
+)
+
+
+def threads_per_rank(world_size: int) -> int:
+    return max(1, THREADS_PER_WORLD // world_size)
+
+
+def thread_pins(world_size: int) -> tuple[Pin, ...]:
+    threads = str(threads_per_rank(world_size))
+    why = f"{THREADS_PER_WORLD} threads per world of ranks, independent of the host's core count"
+    return Pin("OMP_NUM_THREADS", threads, why), Pin("MKL_NUM_THREADS", threads, why)
+
+
+def cpu_flags() -> set[str]:
+    """The host CPU's feature flags (Linux /proc/cpuinfo); empty where it cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    found = re.search(r"^(?:flags|Features)\s*:\s*(.*)$", text, re.MULTILINE)
+    return set(found.group(1).split()) if found else set()
+
+
+def cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    found = re.search(r"^(?:model name|Model|cpu model)\s*:\s*(.*)$", text, re.MULTILINE)
+    return found.group(1).strip() if found else platform.processor() or "unknown"
+
+
+def can_pin(flags: set[str] | None = None) -> bool:
+    """Whether this host runs the pinned x86 path (AVX2 with FMA)."""
+    return platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma"} <= (cpu_flags() if flags is None else flags)
+
+
+def cpu_pins(world_size: int) -> tuple[Pin, ...]:
+    """Every variable a CPU rank runs under. Off the pinned path only the threads are pinned."""
+    return (X86_PINS if can_pin() else ()) + thread_pins(world_size)
+
+
+def cpu_environment() -> str:
+    """``cpu-x86_64-avx2`` on every pinned host; elsewhere the architecture and its native ISA."""
+    if can_pin():
+        return f"cpu-x86_64-{PINNED_ISA}"
+    return f"cpu-{platform.machine().lower()}-native"
+
+
+def gpu_environment(gpu_name: str) -> str:
+    """``gpu-nvidia-h100-80gb-hbm3`` from the device name: each GPU model computes its own low bits."""
+    return "gpu-" + re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
+
+
+def environment(platform_name: str, gpu_name: str | None) -> str:
+    """The baseline set for cases of ``platform_name`` run on this machine."""
+    if platform_name == "cpu":
+        return cpu_environment()
+    return gpu_environment(gpu_name) if gpu_name else "gpu-none"
+
+
+# x86 features that decide which kernels an unpinned torch would pick (recorded, so a baseline says
+# what it was recorded on even where the pins make them irrelevant).
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+             "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve", "sve2")
+
+
+def numerics_provenance(gpu_name: str | None) -> dict[str, object]:
+    """What a result was computed on: environments, CPU model and ISA flags, and the pins."""
+    flags = cpu_flags()
+    return {
+        "environments": {"cpu": cpu_environment(), **({"gpu": gpu_environment(gpu_name)} if gpu_name else {})},
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_isa_flags": [f for f in ISA_FLAGS if f in flags],
+        "cpu_pins": {pin.variable: pin.value for pin in X86_PINS if can_pin(flags)},
+        "cpu_threads_per_rank": {str(world): threads_per_rank(world) for world in (1, 2, 4, 8)},
+    }

@@ -1,0 +1,141 @@
+"""``harness models build NAME``: train a subject once, under the pinned numerics, in a real worker,
+and ship its weights (harness.models.subjects). The training runs as a case of the internal
+``BUILD`` check below, so it gets the same warm-worker launch, timeouts and logs as any case.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from harness.checks.base import Check, CheckContext, StrictModel
+from harness.models.subjects import HeadsName, SubjectError, manifest
+from harness.models.zoo import ZOO, ModelSpec
+from harness.records import Case, CaseOutcome, Layout
+from harness.runtime.drafts import ALGORITHMS, HeadRecipe
+
+SUBJECT_FILE = "subject.safetensors"
+BUILD_SEED = 1234  # the seed the suites' cases use: untrained heads are drawn from it at convert time
+BUILD_TIMEOUT_S = 3600.0
+
+
+class BuildParams(StrictModel):
+    subject: str
+    export_to: str | None = None  # instead of training: write the shipped model as a megatron torch_dist checkpoint here
+
+
+def _base(name: str) -> tuple[ModelSpec, HeadsName | None]:
+    heads = HeadsName.parse(name)
+    spec = ZOO.get(heads.base if heads else name)
+    if spec is None or spec.recipe is None:
+        trainable = ", ".join(sorted(n for n, s in ZOO.items() if s.recipe)) or "none"
+        raise SubjectError(f"cannot build {name!r}: a subject is a zoo model with a training recipe ({trainable}) or draft heads "
+                           "on one, named BASE+ALGORITHM-kSTEPS-tTRAINSTEPS (e.g. tiny-gpt-trained+medusa-k2-t150)")
+    if heads is not None and (heads.algorithm not in ALGORITHMS or heads.train_steps == 0):
+        raise SubjectError(f"cannot build {name!r}: algorithm must be one of {', '.join(ALGORITHMS)} and training steps > 0")
+    return spec, heads
+
+
+def recipe_of(name: str) -> dict[str, Any]:
+    spec, heads = _base(name)
+    return asdict(HeadRecipe(steps=heads.train_steps)) if heads else asdict(spec.recipe)
+
+
+def _run(ctx: CheckContext) -> dict[str, float]:
+    import torch.distributed as dist
+    from safetensors import safe_open
+
+    from harness.runtime.distributed import model_parallel
+    from harness.runtime.weights import save_whole, whole_tensors
+
+    name = ctx.params.subject
+    spec, heads = _base(name)
+    start = time.perf_counter()
+    with model_parallel(Layout(1, 1), BUILD_SEED):
+        if ctx.params.export_to is not None:
+            from harness.runtime.checkpoint import save_checkpoint
+            from harness.runtime.subject import build_model
+
+            save_checkpoint(build_model(spec, seed=BUILD_SEED), Path(ctx.params.export_to))
+            return {"export_s": time.perf_counter() - start}
+        if heads is None:
+            from harness.runtime.train import train
+
+            tensors = whole_tensors(train(spec))
+        else:
+            with safe_open(str(manifest().verified_file(spec.name)), framework="pt") as base:
+                base_keys = frozenset(base.keys())
+            tensors = whole_tensors(_trained_heads(spec, heads), skip=base_keys)
+    if dist.get_rank() == 0:
+        save_whole(tensors, ctx.artifacts / SUBJECT_FILE, {"subject": name})
+    dist.barrier()
+    return {"tensors": float(len(tensors)), "parameters": float(sum(t.numel() for t in tensors.values())),
+            "train_s": time.perf_counter() - start}
+
+
+def _trained_heads(spec: ModelSpec, heads: HeadsName) -> Any:
+    import modelopt.torch.speculative as mtsp
+
+    from harness.runtime.speculative import train_heads
+    from harness.runtime.subject import build_model, tokenizer_for
+    from harness.runtime.train import corpus_of
+
+    algorithm, recipe = ALGORITHMS[heads.algorithm], HeadRecipe(steps=heads.train_steps)
+    model = mtsp.convert(build_model(spec, seed=BUILD_SEED), algorithm.modes(heads.draft_steps))
+    algorithm.prepare(model)
+    train_heads(model, recipe, tokenizer_for(spec), corpus_of(spec))
+    return model
+
+
+BUILD = Check(
+    name="harness.models.build:BUILD",
+    description="train a subject under the pinned numerics and write its whole tensors (safetensors)",
+    params=BuildParams,
+    metrics={},
+    run=_run,
+)
+
+
+def build_case(name: str, export_to: Path | None = None) -> Case:
+    spec, _ = _base(name)
+    params = {"subject": name} | ({"export_to": str(export_to.resolve())} if export_to else {})
+    return Case(
+        id=f"build/{name}", suite="build", check=BUILD.name, model=spec.name, spec=spec, layout=Layout(1, 1), optimization="none",
+        params=params, platform="cpu", world_size=1, markers=("build",), tolerances={}, budgets={},
+        timeout_s=BUILD_TIMEOUT_S, seed=BUILD_SEED, source="harness models build",
+    )
+
+
+def _in_worker(case: Case, artifacts: Path) -> CaseOutcome:
+    from harness.launchers.local import LocalLauncher
+
+    launcher = LocalLauncher(artifacts)
+    try:
+        outcome = launcher.launch(case)
+    finally:
+        launcher.close()
+    if outcome.error is not None:
+        raise SubjectError(f"{case.id} failed:\n{outcome.error}")
+    return outcome
+
+
+def export(name: str, directory: Path, artifacts: Path) -> None:
+    """The shipped model ``name`` as a megatron torch_dist checkpoint (what real users load with ``torch_dist:``)."""
+    if HeadsName.parse(name):
+        raise SubjectError(f"{name} is draft heads: export a model subject")
+    manifest().verified_file(name)
+    _in_worker(build_case(name, directory), artifacts)
+
+
+def build(name: str, artifacts: Path, provenance: dict[str, Any]) -> tuple[str, dict[str, float]]:
+    """Train ``name`` in a fresh world-1 worker, ship its file and manifest entry; (sha256, metrics)."""
+    spec, heads = _base(name)
+    shipped = manifest()
+    requires = {spec.name: shipped.expected_hash(spec.name)} if heads else {}
+    outcome = _in_worker(build_case(name), artifacts)
+    keep = ("versions", "python", "cpu_model", "cpu_isa_flags", "cpu_pins", "environments", "commit", "date")
+    info = {"kind": "draft-heads" if heads else "model", "recipe": recipe_of(name), "requires": requires,
+            "built": {**{k: provenance[k] for k in keep if k in provenance}, **{k: round(v, 3) for k, v in outcome.metrics.items()}}}
+    return shipped.record(name, Path(outcome.artifacts) / SUBJECT_FILE, info), outcome.metrics
