@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader (or a Ctrl-C) sees the old file or the new one, never half."""
+"""Atomic file writes: a reader (or a Ctrl-C) sees the old file or the new one, never half; and the
+probe that says why a folder cannot take files (full, read-only) in the words of the OS."""
 
 from __future__ import annotations
 
@@ -26,3 +27,20 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why ``folder`` (created if missing) cannot take a new file now: ``"<folder>: No space left on
+    device"`` and the like; None when a small file can be written and removed."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe.")
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            Path(probe).unlink(missing_ok=True)
+    except OSError as err:
+        return f"{folder}: {err.strerror or err}"
+    return None

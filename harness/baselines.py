@@ -27,6 +27,10 @@ from harness.records import Case, CaseOutcome, CaseResult, Direction, MetricResu
 FORMAT = 1
 
 
+class BaselineError(ValueError):
+    """A baseline file that cannot be read; the message names the file (and, for JSON, the line)."""
+
+
 def within(measured: float, baseline: float, tolerance: Tolerance) -> bool:
     if math.isnan(measured):
         return False
@@ -36,6 +40,24 @@ def within(measured: float, baseline: float, tolerance: Tolerance) -> bool:
     if tolerance.direction is Direction.LOWER_IS_BETTER:
         return diff <= allowed
     return abs(diff) <= allowed
+
+
+def read_baseline_file(path: Path) -> dict[str, Any]:
+    """One baseline file (empty when it does not exist); a file that cannot be read is a BaselineError."""
+    if not path.exists():
+        return {"format": FORMAT, "cases": {}}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise BaselineError(f"{path}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno}); "
+                            "restore it from git (git checkout -- FILE) or re-record it") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise BaselineError(f"{path}:1: cannot read: {getattr(err, 'strerror', None) or err}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("cases"), dict):
+        raise BaselineError(f"{path}:1: not a baseline file (expected an object with \"format\" and \"cases\")")
+    if data.get("format") != FORMAT:
+        raise BaselineError(f"{path}:1: baseline format {data.get('format')!r}, this harness reads {FORMAT}")
+    return data
 
 
 @dataclass(frozen=True)
@@ -55,15 +77,15 @@ class BaselineStore:
         return any((self.root / self.environment(platform)).glob("*.json"))
 
     def entry(self, platform: str, suite: str, case_id: str) -> dict[str, Any] | None:
-        return self._read(self.path(platform, suite))["cases"].get(case_id)
+        return read_baseline_file(self.path(platform, suite))["cases"].get(case_id)
 
-    def _read(self, path: Path) -> dict[str, Any]:
-        if not path.exists():
-            return {"format": FORMAT, "cases": {}}
-        data = json.loads(path.read_text())
-        if data.get("format") != FORMAT:
-            raise ValueError(f"{path}: baseline format {data.get('format')!r}, this harness reads {FORMAT}")
-        return data
+    def problem(self, platform: str, suite: str) -> str | None:
+        """Why the baseline file of (platform, suite) cannot be read (None: it can, or it does not exist)."""
+        try:
+            read_baseline_file(self.path(platform, suite))
+        except BaselineError as err:
+            return str(err)
+        return None
 
     def lookup(self, platform: str, suite: str, case_id: str) -> dict[str, float] | None:
         entry = self.entry(platform, suite, case_id)
@@ -72,7 +94,7 @@ class BaselineStore:
     def record(self, outcome: CaseOutcome, provenance: dict[str, Any]) -> None:
         case = outcome.case
         path = self.path(case.platform, case.suite)
-        data = self._read(path)
+        data = read_baseline_file(path)
         data.update({"suite": case.suite, "platform": case.platform, "environment": self.environment(case.platform)})
         data["cases"][case.id] = {"metrics": outcome.metrics, "provenance": {
             **provenance, "platform": case.platform, "environment": self.environment(case.platform), "subjects": case_subjects(case)}}
@@ -103,7 +125,10 @@ def compare(outcome: CaseOutcome, store: BaselineStore, update: bool, provenance
     environment, known = store.environment(case.platform), store.has_environment(case.platform)
     if outcome.error is not None or outcome.skipped is not None:
         return CaseResult(outcome, environment=environment, new_environment=not known)
-    entry = store.entry(case.platform, case.suite, case.id) or {}
+    try:
+        entry = store.entry(case.platform, case.suite, case.id) or {}
+    except BaselineError as err:
+        return CaseResult(replace(outcome, error=f"cannot compare: {err}"), environment=environment)
     stale = None if update else _other_subjects(case, entry.get("provenance", {}).get("subjects", {}), store.path(case.platform, case.suite))
     if stale is not None:
         return CaseResult(replace(outcome, error=stale), environment=environment)

@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import sys
 from collections import Counter
 from pathlib import Path
 
-from harness.atomic import write_text_atomic
-from harness.baselines import BaselineStore
+from harness.atomic import unwritable, write_text_atomic
+from harness.baselines import BaselineError, BaselineStore, read_baseline_file
 from harness.launchers.batch import LauncherError
 from harness.launchers.registry import LAUNCHERS, make_launcher
 from harness.launchers.settings import LaunchSettings
 from harness.models.build import build, export
 from harness.models.subjects import SubjectError, manifest
+from harness.outputs import ResultStores, say
 from harness.pipeline import RunOptions, collect, preflight, run_plan
 from harness.progress import case_progress
 from harness.provenance import provenance
 from harness.records import Verdict
-from harness.report import summary, write_results
-from harness.reports.history import History, format_case_runs
+from harness.report import summary
+from harness.reports.history import History, format_case_runs, not_a_history
 from harness.reports.html import html
 from harness.reports.junit import write_junit
 from harness.reports.render import markdown
@@ -113,8 +113,9 @@ def _resources(args: argparse.Namespace) -> Resources:
 
 
 def _open_history(path: Path) -> History | None:
-    if not path.exists():
-        print(f"harness: no run history at {path}", file=sys.stderr)
+    problem = not_a_history(path)
+    if problem is not None:
+        print(f"harness: {path}: {problem}", file=sys.stderr)
         return None
     return History(path)
 
@@ -198,7 +199,12 @@ def _baselines(args: argparse.Namespace) -> int:
     here = Resources.detect().environments
     found = sorted(p for p in args.baselines.iterdir() if p.is_dir()) if args.baselines.is_dir() else []
     for folder in found:
-        recorded = {(f.stem, case_id) for f in folder.glob("*.json") for case_id in json.loads(f.read_text()).get("cases", {})}
+        recorded: set[tuple[str, str]] = set()
+        for file in sorted(folder.glob("*.json")):
+            try:
+                recorded |= {(file.stem, case_id) for case_id in read_baseline_file(file)["cases"]}
+            except BaselineError as err:
+                print(f"harness: {err}", file=sys.stderr)
         platform = "gpu" if folder.name.startswith("gpu-") else "cpu"
         mine = [c for c in cases if c.platform == platform]
         covered = sum((c.suite, c.id) in recorded for c in mine)
@@ -230,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     except (SuiteError, ExpressionError) as err:
         print(f"harness: {err}", file=sys.stderr)
         return EXIT_USAGE
+    if not cases:
+        asked = " ".join(f"{flag} {value!r}" for flag, value in (("-k", args.keyword), ("-m", args.markexpr), ("--platform", args.platform))
+                         if value)
+        print(f"harness: {asked or 'the suites'} select(s) no case of {', '.join(map(str, paths)) or 'no suite file'}; "
+              "`harness list` prints every case id", file=sys.stderr)
+        return EXIT_USAGE
     plan = schedule(cases, resources)
     if args.command == "list":
         for item in plan:
@@ -255,31 +267,43 @@ def main(argv: list[str] | None = None) -> int:
     except LauncherError as err:
         print(f"harness: {err}", file=sys.stderr)
         return EXIT_USAGE
+    storage = unwritable(args.artifacts)
+    if storage is not None:
+        launcher.close()
+        print(f"harness: --artifacts {storage}: cases could not write their files; nothing was run", file=sys.stderr)
+        return EXIT_USAGE
     info = provenance(Path.cwd(), resources.gpu_name)
-    history = History(args.history or args.artifacts / DEFAULT_HISTORY.name)
-    run_id = history.start_run(info)
-    results = []
+    stores = ResultStores(args.history or args.artifacts / DEFAULT_HISTORY.name, args.artifacts / "results.json", info)
+    say(stores.start())
+    results = stores.results
+    interrupted = False
     try:
         with case_progress(len(plan)) as advance:
             for result in run_plan(plan, launcher, options, info):
-                results.append(result)
                 print(result.message(), flush=True)
-                write_results(args.artifacts / "results.json", results, info)
-                history.record(run_id, result)
+                say(stores.keep(result))
                 advance(result)
-        history.finish_run(run_id)
     except KeyboardInterrupt:
+        interrupted = True
         print(f"harness: interrupted after {len(results)} of {len(plan)} cases", file=sys.stderr)
-        return EXIT_FAILED
     finally:
         launcher.close()
-        history.close()
+        say(stores.finish(interrupted))
         if args.junit is not None:
-            write_junit(args.junit, results)
+            try:
+                write_junit(args.junit, results)
+            except OSError as err:
+                say([f"cannot write the JUnit XML {args.junit}: {err.strerror}"])
+                stores.failures["junit"] = f"JUnit XML {args.junit}: {err.strerror}"
+    if interrupted:
+        return EXIT_FAILED
     print(summary(results))
     if options.update_baselines:
         print(f"baselines written under {args.baselines}/ ({sum(r.verdict is Verdict.UPDATED for r in results)} cases changed)")
-    return 0 if all(r.ok for r in results) else EXIT_FAILED
+    lost = stores.summary()
+    if lost is not None:
+        print(f"harness: {lost}", file=sys.stderr)
+    return 0 if all(r.ok for r in results) and lost is None else EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@ The CLI and the pytest plugin both drive these same steps.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from harness.atomic import unwritable
 from harness.baselines import BaselineStore, case_subjects, compare
 from harness.models.subjects import SubjectError, manifest
 from harness.records import Case, CaseOutcome, CaseResult
@@ -39,20 +40,30 @@ def collect(paths: list[str | Path], resources: Resources, keyword: str | None =
     return select(expand(load_suites(paths), resources), keyword, markexpr)
 
 
-def launch(item: Scheduled, launcher: Launcher) -> CaseOutcome:
+def launch(item: Scheduled, launcher: Launcher, artifacts: Path) -> CaseOutcome:
+    """A case that fails where its files live (a full disk, a read-only folder) is an error that says
+    so: its own log may be on that disk, so the tail of the log alone would not."""
     if item.skip is not None:
         return CaseOutcome(item.case, {}, None, 0.0, "", skipped=item.skip)
-    return launcher.launch(item.case)
+    try:
+        outcome = launcher.launch(item.case)
+    except OSError as err:
+        outcome = CaseOutcome(item.case, {}, f"the launcher could not write {err.filename or artifacts}: {err.strerror or err}", 0.0, "")
+    if outcome.error is not None and (storage := unwritable(artifacts)) is not None:
+        outcome = replace(outcome, error=f"artifacts folder unusable: {storage}\n{outcome.error}")
+    return outcome
 
 
 def run_case(item: Scheduled, launcher: Launcher, options: RunOptions, provenance: dict[str, Any]) -> CaseResult:
     """launch -> compare for one case."""
-    return compare(launch(item, launcher), BaselineStore(options.baselines, options.environments), options.update_baselines, provenance)
+    outcome = launch(item, launcher, options.artifacts)
+    return compare(outcome, BaselineStore(options.baselines, options.environments), options.update_baselines, provenance)
 
 
 def preflight(plan: list[Scheduled], store: BaselineStore, update: bool = False) -> list[str]:
     """Problems to say before any worker starts: shipped subjects the runnable cases need that are
-    missing or not the manifest's bytes, and environments with no baselines yet (said once each)."""
+    missing or not the manifest's bytes, baseline files they need that cannot be read, and
+    environments with no baselines yet (said once each)."""
     problems, notes = [], []
     for item in plan:
         if item.skip is not None:
@@ -62,6 +73,8 @@ def preflight(plan: list[Scheduled], store: BaselineStore, update: bool = False)
                 manifest().verified_file(name)
         except SubjectError as err:
             problems.append(f"{item.case.id}: {err}")
+    files = sorted({(item.case.platform, item.case.suite) for item in plan if item.skip is None})
+    problems.extend(problem for platform, suite in files if (problem := store.problem(platform, suite)) is not None)
     for platform in sorted({item.case.platform for item in plan if item.skip is None}):
         if store.has_environment(platform):
             continue

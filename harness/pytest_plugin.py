@@ -15,11 +15,11 @@ import pytest
 
 from harness.baselines import BaselineStore
 from harness.launchers.local import LocalLauncher
+from harness.outputs import ResultStores, say
 from harness.pipeline import RunOptions, preflight, run_case
 from harness.provenance import provenance
 from harness.records import Case, CaseResult, Verdict
-from harness.report import summary, write_results
-from harness.reports.history import History
+from harness.report import summary
 from harness.schedule import Scheduled, skip_reason
 from harness.suites.expand import Resources, expand_suite
 from harness.suites.load import load_suite
@@ -43,11 +43,10 @@ class HarnessSession:
             environments=self.resources.environments,
         )
         self.provenance = provenance(root, self.resources.gpu_name)
-        self.history_path: Path = config.getoption("harness_history") or self.options.artifacts / "history.sqlite"
+        history = config.getoption("harness_history") or self.options.artifacts / "history.sqlite"
+        self.stores = ResultStores(history, self.options.artifacts / "results.json", self.provenance)  # opened at the first case
         self._launcher: LocalLauncher | None = None
-        self._history: tuple[History, int] | None = None
         self.interrupted = False
-        self.results: list[CaseResult] = []
 
     @property
     def launcher(self) -> LocalLauncher:
@@ -56,23 +55,16 @@ class HarnessSession:
         return self._launcher
 
     def record(self, result: CaseResult) -> None:
-        self.results.append(result)
-        if self._history is None:
-            history = History(self.history_path)
-            self._history = (history, history.start_run(self.provenance))
-        history, run_id = self._history
-        history.record(run_id, result)
+        say(self.stores.keep(result))
 
     def close(self) -> None:
         if self._launcher is not None:
             self._launcher.close()
-        if self._history is not None:
-            history, run_id = self._history
-            if not self.interrupted:
-                history.finish_run(run_id)
-            history.close()
-        if self.results:
-            write_results(self.options.artifacts / "results.json", self.results, self.provenance)
+        say(self.stores.finish(self.interrupted))
+
+    @property
+    def results(self) -> list[CaseResult]:
+        return self.stores.results
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -181,3 +173,6 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     for result in results:
         terminalreporter.write_line(result.message())
     terminalreporter.write_line(summary(results))
+    lost = config.stash[_SESSION].stores.summary()
+    if lost is not None:
+        terminalreporter.write_line(f"harness: {lost}", red=True)

@@ -73,7 +73,8 @@ def select(cases: list[Case], keyword: str | None = None, markexpr: str | None =
     by_marker = compile_expression(markexpr) if markexpr else None
     chosen = []
     for case in cases:
-        if by_keyword and not by_keyword(lambda word, c=case: word.lower() in c.id.lower()):
+        # against the key (``id[platform]``, what ``harness list`` prints), so a listed line pastes into -k
+        if by_keyword and not by_keyword(lambda word, c=case: word.lower() in c.key.lower()):
             continue
         if by_marker and not by_marker(lambda word, c=case: word in c.markers):
             continue

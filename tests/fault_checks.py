@@ -47,6 +47,21 @@ def _emit(ctx: CheckContext) -> dict[str, float]:
 EMITS = Check("emits", "returns params.value", ValueParams, {"value": MetricSpec("the value of params.value", Tolerance(abs=0.05))}, _emit)
 
 
+class FillParams(StrictModel):
+    kib: int = 64
+
+
+def _fill(ctx: CheckContext) -> dict[str, float]:
+    if ctx.case.world_size == 1 or int(os.environ.get("RANK", "0")) == 0:
+        (ctx.artifacts / "fill.bin").write_bytes(b"\0" * (ctx.params.kib * 1024))
+    return {"value": float(ctx.params.kib)}
+
+
+# Writes params.kib KiB into its artifacts folder: fills a size-limited disk on purpose.
+FILLS = Check("fills", "writes params.kib KiB into the case's artifacts", FillParams,
+              {"value": MetricSpec("KiB written", Tolerance())}, _fill)
+
+
 def fault_suite(name: str, check: str, seconds: float, timeout_s: float) -> str:
     """A TP=2 suite running one of these checks (``check`` names it: SLEEPS, CRASHES, RAISES)."""
     return (f"suite: {name}\ncheck: tests.fault_checks:{check}\ntimeout_s: {timeout_s}\n"

@@ -89,6 +89,35 @@ def _tolerance(text: str) -> Tolerance:
     return Tolerance(float(fields["abs"]), float(fields["rel"]), Direction(fields["direction"]))
 
 
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def not_a_history(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a run history (None: it can). Read-only: a report or a history
+    query must never turn a stray file into an empty history."""
+    if not path.exists():
+        return "no run history there (harness run writes one: --history, default <artifacts>/history.sqlite)"
+    if not path.is_file():
+        return "not a run history: a directory (give the history.sqlite file inside it)"
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(len(_SQLITE_HEADER))
+    except OSError as err:
+        return f"cannot read: {err.strerror}"
+    if header != _SQLITE_HEADER:
+        return "not a run history: " + ("an empty file" if not header else "not an SQLite database")
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            db.close()
+    except sqlite3.Error as err:
+        return f"not a run history: {err}"
+    missing = {"runs", "cases", "metrics"} - tables
+    return f"not a run history: an SQLite database without the table(s) {', '.join(sorted(missing))}" if missing else None
+
+
 class History:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

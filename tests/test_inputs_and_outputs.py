@@ -1,0 +1,112 @@
+"""Bad input said before any worker starts, and output stores that fail without losing a case:
+a corrupt baseline file, a selection that matches nothing, ids from ``harness list`` pasted into
+``-k``, ``report`` on things that are not a history, and the result stores when one cannot be written."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from harness.baselines import BaselineStore, compare
+from harness.cli import EXIT_USAGE, main
+from harness.outputs import ResultStores
+from harness.reports.history import History
+from tests.conftest import CPU_ENV
+from tests.test_baselines_and_select import make_case
+
+ROOT = Path(__file__).resolve().parent.parent
+CKPT = str(ROOT / "suites" / "ckpt.yaml")
+
+
+def test_a_corrupt_baseline_is_refused_before_start_with_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    baselines = tmp_path / "baselines" / CPU_ENV
+    baselines.mkdir(parents=True)
+    good = (ROOT / "baselines" / CPU_ENV / "ckpt.json").read_text()
+    (baselines / "ckpt.json").write_text(good[: len(good) // 2])  # cut mid-JSON, as a killed editor or a bad merge leaves it
+    artifacts = tmp_path / "artifacts"
+    code = main(["run", CKPT, "-k", "tp1pp1/none", "--baselines", str(tmp_path / "baselines"), "--artifacts", str(artifacts)])
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE
+    line = good[: len(good) // 2].count("\n") + 1
+    assert f"{baselines / 'ckpt.json'}:{line}: not valid JSON" in err and "nothing was run" in err
+    assert not artifacts.exists()  # no worker, no results, no history run left open
+    # the same file is named by `harness baselines` instead of a traceback
+    assert main(["baselines", CKPT, "--baselines", str(tmp_path / "baselines")]) == 0
+    assert f"{baselines / 'ckpt.json'}:{line}: not valid JSON" in capsys.readouterr().err
+
+
+def test_a_baseline_broken_during_the_run_is_that_cases_error(tmp_path: Path) -> None:
+    store = BaselineStore(tmp_path, {"cpu": CPU_ENV})
+    store.path("cpu", "s").parent.mkdir(parents=True)
+    store.path("cpu", "s").write_text('{"format": 1, "cases": {')
+    from harness.records import CaseOutcome
+
+    result = compare(CaseOutcome(make_case(), {"x": 1.0}, None, 1.0, "/a"), store, update=False, provenance={})
+    assert result.verdict.value == "error" and "cannot compare" in (result.outcome.error or "")
+
+
+@pytest.mark.parametrize("args", [["-k", "no_such_case"], ["-m", "no_such_marker"], ["-k", "tp1pp2", "-m", "tp2"]])
+def test_a_selection_that_matches_nothing_exits_non_zero(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", CKPT, *args]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "select(s) no case of" in err and args[1] in err
+    assert main(["run", CKPT, *args, "--artifacts", "/nonexistent/never-created"]) == EXIT_USAGE
+
+
+def test_listed_ids_paste_into_k(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", CKPT, "--platform", "cpu"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if "world=" in line]
+    assert len(listed) == 18
+    for key in (listed[0], listed[-1]):
+        assert main(["list", CKPT, "-k", key]) == 0
+        (line,) = [ln for ln in capsys.readouterr().out.splitlines() if "world=" in ln]
+        assert line.split()[0] == key
+
+
+def test_report_refuses_what_is_not_a_history(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE t (x)")
+    expected = {tmp_path: "a directory", empty: "an empty file", text: "not an SQLite database", other: "without the table(s) cases, metrics, runs",
+                tmp_path / "missing.sqlite": "no run history there"}
+    for path, why in expected.items():
+        assert main(["report", "--history", str(path), "--out", str(tmp_path / "report")]) == EXIT_USAGE
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"harness: {path}: ") and why in err and "\n" not in err
+    assert empty.read_bytes() == b""  # nothing written into it
+    assert not (tmp_path / "report").exists()
+
+
+def _result(tmp_path: Path, x: float):  # noqa: ANN202
+    from harness.records import CaseOutcome
+
+    return compare(CaseOutcome(make_case(f"s/tiny-gpt/tp1pp1/x{x:g}"), {"x": x}, None, 1.0, "/a"),
+                   BaselineStore(tmp_path / "b"), update=False, provenance={})
+
+
+def test_result_stores_keep_every_case_in_the_store_that_works(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    # results.json cannot be written (its folder is a file): the history, written first, keeps both cases
+    stores = ResultStores(tmp_path / "history.sqlite", blocker / "results.json", {"commit": "c"})
+    problems = stores.keep(_result(tmp_path, 1.0)) + stores.keep(_result(tmp_path, 2.0)) + stores.finish()
+    assert len(problems) == 1 and "cannot write the results file" in problems[0] and "File exists" in problems[0]
+    history = History(tmp_path / "history.sqlite")
+    assert len(history.case_runs("s/tiny-gpt").values()) == 2
+    history.close()
+    assert "results file" in (stores.summary() or "") and "2 finished case(s)" in (stores.summary() or "")
+    # the history cannot be opened: results.json keeps both cases
+    stores = ResultStores(blocker / "history.sqlite", tmp_path / "out" / "results.json", {"commit": "c"})
+    problems = stores.keep(_result(tmp_path, 1.0)) + stores.keep(_result(tmp_path, 2.0)) + stores.finish()
+    assert len(problems) == 1 and "cannot write the run history" in problems[0]
+    assert len(json.loads((tmp_path / "out" / "results.json").read_text())["cases"]) == 2
+    # both work: nothing to say
+    stores = ResultStores(tmp_path / "h2.sqlite", tmp_path / "r2.json", {})
+    assert stores.keep(_result(tmp_path, 1.0)) == [] and stores.finish() == [] and stores.summary() is None
