@@ -22,7 +22,7 @@ from harness.records import Case, CaseResult, Verdict
 from harness.report import summary
 from harness.schedule import Scheduled, skip_reason
 from harness.suites.expand import Resources, expand_suite
-from harness.suites.load import load_suite
+from harness.suites.load import read_suite
 from harness.suites.yaml_lines import SuiteError
 
 _SESSION = pytest.StashKey["HarnessSession"]()
@@ -96,7 +96,7 @@ class SuiteFile(pytest.File):
     def collect(self) -> Iterator[CaseItem]:
         session = _session(self.config)
         try:
-            cases = expand_suite(load_suite(self.path), session.resources)
+            cases = expand_suite(read_suite(self.path), session.resources)
         except SuiteError as err:
             raise SuiteCollectError(str(err)) from None
         for case in cases:

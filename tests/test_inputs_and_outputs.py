@@ -110,3 +110,34 @@ def test_result_stores_keep_every_case_in_the_store_that_works(tmp_path: Path) -
     # both work: nothing to say
     stores = ResultStores(tmp_path / "h2.sqlite", tmp_path / "r2.json", {})
     assert stores.keep(_result(tmp_path, 1.0)) == [] and stores.finish() == [] and stores.summary() is None
+
+
+def test_every_data_file_problem_is_said_before_start_in_one_report(write_suite, tmp_path: Path,  # noqa: ANN001
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    mmlu = tmp_path / "mmlu"
+    (mmlu / "test").mkdir(parents=True)
+    (mmlu / "test" / "law_test.csv").write_text("q,a,b,c,d,A\nq,a,b,c,d,E\n")
+    (mmlu / "dev").mkdir()
+    (mmlu / "dev" / "law_dev.csv").write_text("q,a,b,c,d,A\n")
+    latin = tmp_path / "wiki.txt"
+    latin.write_bytes(b"caf\xe9\n")
+    questions = tmp_path / "question.jsonl"
+    questions.write_text('{"question_id": 1, "category": "writing", "turns": ["hi"]}\n{"question_id": 2\n')
+    quant = write_suite("suite: q\ncheck: quant_accuracy\n"
+                        f"params: {{mmlu: {mmlu}, mmlu_shots: 3, eval_text: {latin}}}\n"
+                        "matrix:\n  model: [tiny-gpt-trained]\n  optimization: [fp8]\n", "q.yaml")
+    spec = write_suite(f"suite: s\ncheck: spec_decode\nparams: {{prompts: {questions}, train_steps: 0}}\n"
+                       "matrix:\n  model: [tiny-gpt-trained]\n", "s.yaml")
+    artifacts = tmp_path / "artifacts"
+    assert main(["run", str(quant), str(spec), "--platform", "cpu", "--artifacts", str(artifacts)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    print(err)
+    assert f"q.yaml:3: params.mmlu: {mmlu / 'test' / 'law_test.csv'}:2: answer 'E' is not one of" in err
+    assert f"q.yaml:3: params.eval_text: {latin}:1: not UTF-8 (byte 0xe9)" in err
+    assert f"s.yaml:3: params.prompts: {questions}:2: not JSON" in err
+    assert not artifacts.exists()
+    # with the rows fixed, the short dev split is what remains
+    (mmlu / "test" / "law_test.csv").write_text("q,a,b,c,d,A\n")
+    latin.write_text("café\n")
+    assert main(["run", str(quant), "--platform", "cpu", "--artifacts", str(artifacts)]) == EXIT_USAGE
+    assert f"params.mmlu: {mmlu / 'dev' / 'law_dev.csv'}:1: 1 dev question(s), mmlu_shots asks 3" in capsys.readouterr().err

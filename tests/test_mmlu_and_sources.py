@@ -12,7 +12,7 @@ import pytest
 from harness.data.corpus import MarkovCorpus
 from harness.data.text import TextSourceError, read_documents, token_rows
 from harness.data.tokenizer import WordTokenizer
-from harness.evals.mmlu import LETTERS, McItem, MmluError, format_prompt, letter_ids, load_mmlu, write_mmlu
+from harness.evals.mmlu import LETTERS, McItem, McScores, MmluError, format_prompt, letter_ids, load_mmlu, load_with_shots, write_mmlu
 from harness.schedule import skip_reason
 from harness.suites.expand import Resources, expand
 from harness.suites.load import load_suite
@@ -132,9 +132,56 @@ def test_hf_config_gives_the_architecture_and_layouts_are_judged(write_suite, tm
     config = {"architectures": ["LlamaForCausalLM"], "hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 3,
               "num_key_value_heads": 3, "intermediate_size": 128, "vocab_size": 1000, "rope_theta": 500000.0}
     (tmp_path / "config.json").write_text(json.dumps(config))
+    # no tokenizer beside the config: one line before start, no spurious "unknown model" after it
+    with pytest.raises(SuiteError, match=r"suite.yaml:4: models.m: cannot read the checkpoint: .*no tokenizer") as refused:
+        load_suite(write_suite(SOURCES.format(models=f"  m: {{hf: {tmp_path}}}", model="m")))
+    assert len(refused.value.problems) == 1
+    (tmp_path / "tokenizer.json").write_text("{}")
     with pytest.raises(SuiteError, match=r"suite.yaml:7: matrix.layout\[0\]: num_attention_heads 3 of model m is not divisible by tp=2"):
         expand([load_suite(write_suite(SOURCES.format(models=f"  m: {{hf: {tmp_path}}}", model="m")))], Resources(cpu_ranks=2, gpus=0))
     config |= {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(SuiteError, match=r"suite.yaml:4: models.m: cannot read the checkpoint: .*rope_scaling type 'yarn'"):
         load_suite(write_suite(SOURCES.format(models=f"  m: {{hf: {tmp_path}}}", model="m")))
+    (tmp_path / "config.json").write_text(json.dumps(config | {"architectures": ["MixtralForCausalLM"]}))
+    with pytest.raises(SuiteError, match=r"architecture MixtralForCausalLM") as refused:
+        load_suite(write_suite(SOURCES.format(models=f"  m: {{hf: {tmp_path}}}", model="m")))
+    assert len(refused.value.problems) == 1 and "unknown model" not in str(refused.value)
+
+
+def test_mmlu_files_as_users_have_them(tmp_path: Path) -> None:
+    """A byte-order mark, a question with a newline inside quotes, a non-UTF-8 byte, an empty subject."""
+    (tmp_path / "test").mkdir()
+    law = tmp_path / "test" / "law_test.csv"
+    law.write_bytes('\ufeff"Is it, really?",yes,no,maybe,never,A\n"Two\nlines",a,b,c,d,B\n\n"third",a,b,c,d,X\n'.encode())
+    with pytest.raises(MmluError, match=r"law_test.csv:5: answer 'X'"):  # the file line, not the record number (4)
+        load_mmlu(tmp_path)
+    law.write_bytes('\ufeff"Is it, really?",yes,no,maybe,never,A\n"Two\nlines",a,b,c,d,B\n'.encode())
+    first, second = load_mmlu(tmp_path)
+    assert first.question == "Is it, really?" and first.answer == "A"  # the BOM is gone, the quoting intact
+    assert second.question == "Two\nlines"
+    (tmp_path / "test" / "art_test.csv").write_bytes(b"q,a,b,c,d,A\nq\xe9,a,b,c,d,B\n")  # Latin-1, as old exports write it
+    with pytest.raises(MmluError, match=r"art_test.csv:2: not UTF-8 \(byte 0xe9\)"):
+        load_mmlu(tmp_path)
+    (tmp_path / "test" / "art_test.csv").write_text("")
+    with pytest.raises(MmluError, match=r"art_test.csv:1: no questions"):
+        load_mmlu(tmp_path)
+
+
+def test_shots_come_from_dev_and_a_short_dev_split_is_an_error(tmp_path: Path) -> None:
+    law = [McItem("law", f"q{i}", ("a", "b", "c", "d"), "A") for i in range(3)]
+    write_mmlu(tmp_path, "test", law)
+    write_mmlu(tmp_path, "dev", law[:2])
+    items, shots = load_with_shots(tmp_path, "test", 2)
+    assert items == law and shots == {"law": law[:2]}
+    with pytest.raises(MmluError, match=r"law_dev.csv:1: 2 dev question\(s\), mmlu_shots asks 5"):
+        load_with_shots(tmp_path, "test", 5)
+    write_mmlu(tmp_path, "test", [McItem("art", "q", ("a", "b", "c", "d"), "A")])
+    with pytest.raises(MmluError, match=r"no art_dev.csv for the 2-shot prompts of art"):
+        load_with_shots(tmp_path, "test", 2)
+
+
+def test_scores_per_subject_micro_and_macro() -> None:
+    scores = McScores(accuracy=0.7, items=10, by_subject={"law": (1, 2), "art": (6, 8)})
+    assert scores.subject_accuracy("law") == 0.5 and scores.subject_accuracy("art") == 0.75
+    assert scores.macro_accuracy == pytest.approx(0.625)  # every subject weighs the same; micro (0.7) weighs every question

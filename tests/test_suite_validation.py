@@ -45,7 +45,25 @@ def test_good_suite_expands(write_suite) -> None:  # noqa: ANN001
 
 def test_typo_in_top_level_key(write_suite) -> None:  # noqa: ANN001
     path = write_suite(GOOD.replace("matrix:", "matrix:", 1) + "tolerence: {}\n")
-    assert problems(path) == [f"{path}:10: tolerence: Extra inputs are not permitted"]
+    assert problems(path) == [f"{path}:10: tolerence: unknown key; a suite takes suite, check, description, markers, platforms, slow, "
+                              "timeout_s, seed, params, models, matrix, exclude, tolerances, budgets, overrides, known_defects"]
+
+
+def test_every_problem_of_a_suite_in_one_run(write_suite) -> None:  # noqa: ANN001
+    """A duplicate key, a top-level typo, an unknown `when:` key and an impossible layout: four stages
+    of validation, one report."""
+    text = GOOD.replace("check: ckpt_roundtrip\n", "check: ckpt_roundtrip\ntimeout_s: 60\ntimeout_s: 90\ntolerence: {}\n")
+    text = text.replace("    - {tp: 2, pp: 1}\n", "    - {tp: 1, pp: 3}\n")
+    text += "overrides:\n  - when: {optimisation: int4_awq}\n    tolerances: {max_abs_logit_diff: {abs: 1.0}}\n"
+    path = write_suite(text)
+    found = [line.removeprefix(f"{path}:") for line in problems(path, Resources(cpu_ranks=4, gpus=0))]
+    assert found == [
+        "4: timeout_s: duplicate key",
+        "5: tolerence: unknown key; a suite takes suite, check, description, markers, platforms, slow, timeout_s, seed, params, models, "
+        "matrix, exclude, tolerances, budgets, overrides, known_defects",
+        "14: overrides[0].when.optimisation: unknown key; axes are model, layout, optimization or params of ckpt_roundtrip",
+        "10: matrix.layout[1]: num_layers 4 of model tiny-gpt is not divisible by pp=3",
+    ]
 
 
 def test_typo_in_matrix_axis(write_suite) -> None:  # noqa: ANN001

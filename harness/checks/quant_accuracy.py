@@ -9,6 +9,7 @@ give the same model.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from pathlib import Path
@@ -17,15 +18,17 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import NonNegativeInt, PositiveInt
 
 from harness.checks.base import Check, CheckContext, LayoutModel, MetricSpec, SecondLayout, StrictModel
-from harness.data.text import CORPUS, token_rows
-from harness.evals.mmlu import McItem, McScores, load_mmlu, write_mmlu
+from harness.data.files import stamp
+from harness.data.text import CORPUS, TextSourceError, read_documents, token_rows
+from harness.evals.mmlu import McItem, McScores, MmluError, load_with_shots, write_mmlu
 from harness.models.sources import expand_path
-from harness.records import INFORMATIONAL, Budget, Tolerance
+from harness.records import INFORMATIONAL, Budget, Layout, Tolerance
 
 if TYPE_CHECKING:
     import torch
 
     from harness.data.corpus import MarkovCorpus
+    from harness.models.zoo import ModelSpec
 
 CALIB_STREAM, EVAL_STREAM, MMLU_STREAM, MMLU_DEV_STREAM = 1, 2, 4, 5  # corpus streams, disjoint from training
 
@@ -68,13 +71,33 @@ def _mmlu_sets(params: QuantParams, corpus: MarkovCorpus, artifacts: Path) -> tu
             write_mmlu(root, params.mmlu_split, corpus.multiple_choice(params.mmlu_corpus_items, stream_seed=MMLU_STREAM))
             write_mmlu(root, "dev", corpus.multiple_choice(max(1, params.mmlu_shots), stream_seed=MMLU_DEV_STREAM))
         dist.barrier()
-    items = load_mmlu(root, params.mmlu_split, limit=params.mmlu_limit)
-    shots: dict[str, list[McItem]] = {}
-    if params.mmlu_shots:
-        for item in load_mmlu(root, "dev"):
-            shots.setdefault(item.subject, []).append(item)
-        shots = {subject: examples[: params.mmlu_shots] for subject, examples in shots.items()}
-    return items, shots
+    return load_with_shots(root, params.mmlu_split, params.mmlu_shots, params.mmlu_limit)
+
+
+@functools.cache
+def _data_problems(mmlu: str, split: str, shots: int, limit: int, texts: tuple[tuple[str, str], ...],
+                   stamps: tuple[object, ...]) -> tuple[tuple[str, str], ...]:
+    """Every problem of the data files a case reads, found before any worker starts (cached per
+    version of the files: ``stamps``)."""
+    problems: list[tuple[str, str]] = []
+    if mmlu not in ("none", CORPUS):
+        try:
+            load_with_shots(expand_path(mmlu), split, shots, limit)
+        except MmluError as err:
+            problems.extend(("mmlu", line) for line in str(err).splitlines())
+    for key, source in texts:
+        if source != CORPUS:
+            try:
+                read_documents(Path(expand_path(source)))
+            except TextSourceError as err:
+                problems.append((key, str(err)))
+    return tuple(problems)
+
+
+def _case_problems(layout: Layout, params: QuantParams, model: ModelSpec) -> list[tuple[str, str]]:
+    texts = (("eval_text", params.eval_text), ("calib_text", params.calib_text))
+    stamps = tuple(stamp(expand_path(source)) for source in (params.mmlu, params.eval_text, params.calib_text))
+    return list(_data_problems(params.mmlu, params.mmlu_split, params.mmlu_shots, params.mmlu_limit, texts, stamps))
 
 
 def _hf_logit_diff(path: str, model_logits: torch.Tensor, tokens: torch.Tensor) -> float:
@@ -152,7 +175,14 @@ def run(ctx: CheckContext) -> dict[str, float]:
             "base_mmlu_pct": 100 * base_mc.accuracy,
             "quant_mmlu_pct": 100 * quant_mc.accuracy,
             "mmlu_delta_pts": 100 * (quant_mc.accuracy - base_mc.accuracy),
+            "base_mmlu_macro_pct": 100 * base_mc.macro_accuracy,
+            "quant_mmlu_macro_pct": 100 * quant_mc.macro_accuracy,
+            "mmlu_macro_delta_pts": 100 * (quant_mc.macro_accuracy - base_mc.macro_accuracy),
         }
+        for subject in base_mc.by_subject:
+            base_pct, quant_pct = 100 * base_mc.subject_accuracy(subject), 100 * quant_mc.subject_accuracy(subject)
+            metrics |= {f"subject_base_pct@{subject}": base_pct, f"subject_quant_pct@{subject}": quant_pct,
+                        f"subject_delta_pts@{subject}": quant_pct - base_pct}
     other = PARITY.other(ctx.case.layout, params)
     if other is not None:
         with model_parallel(other, seed):
@@ -185,6 +215,12 @@ CHECK = Check(
         "base_mmlu_pct": MetricSpec("multiple-choice accuracy (%) of the unquantized model (chance: 25)", _POINTS),
         "quant_mmlu_pct": MetricSpec("multiple-choice accuracy (%) after quantization", _POINTS),
         "mmlu_delta_pts": MetricSpec("quantized minus base multiple-choice accuracy, in points", _POINTS),
+        "base_mmlu_macro_pct": MetricSpec("mean of the subjects' accuracies (%), unquantized (every subject weighs the same)", _POINTS),
+        "quant_mmlu_macro_pct": MetricSpec("mean of the subjects' accuracies (%) after quantization", _POINTS),
+        "mmlu_macro_delta_pts": MetricSpec("quantized minus base macro accuracy, in points", _POINTS),
+        "subject_base_pct@*": MetricSpec("one subject's multiple-choice accuracy (%), unquantized (@subject)", _POINTS),
+        "subject_quant_pct@*": MetricSpec("one subject's multiple-choice accuracy (%) after quantization (@subject)", _POINTS),
+        "subject_delta_pts@*": MetricSpec("one subject's quantized minus base accuracy, in points (@subject)", _POINTS),
         "hf_import_max_abs_logit_diff": MetricSpec("max |logits| difference, imported megatron model vs transformers",
                                                    Tolerance(abs=1e-3)),
         "parity_max_abs_logit_diff": MetricSpec("max |logits| difference, quantized here vs under parity_layout",
@@ -193,5 +229,6 @@ CHECK = Check(
                                                 Budget(min=-1.0, max=1.0)),  # amax / scales out of sync across TP ranks cost more
     },
     run=run,
+    case_problems=_case_problems,
     **PARITY.hooks(),
 )

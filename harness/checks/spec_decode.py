@@ -7,15 +7,19 @@ decoding over autoregressive decoding, as a median with a bootstrap confidence i
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import NonNegativeInt, PositiveInt
 
 from harness.checks.base import Check, CheckContext, MetricSpec, StrictModel
-from harness.data.text import CORPUS
-from harness.evals.mtbench import prompts
+from harness.data.files import stamp
+from harness.data.text import CORPUS, TextSourceError
+from harness.evals.mtbench import prompts, read_questions
+from harness.models.sources import expand_path
 from harness.models.subjects import HeadsName
 from harness.models.zoo import ZOO
 from harness.records import INFORMATIONAL, Budget, Direction, Layout, Tolerance
@@ -56,10 +60,27 @@ def _label(layout: Layout, params: SpecParams) -> str:
     return f"{layout.token}/{params.algorithm}-k{params.draft_steps}-t{params.train_steps}"
 
 
+def _prompt_problem(source: str) -> str | None:
+    return None if source == CORPUS else _questions_problem(source, stamp(expand_path(source)))
+
+
+@functools.cache
+def _questions_problem(source: str, version: tuple[object, ...]) -> str | None:
+    """What is wrong with an MT-Bench question file, before any worker starts (cached per ``version``)."""
+    try:
+        read_questions(Path(expand_path(source)))
+    except TextSourceError as err:
+        return str(err)
+    return None
+
+
 def _case_problems(layout: Layout, params: SpecParams, model: Any) -> list[tuple[str, str]]:
+    problems = []
     if layout.pp > 1:
-        return [("layout", "speculative decoding runs without pipeline parallelism (modelopt's Medusa supports PP only for export)")]
-    return []
+        problems.append(("layout", "speculative decoding runs without pipeline parallelism (modelopt's Medusa supports PP only for export)"))
+    if (prompt_problem := _prompt_problem(params.prompts)) is not None:
+        problems.append(("prompts", prompt_problem))
+    return problems
 
 
 def _cpu_blocker(params: dict[str, Any]) -> str | None:

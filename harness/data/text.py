@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from harness.data.corpus import MarkovCorpus
+from harness.data.files import read_utf8
 from harness.data.tokenizer import corpus_word
 from harness.evals.mmlu import Tokenizer
 from harness.models.sources import expand_path
@@ -30,7 +31,7 @@ def jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     object is reported as ``file:line``."""
     if not path.is_file():
         raise TextSourceError(f"{path}: no such file")
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, line in enumerate(read_utf8(path, TextSourceError).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -46,7 +47,7 @@ def read_documents(path: Path) -> list[str]:
     if not path.is_file():
         raise TextSourceError(f"{path}: no such file")
     if path.suffix != ".jsonl":
-        return [path.read_text(encoding="utf-8")]
+        return [read_utf8(path, TextSourceError)]
     documents = []
     for line_no, record in jsonl_objects(path):
         if not isinstance(record.get("text"), str):

@@ -10,12 +10,15 @@ with no header and the columns ``question, A, B, C, D, answer``. Few-shot exampl
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
+
+from harness.data.files import read_utf8
 
 if TYPE_CHECKING:
     import torch
@@ -41,12 +44,24 @@ class McItem:
 
 @dataclass(frozen=True)
 class McScores:
+    """Accuracy overall (micro: every question weighs the same) and per subject, as MMLU tools report it."""
+
     accuracy: float
     items: int
+    by_subject: dict[str, tuple[int, int]]  # subject -> (correct, questions)
 
     @property
     def stderr(self) -> float:
         return math.sqrt(self.accuracy * (1 - self.accuracy) / max(1, self.items - 1))
+
+    @property
+    def macro_accuracy(self) -> float:
+        """The mean of the subjects' accuracies: every subject weighs the same."""
+        return sum(c / n for c, n in self.by_subject.values()) / max(1, len(self.by_subject))
+
+    def subject_accuracy(self, subject: str) -> float:
+        correct, total = self.by_subject[subject]
+        return correct / total
 
 
 def _subject_files(root: Path, split: str) -> list[Path]:
@@ -75,15 +90,46 @@ def load_mmlu(root: str | os.PathLike[str], split: str = "test", subjects: Seque
 
 def _read_rows(path: Path, subject: str) -> list[McItem]:
     rows = []
-    with path.open(newline="", encoding="utf-8") as handle:
-        for line, row in enumerate(csv.reader(handle), start=1):
-            if len(row) != 6:
-                raise MmluError(f"{path}:{line}: expected 6 columns (question, A, B, C, D, answer), found {len(row)}")
-            answer = row[5].strip()
-            if answer not in LETTERS:
-                raise MmluError(f"{path}:{line}: answer {answer!r} is not one of {', '.join(LETTERS)}")
-            rows.append(McItem(subject, row[0], (row[1], row[2], row[3], row[4]), answer))
+    reader = csv.reader(io.StringIO(read_utf8(path, MmluError), newline=""))
+    line = 1  # the file line a record starts on (a quoted field may hold newlines)
+    for row in reader:
+        if not row:  # a blank line
+            line = reader.line_num + 1
+            continue
+        if len(row) != 6:
+            raise MmluError(f"{path}:{line}: expected 6 columns (question, A, B, C, D, answer), found {len(row)}")
+        answer = row[5].strip()
+        if answer not in LETTERS:
+            raise MmluError(f"{path}:{line}: answer {answer!r} is not one of {', '.join(LETTERS)}")
+        rows.append(McItem(subject, row[0], (row[1], row[2], row[3], row[4]), answer))
+        line = reader.line_num + 1
+    if not rows:
+        raise MmluError(f"{path}:1: no questions (an empty subject file would silently shrink the set)")
     return rows
+
+
+def load_with_shots(root: str | os.PathLike[str], split: str, shots: int, limit: int = 0) -> tuple[list[McItem], dict[str, list[McItem]]]:
+    """Questions of ``split`` and, with ``shots`` > 0, that many answered examples per subject from the
+    ``dev`` split. A subject whose dev split holds fewer is an error: silently using fewer shots
+    would score another setup than the case id names."""
+    items = load_mmlu(root, split, limit=limit)
+    if not shots:
+        return items, {}
+    subjects = sorted({item.subject for item in items})
+    dev = _subject_files(Path(root), "dev")
+    by_subject = {path.name.removesuffix("_dev.csv"): path for path in dev}
+    examples: dict[str, list[McItem]] = {}
+    problems = []
+    for subject in subjects:
+        if subject not in by_subject:
+            problems.append(f"{Path(root) / 'dev'}: no {subject}_dev.csv for the {shots}-shot prompts of {subject}")
+            continue
+        examples[subject] = _read_rows(by_subject[subject], subject)[:shots]
+        if len(examples[subject]) < shots:
+            problems.append(f"{by_subject[subject]}:1: {len(examples[subject])} dev question(s), mmlu_shots asks {shots}")
+    if problems:
+        raise MmluError("\n".join(problems))
+    return items, examples
 
 
 def write_mmlu(root: str | os.PathLike[str], split: str, items: Sequence[McItem]) -> None:
@@ -148,5 +194,9 @@ def score_mc(
             last = torch.tensor([len(ids) - 1 for ids in chunk], device=device())
             at_answer = logits[torch.arange(len(chunk), device=device()), last]
             picked.append(at_answer[:, letters].argmax(dim=-1))
-    correct = int((torch.cat(picked) == answers).sum()) if items else 0
-    return McScores(accuracy=correct / max(1, len(items)), items=len(items))
+    hits = (torch.cat(picked) == answers).tolist() if items else []
+    by_subject: dict[str, tuple[int, int]] = {}
+    for item, hit in zip(items, hits, strict=True):
+        correct, total = by_subject.get(item.subject, (0, 0))
+        by_subject[item.subject] = (correct + int(hit), total + 1)
+    return McScores(accuracy=sum(hits) / max(1, len(items)), items=len(items), by_subject=by_subject)

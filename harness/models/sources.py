@@ -21,6 +21,10 @@ _UNSUPPORTED_HF = ("attention_bias", "mlp_bias")
 _ARCHITECTURES = {"LlamaForCausalLM": False, "Qwen3ForCausalLM": True}
 
 
+# Files transformers' AutoTokenizer builds a tokenizer from (fast, sentencepiece, BPE, WordPiece).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
+
 class ModelSourceError(ValueError):
     """A declared model whose checkpoint exists but cannot be described as a megatron GPT."""
 
@@ -45,6 +49,9 @@ def hf_spec(name: str, path: str) -> ModelSpec:
     biased = [key for key in _UNSUPPORTED_HF if config.get(key)]
     if biased:
         raise ModelSourceError(f"{config_file}: {', '.join(biased)} set: biased projections are not supported")
+    if not any((root / name).is_file() for name in _TOKENIZER_FILES):
+        raise ModelSourceError(f"{root}: no tokenizer (none of {', '.join(_TOKENIZER_FILES)}): the cases score text through the "
+                               "checkpoint's own tokenizer; copy its tokenizer files next to config.json")
     heads = config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
     rope = config.get("rope_scaling") or config.get("rope_parameters") or {}

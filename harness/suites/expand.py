@@ -147,7 +147,7 @@ def installed_within(versions: dict[str, str]) -> bool:
 def expand_suite(suite: Suite, resources: Resources) -> list[Case]:
     names = list(suite.axes)
     cases: dict[str, Case] = {}
-    problems: list[str] = []
+    problems: list[str] = list(suite.problems)
     for platform in suite.spec.platforms:
         for indices in itertools.product(*(range(len(suite.axes[n])) for n in names)):
             chosen = {n: suite.axes[n][i] for n, i in zip(names, indices, strict=True)}

@@ -30,6 +30,7 @@ class Suite:
     lines: LineMap
     axes: dict[str, list[Any]]  # every matrix axis with its validated values, in declaration order
     models: dict[str, ModelSpec]  # the zoo and the suite's own ``models:``
+    problems: tuple[str, ...] = ()  # found while loading; reported with the expansion's own
 
     def canonical(self, axis: str, value: Any) -> Any:
         """A comparable form of an axis value (for exclude and overrides)."""
@@ -93,7 +94,7 @@ def _declared_models(spec: SuiteModel, lines: LineMap, problems: list[str]) -> d
 def _check_semantics(spec: SuiteModel, check: Check, lines: LineMap, models: dict[str, ModelSpec]) -> list[str]:
     problems: list[str] = []
     for i, model in enumerate(spec.matrix.model):
-        if model not in models:
+        if model not in models and model not in spec.models:  # a declared model that failed is already reported
             problems.append(lines.problem(("matrix", "model", i), f"unknown model {model!r}; known: {', '.join(models)}"))
     for i, opt in enumerate(spec.matrix.optimization):
         try:
@@ -129,44 +130,119 @@ def _check_semantics(spec: SuiteModel, check: Check, lines: LineMap, models: dic
     return problems
 
 
-def load_suite(path: str | Path) -> Suite:
+_REQUIRED = frozenset(name for name, info in SuiteModel.model_fields.items() if info.is_required())
+
+
+def _schema_problems(err: ValidationError, lines: LineMap) -> list[str]:
+    out = []
+    for e in err.errors():
+        if e["type"] == "extra_forbidden" and len(e["loc"]) == 1:
+            out.append(lines.problem(e["loc"], f"unknown key; a suite takes {', '.join(SuiteModel.model_fields)}"))
+        else:
+            out.append(lines.problem(e["loc"], e["msg"]))
+    return out
+
+
+def _validated(data: dict[str, Any], lines: LineMap, problems: list[str]) -> SuiteModel | None:
+    """The suite model; top-level keys that fail are reported and left out, so the rest is still
+    validated in the same run (None when a required key fails)."""
+    try:
+        return SuiteModel.model_validate(data)
+    except ValidationError as err:
+        problems.extend(_schema_problems(err, lines))
+        bad = {e["loc"][0] for e in err.errors() if e["loc"]}
+        if not bad or bad & _REQUIRED:
+            return None
+    try:
+        return SuiteModel.model_validate({key: value for key, value in data.items() if key not in bad})
+    except ValidationError:
+        return None
+
+
+def _known_optimization(name: str) -> bool:
+    try:
+        get_optimization(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _runnable(spec: SuiteModel, check: Check, models: dict[str, ModelSpec]) -> SuiteModel:
+    """The suite without the pieces semantic validation rejected (already reported), so its matrix
+    can still be expanded and its layouts judged in the same run."""
+    fields = check.params.model_fields
+
+    def entry_ok(entries: dict[str, Any]) -> bool:
+        found: list[str] = []
+        _validate_values(spec.check, LineMap("", {}), entries, (), found)
+        return not found
+
+    def value_ok(axis: str, value: Any) -> bool:
+        found: list[str] = []
+        _validate_value(spec.check, LineMap("", {}), axis, value, (), found)
+        return not found
+
+    extra = {axis: [v for v in values if value_ok(axis, v)] for axis, values in (spec.matrix.model_extra or {}).items()
+             if axis in fields and isinstance(values, list)}
+    matrix = {"model": [m for m in spec.matrix.model if m in models], "layout": spec.matrix.layout,
+              "optimization": [o for o in spec.matrix.optimization if _known_optimization(o)], **extra}
+    return spec.model_copy(update={
+        "matrix": spec.matrix.model_construct(**matrix),
+        "params": {k: v for k, v in spec.params.items() if k in fields and k not in extra},
+        "exclude": [e for e in spec.exclude if entry_ok(e)],
+        "overrides": [o for o in spec.overrides if entry_ok(o.when)],
+        "known_defects": [k for k in spec.known_defects if entry_ok(k.when)],
+    })
+
+
+def read_suite(path: str | Path) -> Suite:
+    """The suite with every problem found: raises SuiteError only when nothing can be expanded (no
+    YAML, no valid required keys, an unknown check); otherwise the problems ride along in
+    ``Suite.problems`` and the expansion step adds its own (impossible layouts) to them."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as err:
         raise SuiteError([f"{path}:1: <file>: cannot read: {err.strerror}"]) from None
-    data, lines = load_yaml_with_lines(text, str(path))
+    data, lines, problems = load_yaml_with_lines(text, str(path))
     if not isinstance(data, dict):
-        raise SuiteError([lines.problem((), "a suite is a mapping with keys suite, check, matrix, ...")])
-    try:
-        spec = SuiteModel.model_validate(data)
-    except ValidationError as err:
-        raise SuiteError(_errors(err, lines)) from None
+        raise SuiteError([*problems, lines.problem((), "a suite is a mapping with keys suite, check, matrix, ...")])
+    spec = _validated(data, lines, problems)
+    if spec is None:
+        raise SuiteError(problems)
     try:
         check = get_check(spec.check)
     except KeyError as err:
-        raise SuiteError([lines.problem(("check",), str(err.args[0]))]) from None
-    problems: list[str] = []
+        raise SuiteError([*problems, lines.problem(("check",), str(err.args[0]))]) from None
     models = _declared_models(spec, lines, problems)
-    problems += _check_semantics(spec, check, lines, models)
-    if problems:
-        raise SuiteError(problems)
+    semantic = _check_semantics(spec, check, lines, models)
+    runnable = _runnable(spec, check, models) if semantic else spec
     axes: dict[str, list[Any]] = {
-        "model": list(spec.matrix.model),
-        "layout": list(spec.matrix.layout),
-        "optimization": list(spec.matrix.optimization),
-        **(spec.matrix.model_extra or {}),
+        "model": list(runnable.matrix.model),
+        "layout": list(runnable.matrix.layout),
+        "optimization": list(runnable.matrix.optimization),
+        **(runnable.matrix.model_extra or {}),
     }
-    return Suite(str(path), spec, check, lines, axes, models)
+    return Suite(str(path), runnable, check, lines, axes, models, tuple(problems + semantic))
+
+
+def load_suite(path: str | Path) -> Suite:
+    """A suite with no problem at the loading stage, or SuiteError with every one of them."""
+    suite = read_suite(path)
+    if suite.problems:
+        raise SuiteError(list(suite.problems))
+    return suite
 
 
 def load_suites(paths: list[str | Path]) -> list[Suite]:
-    """Load every file; all problems of all files are reported together."""
+    """Load every file. Problems that stop a file from being expanded are raised here, for all files
+    together; the others travel in ``Suite.problems`` to the expansion step, which reports them with
+    its own, so one run says everything."""
     suites: list[Suite] = []
     problems: list[str] = []
     for path in paths:
         try:
-            suites.append(load_suite(path))
+            suites.append(read_suite(path))
         except SuiteError as err:
             problems.extend(err.problems)
     names: dict[str, str] = {}
@@ -175,5 +251,5 @@ def load_suites(paths: list[str | Path]) -> list[Suite]:
             problems.append(suite.lines.problem(("suite",), f"suite name {suite.spec.suite!r} is also used by {names[suite.spec.suite]}"))
         names[suite.spec.suite] = suite.path
     if problems:
-        raise SuiteError(problems)
+        raise SuiteError([*problems, *(line for suite in suites for line in suite.problems)])
     return suites

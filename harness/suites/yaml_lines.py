@@ -45,7 +45,8 @@ class LineMap:
         return f"{self.filename}:{self.line(path)}: {dotted(path)}: {message}"
 
 
-def load_yaml_with_lines(text: str, filename: str) -> tuple[Any, LineMap]:
+def load_yaml_with_lines(text: str, filename: str) -> tuple[Any, LineMap, list[str]]:
+    """Data, where each piece came from, and duplicate keys (the last value wins, so validation goes on)."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as err:
@@ -73,6 +74,4 @@ def load_yaml_with_lines(text: str, filename: str) -> tuple[Any, LineMap]:
         return constructor.construct_object(node)
 
     data = build(root, ()) if root is not None else None
-    if problems:
-        raise SuiteError(problems)
-    return data, LineMap(filename, lines)
+    return data, LineMap(filename, lines), problems
