@@ -19,6 +19,8 @@ class Scheduled:
 def skip_reason(case: Case, resources: Resources) -> str | None:
     if case.platform == "gpu" and resources.gpus == 0:
         return "GPU case: no CUDA device on this machine (torch.cuda.device_count() == 0)"
+    if case.platform == "gpu" and case.world_size > resources.gpus:
+        return f"needs {case.world_size} GPUs, this machine has {resources.gpus}"
     if case.spec.unavailable:
         return f"model {case.model}: {case.spec.unavailable}"
     if case.platform != "cpu":

@@ -102,6 +102,18 @@ def test_gpu_cases_without_gpus_are_not_rejected(write_suite) -> None:  # noqa: 
     assert len(expand(load_suites([path]), TWO_RANKS)) == 6
 
 
+def test_a_one_gpu_machine_skips_the_cases_that_need_more_gpus(write_suite) -> None:  # noqa: ANN001
+    from harness.schedule import schedule
+
+    one_gpu = Resources(cpu_ranks=2, gpus=1, gpu_name="NVIDIA H100 80GB HBM3")
+    path = write_suite("platforms: [gpu]\n" + GOOD)
+    plan = schedule(expand(load_suites([path]), one_gpu), one_gpu)  # every suite has tp2 layouts: not a suite error
+    skips = {item.case.id: item.skip for item in plan}
+    assert skips["demo/tiny-gpt/tp1pp1/none"] is None
+    assert skips["demo/tiny-gpt/tp2pp1/none"] == "needs 2 GPUs, this machine has 1"
+    assert skips["demo/tiny-gpt/tp2pp1->tp1pp1/int4_awq"] == "needs 2 GPUs, this machine has 1"
+
+
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [

@@ -201,6 +201,9 @@ class LocalLauncher:
         key = (case.platform, case.world_size)
         try:
             if key not in self.pools:
+                if case.platform == "gpu":  # GPU pools share devices 0..N-1: one pool on them at a time
+                    for other in [k for k in self.pools if k[0] == "gpu"]:
+                        self.pools.pop(other).close()
                 self._serial += 1
                 log_dir = self.artifacts_root / "_workers" / f"{case.platform}-w{case.world_size}-{self._serial}"
                 self.pools[key] = WorkerPool(case.world_size, case.platform, log_dir)

@@ -70,8 +70,13 @@ def run_task(task: Task, rank: int) -> RankReply:
         return RankReply(rank, None, traceback.format_exc(), time.perf_counter() - start)
     finally:
         # Models hold their process groups in reference cycles (modelopt quantizers, megatron
-        # modules); a gloo group's threads only stop once its last reference is collected.
+        # modules); a gloo group's threads only stop once its last reference is collected. On a GPU
+        # the same cycles hold device memory: the next case (or pool) must start with it freed.
         gc.collect()
+        if task.case.platform == "gpu":
+            import torch
+
+            torch.cuda.empty_cache()
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from harness.runtime.forward import positions
+from harness.runtime.forward import device, positions
 
 LOSS_NAMES = ("kd_loss", "logits_loss", "intermediate_loss", "lm_loss")
 
@@ -118,7 +118,7 @@ def kd_step(model: torch.nn.Module, tokens: torch.Tensor, labels: torch.Tensor, 
             model, seq_length=seq, micro_batch_size=batch, decoder_seq_length=seq
         ),
     )
-    values = store[0]["losses"] if ps.is_pipeline_last_stage() else torch.empty(len(LOSS_NAMES), dtype=torch.float64)
+    values = store[0]["losses"] if ps.is_pipeline_last_stage() else torch.empty(len(LOSS_NAMES), dtype=torch.float64, device=device())
     if ps.get_pipeline_model_parallel_world_size() > 1:
         dist.broadcast(values, src=ps.get_pipeline_model_parallel_last_rank(), group=ps.get_pipeline_model_parallel_group())
     return dict(zip(LOSS_NAMES, values.tolist(), strict=True))

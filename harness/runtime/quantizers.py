@@ -34,8 +34,9 @@ def quantizer_census(model: torch.nn.Module) -> QuantizerCensus:
             sum(q.is_enabled and name.endswith(KV_QUANTIZER_SUFFIXES) for name, q in quantizers),
         ],
         dtype=torch.int64,
+        device=device(),
     )
     counted = ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0
-    counts = (counts if counted else torch.zeros_like(counts)).to(device())
+    counts = counts if counted else torch.zeros_like(counts)
     dist.all_reduce(counts)
     return QuantizerCensus(*(int(c) for c in counts.tolist()))
