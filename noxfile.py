@@ -7,8 +7,13 @@ PyTorch container and reuses the image's torch (``--system-site-packages``), nev
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import nox
 from packaging.version import Version
+
+sys.path.insert(0, str(Path(__file__).parent))  # harness.constraints, before any session installs it
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
@@ -39,21 +44,52 @@ def cpu_suite(session: nox.Session) -> None:
 _GPU_PROBE = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
 
 
-@nox.session(venv_params=["--system-site-packages"])
-def gpu_suite(session: nox.Session) -> None:
-    """All GPU cases, with the container's own torch. Without a GPU (or without a preinstalled torch)
-    it says so and fails before installing anything; add `-- --allow-no-gpu` to skip instead."""
+def require_gpu(session: nox.Session) -> None:
+    """Stop before installing anything where there is no GPU (or no preinstalled torch); with
+    `-- --allow-no-gpu` the session skips instead of failing."""
     try:
         gpus = int(str(session.run("python", "-c", _GPU_PROBE, silent=True)).strip().splitlines()[-1])
     except (nox.command.CommandFailed, ValueError):
         gpus = 0
     if gpus == 0:
-        reason = "no GPU here (or no preinstalled torch): gpu_suite runs inside an NGC PyTorch container on a GPU machine"
+        reason = f"no GPU here (or no preinstalled torch): {session.name} runs inside an NGC PyTorch container on a GPU machine"
         if "--allow-no-gpu" in session.posargs:
             session.skip(reason)
         session.error(reason)
-    session.install("-e", ".")
+
+
+@nox.session(venv_params=["--system-site-packages"])
+def gpu_suite(session: nox.Session) -> None:
+    """All GPU cases, with the container's own torch."""
+    require_gpu(session)
+    install_in_image(session)
     session.run("harness", "run", "--platform", "gpu", *session.posargs)
+
+
+GPU_SMOKE_DIR = "artifacts/gpu_smoke"
+
+
+@nox.session(venv_params=["--system-site-packages"])
+def gpu_smoke(session: nox.Session) -> None:
+    """The single command of a short GPU session: one representative GPU case of every check
+    (harness/smoke.py), baselines recorded for this GPU's environment (baselines/gpu-<model>/), then
+    the report (Markdown + HTML) and JUnit XML under artifacts/gpu_smoke/. Commit the baselines."""
+    from harness.smoke import smoke_expression
+
+    require_gpu(session)
+    install_in_image(session)
+    run_then_report(session, GPU_SMOKE_DIR, f"{GPU_SMOKE_DIR}/run", f"{GPU_SMOKE_DIR}/junit.xml",
+                    "--platform", "gpu", "-k", smoke_expression(), "--update-baselines")
+
+
+def install_in_image(session: nox.Session) -> None:
+    """The harness over the image's own packages, after checking the image's pip constraints allow it."""
+    from harness.constraints import constraint_conflicts
+
+    problems = constraint_conflicts(Path("pyproject.toml"))
+    if problems:
+        session.error("the image's pip constraints (PIP_CONSTRAINT) exclude what the harness needs:\n" + "\n".join(problems))
+    session.install("-e", ".")
 
 
 NIGHTLY = "artifacts/nightly"
@@ -97,7 +133,7 @@ def nightly(session: nox.Session) -> None:
         session.run("python", "-c", "import torch", silent=True)  # an NGC container's own build: keep it
     except nox.command.CommandFailed:
         session.install(CPU_TORCH)
-    session.install("-e", ".")
+    install_in_image(session)
     run_then_report(session, NIGHTLY, f"{NIGHTLY}/run", f"{NIGHTLY}/junit.xml")
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from harness.atomic import write_json_atomic
 from harness.models.subjects import manifest
-from harness.records import Case, CaseOutcome, CaseResult, Direction, MetricResult, Tolerance, Verdict, metric_family
+from harness.records import INFORMATIONAL, Case, CaseOutcome, CaseResult, Direction, MetricResult, Tolerance, Verdict, metric_family
 
 FORMAT = 1
 
@@ -144,7 +144,9 @@ def compare(outcome: CaseOutcome, store: BaselineStore, update: bool, provenance
         elif update:
             verdict = Verdict.PASS if baseline == measured else Verdict.UPDATED
         elif baseline is None:
-            verdict = Verdict.NO_BASELINE if budget is None else Verdict.PASS  # an invariant is judged by its budget alone
+            # An invariant is judged by its budget alone; an informational metric (a timing, memory) is
+            # never judged against a baseline, so lacking one is no verdict either.
+            verdict = Verdict.PASS if budget is not None or tolerance == INFORMATIONAL else Verdict.NO_BASELINE
         else:
             verdict = Verdict.PASS if within(measured, baseline, tolerance) else Verdict.FAIL
         results.append(MetricResult(name, measured, baseline, tolerance, verdict, budget))

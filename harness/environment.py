@@ -38,11 +38,26 @@ THREADS_PER_WORLD = 2
 X86_PINS: tuple[Pin, ...] = (
     Pin("ATEN_CPU_CAPABILITY", PINNED_ISA,
         "ATen's vectorised kernels (softmax, norms, reductions, elementwise, RNG fills) take the AVX2 path, not AVX-512 where the host has it"),
-    Pin("MKL_CBWR", "AVX2", "MKL conditional numerical reproducibility: GEMMs run the AVX2 code path, bit-identical on every AVX2 CPU"),
+    # AVX2 was pinned first: MKL honours it on Intel only and falls back to its AUTO branch elsewhere
+    # (MKL_VERBOSE prints "CNR:AUTO" on an AMD EPYC), so an INT8 reshard measured 4.8e-7 there against
+    # 7.8e-3 on a pinned Xeon. COMPATIBLE is the branch MKL documents as identical on Intel and others.
+    Pin("MKL_CBWR", "COMPATIBLE", "MKL conditional numerical reproducibility: GEMMs run MKL's vendor-neutral code path, bit-identical "
+        "on Intel and AMD CPUs (the AVX2 branch is honoured on Intel only)"),
     Pin("ONEDNN_MAX_CPU_ISA", "AVX2", "oneDNN kernels (mkldnn matmul, bf16 paths) no wider than AVX2: no AVX-512 or AMX kernels"),
     Pin("MKL_DYNAMIC", "FALSE", "MKL may not lower its thread count at run time under load (that would change the reduction split)"),
     Pin("OMP_DYNAMIC", "FALSE", "nor may OpenMP"),
 )
+
+
+# GPU ranks: full fp32 matmuls. NGC PyTorch images turn TF32 on for cuBLAS whatever torch's flags say
+# (TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 in the image), and TF32 keeps 10 mantissa bits: fp32 budgets such
+# as KD parity's 1e-5 cannot hold under it. The policy is "off" everywhere; bf16 cases are the
+# low-precision coverage, and the pins are in every GPU baseline's provenance.
+GPU_PINS: tuple[Pin, ...] = (
+    Pin("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "0", "NGC images set it to 1, forcing TF32 cuBLAS matmuls over torch's allow_tf32=False"),
+    Pin("NVIDIA_TF32_OVERRIDE", "0", "no library (cuBLAS, cuDNN) may use TF32 for fp32 math"),
+)
+TF32_POLICY = "off"
 
 
 def threads_per_rank(world_size: int) -> int:
@@ -119,4 +134,5 @@ def numerics_provenance(gpu_name: str | None) -> dict[str, object]:
         "cpu_isa_flags": [f for f in ISA_FLAGS if f in flags],
         "cpu_pins": {pin.variable: pin.value for pin in X86_PINS if can_pin(flags)},
         "cpu_threads_per_rank": {str(world): threads_per_rank(world) for world in (1, 2, 4, 8)},
+        **({"gpu_pins": {pin.variable: pin.value for pin in GPU_PINS}, "gpu_tf32": TF32_POLICY} if gpu_name else {}),
     }

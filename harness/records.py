@@ -21,6 +21,11 @@ def metric_family(name: str) -> str:
     return f"{name.partition('@')[0]}@*" if "@" in name else name
 
 
+# Measured by the worker around every case (harness.launchers.worker), per rank; a case keeps its largest rank's.
+PEAK_MEMORY = "peak_memory_mib"
+DEVICE_MEMORY = "device_memory_used_mib"
+
+
 @dataclass(frozen=True, order=True)
 class Layout:
     tp: int = 1

@@ -59,7 +59,7 @@ def test_a_selection_that_matches_nothing_exits_non_zero(args: list[str], capsys
 def test_listed_ids_paste_into_k(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list", CKPT, "--platform", "cpu"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if "world=" in line]
-    assert len(listed) == 18
+    assert len(listed) == 26  # 18 fp32 + 8 bf16
     for key in (listed[0], listed[-1]):
         assert main(["list", CKPT, "-k", key]) == 0
         (line,) = [ln for ln in capsys.readouterr().out.splitlines() if "world=" in ln]

@@ -4,7 +4,11 @@ workers, baselines keyed by environment, and runs in an environment without base
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +16,7 @@ import pytest
 
 from harness.baselines import BaselineStore, compare
 from harness.cli import EXIT_FAILED, EXIT_USAGE, main
-from harness.environment import THREADS_PER_WORLD, cpu_environment, environment, gpu_environment
+from harness.environment import THREADS_PER_WORLD, can_pin, cpu_environment, cpu_model, environment, gpu_environment
 from harness.launchers.common import rank_environment
 from harness.models.subjects import Manifest, SubjectError, manifest, subjects_root
 from harness.models.zoo import ZOO
@@ -71,8 +75,19 @@ def test_cpu_ranks_run_pinned_numerics_whatever_the_host(monkeypatch: pytest.Mon
     for world in (1, 2):
         variables = rank_environment("cpu", world)
         assert variables["OMP_NUM_THREADS"] == variables["MKL_NUM_THREADS"] == str(max(1, THREADS_PER_WORLD // world))
-        assert variables["ATEN_CPU_CAPABILITY"] == "avx2" and variables["MKL_CBWR"] == "AVX2"
+        assert variables["ATEN_CPU_CAPABILITY"] == "avx2" and variables["MKL_CBWR"] == "COMPATIBLE"
         assert variables["ONEDNN_MAX_CPU_ISA"] == "AVX2" and variables["CUDA_VISIBLE_DEVICES"] == ""
+
+
+@pytest.mark.skipif(not can_pin(), reason="the x86 pins apply on x86-64 hosts with AVX2 only")
+def test_mkl_runs_the_pinned_branch_on_this_cpu_vendor() -> None:
+    """MKL honours some CBWR branches on Intel CPUs only (AVX2 became AUTO on an AMD EPYC): the pinned
+    one must be the one MKL reports running, whatever the vendor."""
+    env = {**os.environ, **rank_environment("cpu", 1), "MKL_VERBOSE": "1"}
+    code = "import torch; torch.ones(64, 64) @ torch.ones(64, 64)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    modes = set(re.findall(r"CNR:(\w+)", out))
+    assert modes == {env["MKL_CBWR"]}, f"MKL ran CNR modes {modes}, the pin asks {env['MKL_CBWR']} ({cpu_model()})"
 
 
 def test_environments_name_the_platform_and_the_gpu_model() -> None:
@@ -128,6 +143,8 @@ def test_workers_compute_pinned_and_results_say_on_what(write_suite, tmp_path: P
     assert captured.err.count(f"no baselines for environment {CPU_ENV}") == 1
     results = json.loads((artifacts / "results.json").read_text())
     measured = {c["id"]: {m["name"]: m["measured"] for m in c["metrics"]} for c in results["cases"]}
+    # every case also reports its largest rank's peak resident memory (a worker process: hundreds of MiB)
+    assert all(100 < case.pop("peak_memory_mib") < 8192 for case in measured.values())
     assert measured == {"numerics/tiny-gpt/tp1pp1/none": {"threads": 2.0, "avx2_kernels": 1.0},
                         "numerics/tiny-gpt/tp2pp1/none": {"threads": 1.0, "avx2_kernels": 1.0}}
     assert {c["verdict"] for c in results["cases"]} == {"no-baseline"}

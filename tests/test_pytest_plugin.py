@@ -26,8 +26,9 @@ def test_marker_selection(project: pytest.Pytester) -> None:
     ids = collected(result)
     assert ids and all("tp2" in i for i in ids)
     by_suite = {suite: sum(i.startswith(f"suites/{suite}.yaml::") for i in ids) for suite in ("ckpt", "ckpt_layernorm")}
-    # ckpt: tp2pp1, tp2pp1->tp1pp1, tp1pp1->tp2pp1 for each of three optimizations; ckpt_layernorm: tp2pp1 x four
-    assert by_suite == {"ckpt": 9, "ckpt_layernorm": 4} and len(ids) == 13
+    # ckpt: tp2pp1, tp2pp1->tp1pp1, tp1pp1->tp2pp1 for each of three optimizations in fp32 and two in bf16;
+    # ckpt_layernorm: tp2pp1 x four (fp32 only)
+    assert by_suite == {"ckpt": 15, "ckpt_layernorm": 4} and len(ids) == 19
     result = project.runpytest_subprocess("--collect-only", "-q", "-m", "ckpt and pp2 and int4_awq and cpu", "-p", "no:cacheprovider")
     assert sorted(collected(result)) == [
         "suites/ckpt.yaml::ckpt/tiny-gpt/tp1pp2->tp1pp1/int4_awq[cpu]",

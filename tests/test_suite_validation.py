@@ -61,7 +61,7 @@ def test_every_problem_of_a_suite_in_one_run(write_suite) -> None:  # noqa: ANN0
         "4: timeout_s: duplicate key",
         "5: tolerence: unknown key; a suite takes suite, check, description, markers, platforms, slow, timeout_s, seed, params, models, "
         "matrix, exclude, tolerances, budgets, overrides, known_defects",
-        "14: overrides[0].when.optimisation: unknown key; axes are model, layout, optimization or params of ckpt_roundtrip",
+        "14: overrides[0].when.optimisation: unknown key; axes are model, layout, optimization, dtype or params of ckpt_roundtrip",
         "10: matrix.layout[1]: num_layers 4 of model tiny-gpt is not divisible by pp=3",
     ]
 

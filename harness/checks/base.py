@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, PositiveInt
 
-from harness.records import Budget, Case, Layout, Tolerance
+from harness.records import DEVICE_MEMORY, INFORMATIONAL, PEAK_MEMORY, Budget, Case, Layout, Tolerance
 
 if TYPE_CHECKING:
     from harness.models.zoo import ModelSpec
@@ -41,6 +41,15 @@ class MetricSpec:
     description: str
     tolerance: Tolerance
     budget: Budget | None = None
+
+
+# Memory varies with the allocator and the machine: recorded for trends, bounded only by a suite's
+# budget (a real-model suite states what must fit on its GPUs).
+WORKER_METRICS = {
+    PEAK_MEMORY: MetricSpec("peak memory of the case's largest rank (MiB): CUDA allocator peak on GPU, resident set on CPU",
+                                  INFORMATIONAL),
+    DEVICE_MEMORY: MetricSpec("GPU memory in use at the case's end, as NVML reports it (MiB; GPU only)", INFORMATIONAL),
+}
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,10 @@ class Check:
     # Shipped subjects a case loads besides its own model (a KD teacher, trained draft heads), from its
     # params and model name: their hashes go into the provenance of the baselines it records.
     subjects: Callable[[dict[str, Any], str], list[str]] = lambda params, model: []
+
+    def __post_init__(self) -> None:
+        # Every check's cases also report what the worker measures around them (harness.launchers.worker).
+        object.__setattr__(self, "metrics", {**self.metrics, **WORKER_METRICS})
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ TP1, so every layout starts from the same weights) and its teacher into modelopt
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt
@@ -82,7 +83,8 @@ def label(layout: Layout, params: KdParams) -> str:
 
 
 def teacher_of(ctx: CheckContext) -> ModelSpec:
-    return ZOO[ctx.params.teacher]
+    """The teacher in the student's dtype and layer spec, as Megatron distils (one precision per run)."""
+    return replace(ZOO[ctx.params.teacher], dtype=ctx.model.dtype, layers=ctx.model.layers)
 
 
 def subjects(params: dict[str, Any], model: str) -> list[str]:

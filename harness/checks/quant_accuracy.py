@@ -49,6 +49,9 @@ class QuantParams(StrictModel):
     mmlu_split: str = "test"
     mmlu_shots: NonNegativeInt = 0  # few-shot examples per prompt, from the dev split
     mmlu_limit: NonNegativeInt = 0  # questions per subject (0: all)
+    # prompts per forward: each holds full-vocabulary fp32 logits at every position (5-shot MMLU at a
+    # 128k vocabulary: ~0.5 GB per prompt)
+    mmlu_batch_size: PositiveInt = 16
     mmlu_corpus_items: PositiveInt = 400
     # For Hugging Face models: also run transformers on the checkpoint and compare logits with the
     # imported megatron model (the importer's correctness; costs a second copy of the weights).
@@ -117,7 +120,7 @@ def run(ctx: CheckContext) -> dict[str, float]:
     from harness.evals.mmlu import score_mc
     from harness.optimizations import get_optimization
     from harness.runtime.distributed import model_parallel
-    from harness.runtime.forward import device, forward_logits
+    from harness.runtime.forward import device, forward_logits, release_memory
     from harness.runtime.quantizers import quantizer_census
     from harness.runtime.subject import build_model, tokenizer_for
     from harness.runtime.train import corpus_of
@@ -141,7 +144,8 @@ def run(ctx: CheckContext) -> dict[str, float]:
             forward_logits(model, batch, spec.vocab_size)
 
     def mc(model: torch.nn.Module) -> McScores | None:
-        return None if mmlu is None else score_mc(model, tokenizer, mmlu[0], spec.vocab_size, shots=mmlu[1], max_len=spec.max_seq_len)
+        return None if mmlu is None else score_mc(model, tokenizer, mmlu[0], spec.vocab_size, shots=mmlu[1], max_len=spec.max_seq_len,
+                                                 batch_size=params.mmlu_batch_size)
 
     metrics: dict[str, float] = {}
     with model_parallel(ctx.case.layout, seed):
@@ -156,6 +160,7 @@ def run(ctx: CheckContext) -> dict[str, float]:
         probe_logits = forward_logits(model, probe, spec.vocab_size)
         census = quantizer_census(model)
         del model
+        release_memory()  # before the parity twin is built: an 8B model and its twin would not fit together
     metrics |= {
         "base_accuracy_pct": 100 * base.accuracy,
         "quant_accuracy_pct": 100 * quant.accuracy,

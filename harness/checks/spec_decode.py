@@ -99,14 +99,13 @@ def _timed(fn: Callable[[], None]) -> float:
 
 
 def run(ctx: CheckContext) -> dict[str, float]:
-    import modelopt.torch.speculative as mtsp
     import torch
 
     from harness.evals.timing import median_ci
     from harness.runtime.distributed import model_parallel
     from harness.runtime.forward import device
-    from harness.runtime.speculative import greedy, load_heads, measure_acceptance, speculative, train_heads
-    from harness.runtime.subject import build_model, tokenizer_for
+    from harness.runtime.speculative import greedy, load_heads, measure_acceptance, speculative, train_heads, with_drafts
+    from harness.runtime.subject import tokenizer_for
     from harness.runtime.train import corpus_of
 
     params: SpecParams = ctx.params
@@ -114,8 +113,7 @@ def run(ctx: CheckContext) -> dict[str, float]:
     corpus, tokenizer = corpus_of(ctx.model), tokenizer_for(ctx.model)
     recipe = HeadRecipe(steps=params.train_steps)
     with model_parallel(ctx.case.layout, ctx.case.seed):
-        model = mtsp.convert(build_model(ctx.model, seed=ctx.case.seed), algorithm.modes(steps))
-        algorithm.prepare(model)
+        model = with_drafts(ctx.model, algorithm, steps, ctx.case.seed)
         shipped = heads_subject(ctx.model.name, params)
         if shipped is not None:
             load_heads(model, shipped, recipe)

@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from harness.launchers.common import artifact_dir_name, fresh_artifacts, tail
-from harness.launchers.protocol import BATCH_FILE, Batch, RankReply, Task, reply_file, started_marker
+from harness.launchers.common import artifact_dir_name, fresh_artifacts, startup_timeout_s, tail
+from harness.launchers.protocol import BATCH_FILE, Batch, RankReply, Task, merged_metrics, reply_file, started_marker
 from harness.records import Case, CaseOutcome
 
 POLL_S = 0.5
-STARTUP_TIMEOUT_S = 600.0  # a running job's ranks must start their first case by then (imports, rendezvous)
 ERROR_GRACE_S = 10.0  # after one rank's error, how long the others get to report theirs
 EXIT_GRACE_S = 60.0  # after a job's last case, how long it gets to exit by itself
 
@@ -123,7 +122,7 @@ class BatchLauncher:
             if len(replies) == world and not errors:
                 running.done += 1
                 running.ready_since = time.monotonic()
-                return next(r.metrics for r in sorted(replies, key=lambda r: r.rank) if r.metrics is not None)
+                return merged_metrics(replies)
             if errors:
                 first_error_at = first_error_at or time.monotonic()
                 if len(replies) == world or time.monotonic() > first_error_at + ERROR_GRACE_S:
@@ -138,8 +137,8 @@ class BatchLauncher:
                 return self._end(f"timed out after {case.timeout_s:g} s; job cancelled")
             if state.phase == "pending":
                 running.ready_since = time.monotonic()  # queue time does not count
-            elif not started and time.monotonic() > running.ready_since + STARTUP_TIMEOUT_S:
-                return self._end(f"the job's ranks did not start {case.id} within {STARTUP_TIMEOUT_S:.0f} s")
+            elif not started and time.monotonic() > running.ready_since + startup_timeout_s(case.platform):
+                return self._end(f"the job's ranks did not start {case.id} within {startup_timeout_s(case.platform):.0f} s")
             time.sleep(POLL_S)
 
     def _finish(self) -> None:

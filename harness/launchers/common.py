@@ -7,7 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
-from harness.environment import cpu_pins
+from harness.environment import GPU_PINS, cpu_pins
 from harness.records import Case
 
 LOG_TAIL_LINES = 25
@@ -32,6 +32,12 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
         return "(no log)"
 
 
+def startup_timeout_s(platform: str) -> float:
+    """How long ranks may take to be ready for their first case: imports and rendezvous; on GPUs also
+    compiling modelopt's CUDA extensions the first time in a container (harness.runtime.cuda_extensions)."""
+    return 1800.0 if platform == "gpu" else 600.0
+
+
 def rank_environment(platform: str, world_size: int) -> dict[str, str]:
     """Variables every rank needs beyond its coordinates, whichever launcher starts it. CPU ranks run
     under the pinned numerics (harness.environment); they win over the caller's own variables."""
@@ -39,7 +45,7 @@ def rank_environment(platform: str, world_size: int) -> dict[str, str]:
         # A CPU case on a GPU machine must not see the GPUs (the CPU adaptations refuse CUDA).
         numerics = {pin.variable: pin.value for pin in cpu_pins(world_size)} | {"CUDA_VISIBLE_DEVICES": ""}
     else:
-        numerics = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // world_size))}
+        numerics = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // world_size))} | {pin.variable: pin.value for pin in GPU_PINS}
     return {"HARNESS_PLATFORM": platform, "PYTHONUNBUFFERED": "1", **numerics}
 
 

@@ -18,11 +18,10 @@ import time
 from multiprocessing.connection import Connection, Listener, wait
 from pathlib import Path
 
-from harness.launchers.common import checkout_pythonpath, fresh_artifacts, rank_environment, tail
-from harness.launchers.protocol import RankReply, Task
+from harness.launchers.common import checkout_pythonpath, fresh_artifacts, rank_environment, startup_timeout_s, tail
+from harness.launchers.protocol import RankReply, Task, merged_metrics
 from harness.records import Case, CaseOutcome
 
-STARTUP_TIMEOUT_S = 300.0
 ERROR_GRACE_S = 10.0
 EXIT_GRACE_S = 5.0
 
@@ -90,13 +89,14 @@ class WorkerPool:
                 )
             )
             log.close()
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        startup_s = startup_timeout_s(self.platform)
+        deadline = time.monotonic() + startup_s
         try:
             while acceptor.is_alive():
                 acceptor.join(0.2)
                 self._raise_if_dead("while starting")
                 if time.monotonic() > deadline:
-                    raise PoolBroken(self._explain(f"workers did not connect within {STARTUP_TIMEOUT_S:.0f} s"))
+                    raise PoolBroken(self._explain(f"workers did not connect within {startup_s:.0f} s"))
             for conn in accepted:
                 _, rank = conn.recv()
                 self.conns[rank] = conn
@@ -104,7 +104,7 @@ class WorkerPool:
             while pending:
                 ready = wait([self.conns[r] for r in pending], timeout=max(0.0, deadline - time.monotonic()))
                 if not ready:
-                    raise PoolBroken(self._explain(f"workers were not ready within {STARTUP_TIMEOUT_S:.0f} s"))
+                    raise PoolBroken(self._explain(f"workers were not ready within {startup_s:.0f} s"))
                 for conn in ready:
                     try:
                         _, rank, self.adaptations = conn.recv()
@@ -164,7 +164,7 @@ class WorkerPool:
         errors = [r for r in sorted(replies.values(), key=lambda r: r.rank) if r.error]
         if errors:
             raise PoolBroken(self._explain("\n".join(f"rank {r.rank} raised:\n{r.error}" for r in errors)))
-        return next(r.metrics for r in sorted(replies.values(), key=lambda r: r.rank) if r.metrics is not None)
+        return merged_metrics(list(replies.values()))
 
     def kill(self) -> None:
         if self.procs and self.procs[0].pid:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.records import Case
+from harness.records import DEVICE_MEMORY, PEAK_MEMORY, Case
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,17 @@ class RankReply:
     metrics: dict[str, float] | None
     error: str | None
     duration_s: float
+
+
+def merged_metrics(replies: list[RankReply]) -> dict[str, float]:
+    """A case's metrics: the lowest reporting rank's, with each memory figure its largest rank's."""
+    reported = sorted((r for r in replies if r.metrics is not None), key=lambda r: r.rank)
+    merged = dict(reported[0].metrics or {})
+    for name in (PEAK_MEMORY, DEVICE_MEMORY):
+        values = [r.metrics[name] for r in reported if r.metrics and name in r.metrics]
+        if values:
+            merged[name] = max(values)
+    return merged
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ address, authkey and this rank's coordinates come in the environment.
 
 from __future__ import annotations
 
-import gc
+import contextlib
 import os
 import time
 import traceback
@@ -16,6 +16,7 @@ from multiprocessing.connection import Client, Connection
 from pathlib import Path
 
 from harness.launchers.protocol import RankReply, Task
+from harness.records import DEVICE_MEMORY, PEAK_MEMORY
 
 
 def init_rank(rank: int, world: int, platform: str) -> list[str]:
@@ -24,6 +25,9 @@ def init_rank(rank: int, world: int, platform: str) -> list[str]:
 
     if platform == "gpu":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+        # the TF32 policy (harness.environment.GPU_PINS), for torch's own kernels too
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
         backend, adapted = "nccl", []
     else:
         from harness.runtime.cpu_compat import apply_cpu_adaptations
@@ -34,6 +38,11 @@ def init_rank(rank: int, world: int, platform: str) -> list[str]:
     # Paid once per worker instead of once per case (~10 s together on 2 CPU cores).
     import megatron.core.models.gpt  # noqa: F401
     import modelopt.torch.quantization  # noqa: F401
+
+    if platform == "gpu":
+        from harness.runtime.cuda_extensions import warm
+
+        warm(rank)
 
     return adapted
 
@@ -51,11 +60,40 @@ def check_pins() -> None:
         raise RuntimeError(f"OMP_NUM_THREADS={threads} did not take effect (torch runs {torch.get_num_threads()} threads)")
 
 
+def reset_peak_memory(platform: str) -> None:
+    """Start this rank's memory high-water marks afresh: a warm worker runs many cases."""
+    if platform == "gpu":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+        return
+    # Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM) to the current RSS.
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def memory_metrics(platform: str) -> dict[str, float]:
+    """This rank's peak memory over the case, in MiB (the driver keeps the largest rank's): the CUDA
+    allocator's peak on a GPU, with what the device has in use at the end (the figure NVML and
+    nvidia-smi report: context, cached blocks, other processes); the peak resident set on a CPU."""
+    mib = 1024 * 1024
+    if platform == "gpu":
+        import torch
+
+        free, total = torch.cuda.mem_get_info()
+        return {PEAK_MEMORY: torch.cuda.max_memory_allocated() / mib, DEVICE_MEMORY: (total - free) / mib}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return {PEAK_MEMORY: int(line.split()[1]) / 1024}
+    return {}
+
+
 def run_task(task: Task, rank: int) -> RankReply:
     from harness.checks import get_check
     from harness.checks.base import CheckContext
 
     start = time.perf_counter()
+    reset_peak_memory(task.case.platform)
     try:
         check = get_check(task.case.check)
         context = CheckContext(
@@ -64,19 +102,16 @@ def run_task(task: Task, rank: int) -> RankReply:
             params=check.params.model_validate(task.case.params),
             artifacts=Path(task.artifacts),
         )
-        metrics = check.run(context)
+        metrics = check.run(context) | memory_metrics(task.case.platform)
         return RankReply(rank, metrics, None, time.perf_counter() - start)
     except Exception:
         return RankReply(rank, None, traceback.format_exc(), time.perf_counter() - start)
     finally:
-        # Models hold their process groups in reference cycles (modelopt quantizers, megatron
-        # modules); a gloo group's threads only stop once its last reference is collected. On a GPU
-        # the same cycles hold device memory: the next case (or pool) must start with it freed.
-        gc.collect()
-        if task.case.platform == "gpu":
-            import torch
+        # A gloo group's threads only stop once its last reference is collected, and on a GPU the next
+        # case (or pool) must start with the device memory of this one's models freed.
+        from harness.runtime.forward import release_memory
 
-            torch.cuda.empty_cache()
+        release_memory()
 
 
 def main() -> None:

@@ -76,15 +76,13 @@ def _run(ctx: CheckContext) -> dict[str, float]:
 
 
 def _trained_heads(spec: ModelSpec, heads: HeadsName) -> Any:
-    import modelopt.torch.speculative as mtsp
 
-    from harness.runtime.speculative import train_heads
-    from harness.runtime.subject import build_model, tokenizer_for
+    from harness.runtime.speculative import train_heads, with_drafts
+    from harness.runtime.subject import tokenizer_for
     from harness.runtime.train import corpus_of
 
     algorithm, recipe = ALGORITHMS[heads.algorithm], HeadRecipe(steps=heads.train_steps)
-    model = mtsp.convert(build_model(spec, seed=BUILD_SEED), algorithm.modes(heads.draft_steps))
-    algorithm.prepare(model)
+    model = with_drafts(spec, algorithm, heads.draft_steps, BUILD_SEED)
     train_heads(model, recipe, tokenizer_for(spec), corpus_of(spec))
     return model
 

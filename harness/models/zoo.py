@@ -7,7 +7,7 @@ heads, vocabulary and layers) before any worker starts. ``build_gpt`` runs insid
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 from harness.records import Layout
 
@@ -55,6 +55,11 @@ class ModelSpec:
     hf_path: str | None = None  # weights (and tokenizer) imported from this Hugging Face directory
     checkpoint: str | None = None  # weights loaded from this megatron torch_dist checkpoint
     unavailable: str | None = None  # why this machine cannot build it (a checkpoint that is not here)
+    # Set per case by the suite's dtype axis: parameters and activations (megatron's params_dtype, bf16).
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    # Which megatron layer spec builds it (``layer_spec`` below); None: its platform's (LAYERS_BY_PLATFORM),
+    # set per case at expansion. A model whose subject is one norm implementation pins it here.
+    layers: Literal["local", "modelopt"] | None = None
 
     def layout_errors(self, layout: Layout) -> list[str]:
         """Why ``layout`` cannot shard this model (empty when it can)."""
@@ -97,13 +102,59 @@ ZOO["tiny-gpt-student"] = replace(
 )
 # GPT-2-style LayerNorm instead of RMSNorm: megatron's local spec then builds torch.nn.LayerNorm,
 # which modelopt quantizes (QuantLayerNorm input quantizers), the path of a checkpoint defect.
+# Its torch.nn.LayerNorm is the subject, on GPUs too (the modelopt spec's TENorm takes another path).
 ZOO["tiny-gpt-layernorm"] = replace(
-    ZOO["tiny-gpt"], name="tiny-gpt-layernorm", description="tiny-gpt with LayerNorm (quantized by modelopt)", normalization="LayerNorm"
+    ZOO["tiny-gpt"], name="tiny-gpt-layernorm", description="tiny-gpt with LayerNorm (quantized by modelopt)", normalization="LayerNorm",
+    layers="local",
 )
 # The same architecture trained on the synthetic corpus: accuracy deltas mean something on it.
 ZOO["tiny-gpt-trained"] = replace(
     ZOO["tiny-gpt"], name="tiny-gpt-trained", description="tiny-gpt trained on the Markov corpus (cached)", recipe=TrainRecipe()
 )
+
+
+# CPU: megatron-core's own modules (Transformer Engine needs CUDA). GPU: as Megatron post-training builds.
+LAYERS_BY_PLATFORM: dict[str, Literal["local", "modelopt"]] = {"cpu": "local", "gpu": "modelopt"}
+
+
+def torch_dtype(spec: ModelSpec) -> torch.dtype:
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[spec.dtype]
+
+
+def _with_torch_norms(layer: Any, qk_layernorm: bool) -> Any:
+    """The local layer spec with every norm megatron's WrappedTorchNorm. megatron picks the local
+    spec's LayerNorm class through a module global (apex's FusedLayerNorm when apex imports, but
+    WrappedTorchNorm for good once any RMSNorm spec was built in the process), so without this the
+    class, and whether modelopt quantizes it, would depend on which case ran first."""
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+    subs = layer.submodules
+    attention = subs.self_attention
+    if qk_layernorm:
+        attention = replace(attention, submodules=replace(attention.submodules, q_layernorm=WrappedTorchNorm, k_layernorm=WrappedTorchNorm))
+    return replace(layer, submodules=replace(subs, input_layernorm=WrappedTorchNorm, pre_mlp_layernorm=WrappedTorchNorm, self_attention=attention))
+
+
+def layer_spec(spec: ModelSpec, config: Any) -> Any:
+    """The decoder block for ``spec.layers``, norms named explicitly (never a process-global default).
+
+    ``local``: megatron-core's own modules and torch norms (CPU: Transformer Engine needs CUDA).
+    ``modelopt``: ``get_gpt_modelopt_spec``, as Megatron post-training builds its models: Transformer
+    Engine norms and ``TEDotProductAttention`` (where modelopt attaches KV-cache quantizers), TE
+    layernorm keys remapped to the local spec's so the same checkpoints and shipped weights load."""
+    from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
+
+    if spec.layers == "modelopt":
+        from megatron.core.post_training.modelopt.gpt.model_specs import get_gpt_modelopt_spec
+
+        return get_gpt_modelopt_spec(config, remap_te_layernorm=True)
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+    layer = _with_torch_norms(get_gpt_layer_local_spec(normalization=spec.normalization, qk_layernorm=spec.qk_layernorm), spec.qk_layernorm)
+    return TransformerBlockSubmodules(layer_specs=[layer] * get_num_layers_to_build(config), layer_norm=WrappedTorchNorm)
 
 
 def build_gpt(spec: ModelSpec, *, seed: int, parallel_output: bool = False) -> torch.nn.Module:
@@ -115,7 +166,6 @@ def build_gpt(spec: ModelSpec, *, seed: int, parallel_output: bool = False) -> t
     import torch
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.transformer import TransformerConfig
 
     torch.manual_seed(seed)  # use_cpu_initialization draws full weights from this generator
@@ -135,14 +185,15 @@ def build_gpt(spec: ModelSpec, *, seed: int, parallel_output: bool = False) -> t
         hidden_dropout=0.0,
         attention_dropout=0.0,
         use_cpu_initialization=True,
-        params_dtype=torch.float32,
-        pipeline_dtype=torch.float32,
+        params_dtype=torch_dtype(spec),
+        pipeline_dtype=torch_dtype(spec),
+        bf16=spec.dtype == "bf16",
         tensor_model_parallel_size=ps.get_tensor_model_parallel_world_size(),
         pipeline_model_parallel_size=ps.get_pipeline_model_parallel_world_size(),
     )
     model = GPTModel(
         config=config,
-        transformer_layer_spec=get_gpt_layer_local_spec(normalization=spec.normalization, qk_layernorm=spec.qk_layernorm),
+        transformer_layer_spec=layer_spec(spec, config),
         vocab_size=spec.vocab_size,
         max_sequence_length=spec.max_seq_len,
         pre_process=ps.is_pipeline_first_stage(),

@@ -30,7 +30,7 @@ class HeadRecipe:
 @dataclass(frozen=True)
 class DraftAlgorithm:
     name: str
-    modes: Callable[[int], list[tuple[str, dict]]]  # draft steps -> mtsp.convert's mode list
+    modes: Callable[[int, torch.dtype], list[tuple[str, dict]]]  # (draft steps, the base's dtype) -> mtsp.convert's mode list
     # (model, prefix [1, L], steps) -> (base token [1, 1], draft tokens [1, steps])
     draft: Callable[[torch.nn.Module, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
     cpu_blocker: str | None = None  # why it cannot run on CPU, if it cannot
@@ -52,11 +52,15 @@ def _eagle_draft(model: torch.nn.Module, prefix: torch.Tensor, steps: int) -> tu
     return model.pseudo_speculative_generate(prefix, steps=steps)
 
 
-def _eagle_modes(config_name: str) -> Callable[[int], list[tuple[str, dict]]]:
-    def modes(steps: int) -> list[tuple[str, dict]]:
+def _eagle_modes(config_name: str) -> Callable[[int, torch.dtype], list[tuple[str, dict]]]:
+    def modes(steps: int, dtype: torch.dtype) -> list[tuple[str, dict]]:
         import modelopt.torch.speculative as mtsp
 
-        return [("eagle", copy.deepcopy(getattr(mtsp, config_name)["config"]))]
+        config = copy.deepcopy(getattr(mtsp, config_name)["config"])
+        # modelopt's default draft is bfloat16 whatever the base; Transformer Engine refuses mixed
+        # parameter dtypes in one model, so the draft takes the base's.
+        config["eagle_architecture_config"]["torch_dtype"] = str(dtype).removeprefix("torch.")
+        return [("eagle", config)]
 
     return modes
 
@@ -66,7 +70,7 @@ _NEEDS_TE = ("modelopt's Megatron EAGLE module is built from Transformer Engine 
              "spec holds megatron's MagicMock placeholder, whose deepcopy raises \"cannot pickle 'cell' object\"")
 
 ALGORITHMS: dict[str, DraftAlgorithm] = {
-    "medusa": DraftAlgorithm("medusa", lambda steps: [("medusa", {"medusa_num_heads": steps, "medusa_num_layers": 1})], _medusa_draft,
+    "medusa": DraftAlgorithm("medusa", lambda steps, dtype: [("medusa", {"medusa_num_heads": steps, "medusa_num_layers": 1})], _medusa_draft,
                              prepare=_quiet_medusa),
     "eagle3": DraftAlgorithm("eagle3", _eagle_modes("EAGLE3_DEFAULT_CFG"), _eagle_draft, _NEEDS_TE),
     "eagle_mtp": DraftAlgorithm("eagle_mtp", _eagle_modes("EAGLE_MTP_DEFAULT_CFG"), _eagle_draft, _NEEDS_TE),

@@ -6,6 +6,7 @@ compare them wherever they run, whatever the layout.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,26 @@ import torch.distributed as dist
 
 def device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def on_device(model: torch.nn.Module, what: str) -> torch.nn.Module:
+    """``model`` moved to the worker's device, every parameter and buffer checked: modules that
+    libraries add after the model was built (modelopt's draft heads, created on the CPU when the
+    config says ``use_cpu_initialization``) must not stay behind, or the first GPU forward mixes devices."""
+    model = model.to(device())
+    stray = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.device != device()]
+    if stray:
+        raise RuntimeError(f"{what}: {len(stray)} tensor(s) not on {device()}: {', '.join(stray[:5])}")
+    return model
+
+
+def release_memory() -> None:
+    """Collect what was dropped: megatron modules and modelopt quantizers hold each other (and their
+    process groups) in reference cycles, so ``del model`` alone frees nothing until the collector runs,
+    and on a GPU the allocator keeps the freed blocks cached for this process only."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def fixed_tokens(batch: int, seq: int, vocab: int, seed: int) -> torch.Tensor:

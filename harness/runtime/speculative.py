@@ -14,8 +14,21 @@ import torch
 
 from harness.data.corpus import MarkovCorpus
 from harness.evals.mmlu import Tokenizer
+from harness.models.zoo import ModelSpec, torch_dtype
 from harness.runtime.drafts import DraftAlgorithm, HeadRecipe
-from harness.runtime.forward import device, positions
+from harness.runtime.forward import device, on_device, positions
+
+
+def with_drafts(spec: ModelSpec, algorithm: DraftAlgorithm, steps: int, seed: int) -> torch.nn.Module:
+    """``spec`` converted by modelopt with ``steps`` draft heads of ``algorithm``, on the worker's device."""
+    import modelopt.torch.speculative as mtsp
+
+    from harness.runtime.subject import build_model
+
+    model = mtsp.convert(build_model(spec, seed=seed), algorithm.modes(steps, torch_dtype(spec)))
+    model = on_device(model, f"after mtsp.convert({algorithm.name})")
+    algorithm.prepare(model)
+    return model
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ import torch
 from harness.data.tokenizer import WordTokenizer
 from harness.evals.mmlu import Tokenizer
 from harness.models.subjects import SubjectError, manifest
-from harness.models.zoo import ModelSpec, build_gpt
+from harness.models.zoo import ModelSpec, build_gpt, torch_dtype
 from harness.runtime.checkpoint import load_checkpoint
 from harness.runtime.weights import load_whole
 
@@ -25,8 +25,8 @@ def build_model(spec: ModelSpec, *, seed: int, parallel_output: bool = False) ->
     if spec.hf_path is not None:
         from modelopt.torch.export import import_mcore_gpt_from_hf
 
-        # float32: the harness compares against float32 baselines; GPU users' bf16 weights upcast exactly.
-        import_mcore_gpt_from_hf(model, spec.hf_path, dtype=torch.float32)
+        # in the case's dtype (a bf16 checkpoint upcasts to fp32 exactly)
+        import_mcore_gpt_from_hf(model, spec.hf_path, dtype=torch_dtype(spec))
         return model.eval()
     if spec.checkpoint is not None:
         return load_checkpoint(model, Path(spec.checkpoint))

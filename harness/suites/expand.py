@@ -9,13 +9,14 @@ from __future__ import annotations
 import importlib.metadata
 import itertools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from packaging.specifiers import SpecifierSet
 from pydantic import ValidationError
 
 from harness.environment import environment
+from harness.models.zoo import LAYERS_BY_PLATFORM
 from harness.records import Budget, Case, KnownDefect, Layout, Tolerance
 from harness.suites.load import CORE_AXES, Suite
 from harness.suites.yaml_lines import SuiteError
@@ -87,7 +88,9 @@ def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platfor
     params = check.normalize(layout, params)
     if any(_matches(suite, entry, chosen, layout, params) for entry in spec.exclude):
         return None, []
+    # The case's own copy of the model: its dtype axis value and its platform's layer spec.
     model = suite.models[chosen["model"]]
+    model = replace(model, dtype=chosen["dtype"], layers=model.layers or LAYERS_BY_PLATFORM[platform])
     problems: list[str] = []
     layouts = check.layouts(layout, params)
     world = max(each.world_size for each in layouts.values())
@@ -108,9 +111,12 @@ def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platfor
         return None, problems
     tolerances, budgets = _limits(suite, chosen, layout, params)
     extra = [f"{k}={_value_token(suite.canonical(k, getattr(params, k)))}" for k in check_params if k not in check.label_params]
-    case_id = "/".join([spec.suite, chosen["model"], check.label(layout, params), chosen["optimization"], *extra])
+    # fp32 is implicit in ids, so the ids (and baselines) of fp32 cases did not change with the dtype axis.
+    dtype = [] if chosen["dtype"] == "fp32" else [chosen["dtype"]]
+    case_id = "/".join([spec.suite, chosen["model"], check.label(layout, params), chosen["optimization"], *dtype, *extra])
     parallel = {f"tp{each.tp}" for each in layouts.values() if each.tp > 1} | {f"pp{each.pp}" for each in layouts.values() if each.pp > 1}
-    markers = (*spec.markers, check.name, chosen["model"], chosen["optimization"], platform, *sorted(parallel), *(("slow",) if spec.slow else ()))
+    markers = (*spec.markers, check.name, chosen["model"], chosen["optimization"], chosen["dtype"], platform, *sorted(parallel),
+               *(("slow",) if spec.slow else ()))
     return Case(
         id=case_id,
         suite=spec.suite,

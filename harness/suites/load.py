@@ -16,10 +16,10 @@ from harness.models.sources import ModelSourceError, hf_spec, torch_dist_spec
 from harness.models.zoo import ZOO, ModelSpec
 from harness.optimizations import get_optimization
 from harness.records import metric_family
-from harness.suites.schema import SuiteModel
+from harness.suites.schema import Dtype, SuiteModel
 from harness.suites.yaml_lines import LineMap, Path_, SuiteError, load_yaml_with_lines
 
-CORE_AXES = ("model", "layout", "optimization")
+CORE_AXES = ("model", "layout", "optimization", "dtype")
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def _adapter(check_ref: str, axis: str) -> TypeAdapter:
 
 
 def axis_type(check: Check, axis: str) -> Any:
-    core = {"model": str, "layout": LayoutModel, "optimization": str}
+    core = {"model": str, "layout": LayoutModel, "optimization": str, "dtype": Dtype}
     return core[axis] if axis in core else check.params.model_fields[axis].annotation
 
 
@@ -185,7 +185,7 @@ def _runnable(spec: SuiteModel, check: Check, models: dict[str, ModelSpec]) -> S
     extra = {axis: [v for v in values if value_ok(axis, v)] for axis, values in (spec.matrix.model_extra or {}).items()
              if axis in fields and isinstance(values, list)}
     matrix = {"model": [m for m in spec.matrix.model if m in models], "layout": spec.matrix.layout,
-              "optimization": [o for o in spec.matrix.optimization if _known_optimization(o)], **extra}
+              "optimization": [o for o in spec.matrix.optimization if _known_optimization(o)], "dtype": spec.matrix.dtype, **extra}
     return spec.model_copy(update={
         "matrix": spec.matrix.model_construct(**matrix),
         "params": {k: v for k, v in spec.params.items() if k in fields and k not in extra},
@@ -221,6 +221,7 @@ def read_suite(path: str | Path) -> Suite:
         "model": list(runnable.matrix.model),
         "layout": list(runnable.matrix.layout),
         "optimization": list(runnable.matrix.optimization),
+        "dtype": list(runnable.matrix.dtype),
         **(runnable.matrix.model_extra or {}),
     }
     return Suite(str(path), runnable, check, lines, axes, models, tuple(problems + semantic))

@@ -28,13 +28,17 @@ class BudgetModel(StrictModel):
         return Budget(self.min, self.max)
 
 
+Dtype = Literal["fp32", "bf16"]
+
+
 class MatrixModel(StrictModel):
-    # Axes beyond these three are check parameters, validated against the check's params model.
+    # Axes beyond these four are check parameters, validated against the check's params model.
     model_config = ConfigDict(extra="allow", frozen=True)
 
     model: list[str] = Field(min_length=1)
     layout: list[LayoutModel] = Field(default_factory=lambda: [LayoutModel()], min_length=1)
     optimization: list[str] = Field(default_factory=lambda: ["none"], min_length=1)
+    dtype: list[Dtype] = Field(default_factory=lambda: ["fp32"], min_length=1)  # parameters and activations
 
 
 class ModelSourceModel(StrictModel):

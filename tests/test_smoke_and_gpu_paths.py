@@ -1,0 +1,87 @@
+"""GPU readiness checked without a GPU: the smoke selection names real cases, GPU cases build with
+the modelopt spec (TE norms, TEDotProductAttention) and CPU cases with explicit torch norms, the TF32
+policy reaches GPU ranks, image constraints are checked, and stale extension locks are found."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.constraints import conflicts, constraint_conflicts
+from harness.launchers.common import rank_environment
+from harness.pipeline import collect
+from harness.runtime.cuda_extensions import stale_locks
+from harness.smoke import GPU_SMOKE, smoke_expression
+from harness.suites.expand import Resources
+from tests.conftest import ROOT
+
+TWO_GPUS = Resources(cpu_ranks=2, gpus=2, gpu_name="NVIDIA H100 80GB HBM3")
+SUITES = sorted(str(p) for p in (ROOT / "suites").glob("*.yaml"))
+
+
+def test_every_smoke_id_is_a_gpu_case_and_the_expression_selects_exactly_them() -> None:
+    chosen = collect(SUITES, TWO_GPUS, keyword=smoke_expression())
+    assert sorted(case.key for case in chosen) == sorted(GPU_SMOKE)
+    assert {case.check for case in chosen} == {"ckpt_roundtrip", "quant_accuracy", "kd_parity", "kd_trajectory", "spec_decode"}
+
+
+def test_gpu_cases_build_the_modelopt_spec_and_cpu_cases_the_local_one() -> None:
+    cases = collect(SUITES, TWO_GPUS)
+    layers = {(case.platform, case.spec.layers) for case in cases if case.model != "tiny-gpt-layernorm"}
+    assert layers == {("cpu", "local"), ("gpu", "modelopt")}
+    # the LayerNorm model's subject is torch's LayerNorm, on every platform
+    assert {case.spec.layers for case in cases if case.model == "tiny-gpt-layernorm"} == {"local"}
+    assert {case.spec.dtype for case in cases} == {"fp32", "bf16"}
+
+
+def test_the_gpu_layer_spec_is_transformer_engines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Built as a spec only (no module is instantiated, so no CUDA is needed; no parallel state either:
+    every layer is this stage's)."""
+    from dataclasses import replace
+
+    from megatron.core.extensions.transformer_engine import TEDotProductAttention
+    from megatron.core.post_training.modelopt.layers import Norm
+    from megatron.core.transformer import TransformerConfig
+
+    from harness.models.zoo import ZOO, layer_spec
+
+    for module in ("megatron.core.transformer.transformer_block", "megatron.core.post_training.modelopt.gpt.model_specs"):
+        monkeypatch.setattr(f"{module}.get_num_layers_to_build", lambda config, *args, **kwargs: config.num_layers)
+
+    config = TransformerConfig(num_layers=4, hidden_size=256, num_attention_heads=8, normalization="RMSNorm")
+    spec = layer_spec(replace(ZOO["tiny-gpt"], layers="modelopt"), config)
+    layer = spec.layer_specs[0].submodules
+    # (without Transformer Engine, megatron binds these names to placeholders: compared by identity)
+    assert layer.self_attention.submodules.core_attention is TEDotProductAttention
+    assert layer.input_layernorm is spec.layer_norm is Norm  # modelopt's TENorm chooser
+    local = layer_spec(replace(ZOO["tiny-gpt-layernorm"]), config)
+    assert {local.layer_norm.__name__, local.layer_specs[0].submodules.input_layernorm.__name__} == {"WrappedTorchNorm"}
+
+
+def test_gpu_ranks_run_without_tf32() -> None:
+    env = rank_environment("gpu", 1)
+    assert env["TORCH_ALLOW_TF32_CUBLAS_OVERRIDE"] == "0" and env["NVIDIA_TF32_OVERRIDE"] == "0"
+    assert "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE" not in rank_environment("cpu", 1)
+
+
+def test_an_image_constraint_outside_the_harness_range_is_named(tmp_path: Path) -> None:
+    assert conflicts(["nvidia-modelopt>=0.47,<0.48", "pyyaml>=6"], "nvidia-modelopt==0.33.0\nPyYAML==6.0.2\n# comment\n-c other.txt\n") == [
+        "nvidia-modelopt: the constraint file pins nvidia-modelopt==0.33.0, the harness needs nvidia-modelopt<0.48,>=0.47"]
+    constraints = tmp_path / "constraint.txt"
+    constraints.write_text("transformers==4.40.0\ntorch==2.6.0a0+ecf3bae40a.nv25.1\n")
+    found = constraint_conflicts(ROOT / "pyproject.toml", {"PIP_CONSTRAINT": str(constraints)})
+    assert len(found) == 1 and "transformers" in found[0] and str(constraints) in found[0]
+    constraints.write_text("transformers==4.57.1\nnumpy==1.26.4\n")
+    assert constraint_conflicts(ROOT / "pyproject.toml", {"PIP_CONSTRAINT": str(constraints)}) == []
+
+
+def test_a_build_lock_left_by_a_killed_compile_is_stale(tmp_path: Path) -> None:
+    old, fresh = tmp_path / "py311_cu128" / "cuda_ext" / "lock", tmp_path / "py311_cu128" / "cuda_ext_fp8" / "lock"
+    for lock in (old, fresh):
+        lock.parent.mkdir(parents=True)
+        lock.touch()
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    assert stale_locks(tmp_path) == [old]
