@@ -63,3 +63,16 @@ def test_the_audit_finds_a_host_tensor_handed_to_a_collective(tmp_path: Path) ->
     sample.write_text("import torch\n\n\ndef losses(dist, group, n):\n    values = torch.empty(n, dtype=torch.float64)\n"
                       "    dist.broadcast(values, src=0, group=group)\n    placed = torch.zeros(n).to('cuda')\n    return values, placed\n")
     assert unplaced_tensors(sample, "sample.py") == ["sample.py:5: torch.empty(...) without device= in losses"]
+
+
+def test_a_module_left_on_another_device_is_named() -> None:
+    """What ``on_device`` checks after ``mtsp.convert``: here the "worker device" is meta, and the
+    head a library created on the host is what stays behind."""
+    import torch
+
+    from harness.runtime.forward import off_device
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2, device="meta"), torch.nn.Linear(2, 2))
+    model.register_buffer("scale", torch.ones(1, device="meta"))
+    assert off_device(model, torch.device("meta")) == ["1.weight", "1.bias"]
+    assert off_device(model.to("meta"), torch.device("meta")) == []

@@ -5,6 +5,8 @@ policy reaches GPU ranks, image constraints are checked, and stale extension loc
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -85,3 +87,19 @@ def test_a_build_lock_left_by_a_killed_compile_is_stale(tmp_path: Path) -> None:
         lock.touch()
     os.utime(old, (time.time() - 3600, time.time() - 3600))
     assert stale_locks(tmp_path) == [old]
+
+
+def test_peak_memory_is_per_case_on_a_warm_worker() -> None:
+    """A warm worker's peak resident set would keep its largest case forever; reset, it reports the
+    next case's own peak (Linux)."""
+    code = (
+        "from harness.launchers.worker import memory_metrics, reset_peak_memory\n"
+        "big = bytearray(400 * 1024 * 1024); big[::4096] = b'x' * len(big[::4096]); del big\n"
+        "before = memory_metrics('cpu')['peak_memory_mib']\n"
+        "reset_peak_memory('cpu')\n"
+        "after = memory_metrics('cpu')['peak_memory_mib']\n"
+        "print(before, after)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    before, after = map(float, out.split())
+    assert before > 400 and after < before - 300, (before, after)

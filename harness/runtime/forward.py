@@ -18,12 +18,17 @@ def device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
+def off_device(model: torch.nn.Module, where: torch.device) -> list[str]:
+    """Names of the parameters and buffers of ``model`` that are not on ``where``."""
+    return [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.device != where]
+
+
 def on_device(model: torch.nn.Module, what: str) -> torch.nn.Module:
     """``model`` moved to the worker's device, every parameter and buffer checked: modules that
     libraries add after the model was built (modelopt's draft heads, created on the CPU when the
     config says ``use_cpu_initialization``) must not stay behind, or the first GPU forward mixes devices."""
     model = model.to(device())
-    stray = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.device != device()]
+    stray = off_device(model, device())
     if stray:
         raise RuntimeError(f"{what}: {len(stray)} tensor(s) not on {device()}: {', '.join(stray[:5])}")
     return model
