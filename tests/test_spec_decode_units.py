@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from harness.data.corpus import MarkovCorpus
 from harness.data.text import TextSourceError
 from harness.data.tokenizer import WordTokenizer
-from harness.evals.mtbench import one_per_category, prompts, read_questions
+from harness.evals.mtbench import prompts, read_questions
 from harness.evals.timing import median_ci
 from harness.runtime.drafts import DraftAlgorithm
 from harness.runtime.speculative import greedy, measure_acceptance, speculative
@@ -27,20 +27,42 @@ def write_questions(path: Path, rows: list[object]) -> Path:
     return path
 
 
-def test_mtbench_questions_one_per_category(tmp_path: Path) -> None:
+def test_mtbench_scores_every_question_first_turn_only(tmp_path: Path) -> None:
     path = write_questions(tmp_path / "question.jsonl", [
         {"question_id": 81, "category": "writing", "turns": ["w12 w7 w3", "second turn"]},
         {"question_id": 82, "category": "writing", "turns": ["w1"]},
         {"question_id": 101, "category": "reasoning", "turns": ["w5 w6"]},
         "",
     ])
-    chosen = one_per_category(read_questions(path))
-    assert [(q.question_id, q.category) for q in chosen] == [(81, "writing"), (101, "reasoning")]
     tokenizer = WordTokenizer(1024)
-    assert prompts(str(path), tokenizer, MarkovCorpus(992, 0), 8, 16) == [[12, 7, 3], [5, 6]]  # first turns only
+    # every question (not one per category, not a prefix of the file), first turns only
+    assert prompts(str(path), tokenizer, MarkovCorpus(992, 0), 1, 16) == [[12, 7, 3], [1], [5, 6]]
     corpus_prompts = prompts("corpus", tokenizer, MarkovCorpus(992, 0), 3, 16)
     assert len(corpus_prompts) == 3 and all(len(p) == 16 for p in corpus_prompts)
     assert corpus_prompts == prompts("corpus", tokenizer, MarkovCorpus(992, 0), 3, 16)  # deterministic
+
+
+def test_mtbench_goes_through_the_chat_template_of_a_tokenizer_that_has_one(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from tests.hf_fixtures import write_tiny_llama
+
+    tokenizer = AutoTokenizer.from_pretrained(write_tiny_llama(tmp_path / "llama"))
+    path = write_questions(tmp_path / "question.jsonl", [{"question_id": 1, "category": "math", "turns": ["w5 w6"]}])
+    plain = prompts(str(path), tokenizer, MarkovCorpus(992, 0), 1, 16)
+    assert plain == [tokenizer.encode("w5 w6")]
+    tokenizer.chat_template = "{% for m in messages %}<s> {{ m['content'] }} </s>{% endfor %}{% if add_generation_prompt %} w9{% endif %}"
+    (templated,) = prompts(str(path), tokenizer, MarkovCorpus(992, 0), 1, 16)
+    assert templated == tokenizer.encode("<s> w5 w6 </s> w9", add_special_tokens=False) and templated != plain[0]
+
+
+def test_a_prompt_of_mostly_unknown_tokens_is_reported_not_scored(tmp_path: Path) -> None:
+    path = write_questions(tmp_path / "question.jsonl", [
+        {"question_id": 7, "category": "writing", "turns": ["w1 w2 w3"]},
+        {"question_id": 8, "category": "coding", "turns": ["Write a C++ program w4"]},  # 4 of 5 words unknown
+    ])
+    with pytest.raises(TextSourceError, match=r"1 of 2 prompts .* question 8 \(coding\): 80% unknown tokens"):
+        prompts(str(path), WordTokenizer(1024), MarkovCorpus(992, 0), 1, 16)
 
 
 @pytest.mark.parametrize(("rows", "message"), [

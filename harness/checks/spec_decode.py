@@ -30,9 +30,9 @@ class SpecParams(StrictModel):
     algorithm: Literal["medusa", "eagle3", "eagle_mtp"] = "medusa"
     draft_steps: PositiveInt = 3
     train_steps: NonNegativeInt = 150  # the shipped heads trained this long; 0: freshly initialised heads (the floor)
-    # Prompts: "corpus" (the harness's chain) or an MT-Bench question.jsonl (first turn, one question per category).
+    # Prompts: "corpus" (the harness's chain) or an MT-Bench question.jsonl (every question's first turn).
     prompts: str = CORPUS
-    num_prompts: PositiveInt = 4
+    num_prompts: PositiveInt = 4  # corpus prompts (an MT-Bench file is scored on every question)
     prompt_len: PositiveInt = 16  # corpus prompts only
     new_tokens: PositiveInt = 16
     timing_repeats: PositiveInt = 5  # interleaved autoregressive / speculative timings, after the correctness passes warmed both up

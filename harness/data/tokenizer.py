@@ -36,6 +36,9 @@ class WordTokenizer:
         words = {corpus_word(i): i for i in range(self.n_words)}
         return words | {word: self.n_words + i for i, word in enumerate(SPECIAL_WORDS)}
 
+    @property
+    def unk_token_id(self) -> int:
+        return self.vocab["<unk>"]
+
     def encode(self, text: str) -> list[int]:
-        unk = self.vocab["<unk>"]
-        return [self.vocab.get(word, unk) for word in text.split()]
+        return [self.vocab.get(word, self.unk_token_id) for word in text.split()]

@@ -1,6 +1,7 @@
 """Speculative-decoding prompts: MT-Bench's ``question.jsonl`` (one object per line: ``question_id``,
-``category``, ``turns``), one prompt per category as Megatron's post-training evaluation takes
-them; or, by default, prompts drawn from the harness corpus."""
+``category``, ``turns``), scored the way Megatron's post-training validation and modelopt's
+acceptance-rate validation score it: every question's first turn, through the tokenizer's chat
+template where it has one; or, by default, prompts drawn from the harness corpus."""
 
 from __future__ import annotations
 
@@ -34,18 +35,39 @@ def read_questions(path: Path) -> list[Question]:
     return questions
 
 
-def one_per_category(questions: list[Question]) -> list[Question]:
-    """The first question of each category, in file order."""
-    seen: dict[str, Question] = {}
-    for question in questions:
-        seen.setdefault(question.category, question)
-    return list(seen.values())
+# A prompt whose tokens are mostly unknown to the tokenizer measures the draft heads on <unk> runs,
+# not on the question: reported, never scored.
+UNKNOWN_LIMIT = 0.5
+
+
+def first_turn(question: Question, tokenizer: Tokenizer) -> list[int]:
+    """The question's first turn as the model is asked it: a user message through the tokenizer's
+    chat template (generation prompt added) when it has one, the plain text otherwise."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": question.turns[0]}]
+        # rendered, then encoded without special tokens (the template writes its own BOS): what
+        # tokenize=True returns differs across transformers releases (ids, or a BatchEncoding in 5.x)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)  # type: ignore[attr-defined]
+        return list(tokenizer.encode(text, add_special_tokens=False))  # type: ignore[call-arg]
+    return list(tokenizer.encode(question.turns[0]))
+
+
+def unknown_share(ids: list[int], tokenizer: Tokenizer) -> float:
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    return 0.0 if unknown is None or not ids else sum(token == unknown for token in ids) / len(ids)
 
 
 def prompts(source: str, tokenizer: Tokenizer, corpus: MarkovCorpus, count: int, length: int) -> list[list[int]]:
-    """``count`` prompts of token ids: corpus text ``length`` words long, or the first turn of one
-    question per category of a question.jsonl (at most ``count``)."""
+    """Prompts of token ids: ``count`` corpus texts ``length`` words long, or the first turn of every
+    question of a question.jsonl."""
     if source == CORPUS:
         return [row.tolist() for row in token_rows(CORPUS, tokenizer, corpus, count, length, PROMPT_STREAM)]
-    chosen = one_per_category(read_questions(Path(expand_path(source))))[:count]
-    return [list(tokenizer.encode(question.turns[0])) for question in chosen]
+    path = Path(expand_path(source))
+    questions = read_questions(path)
+    encoded = [first_turn(question, tokenizer) for question in questions]
+    unknown = [(q, unknown_share(ids, tokenizer)) for q, ids in zip(questions, encoded, strict=True)]
+    bad = [f"question {q.question_id} ({q.category}): {100 * share:.0f}% unknown tokens" for q, share in unknown if share > UNKNOWN_LIMIT]
+    if bad:
+        raise TextSourceError(f"{path}: {len(bad)} of {len(questions)} prompts are mostly tokens the tokenizer does not know "
+                              f"(more than {100 * UNKNOWN_LIMIT:.0f}%), so they would not measure the draft heads: {'; '.join(bad[:5])}")
+    return encoded
