@@ -42,7 +42,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def test_ckpt_suite_under_slurm_passes_like_the_local_launcher(cluster: Path, local_tp2: dict, tmp_path: Path, nodes: int,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     artifacts = tmp_path / "artifacts"
-    code = main(["run", str(ROOT / "suites" / "ckpt.yaml"), "--platform", "cpu", "--launcher", "slurm", "--nodes", str(nodes),
+    code = main(["run", str(ROOT / "suites" / "ckpt.yaml"), "--platform", "cpu", "-m", "fp32", "--launcher", "slurm", "--nodes", str(nodes),
                  "--artifacts", str(artifacts)])
     out = capsys.readouterr().out
     assert code == 0
