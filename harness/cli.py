@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import signal
 import sys
 from collections import Counter
 from pathlib import Path
@@ -277,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     say(stores.start())
     results = stores.results
     interrupted = False
+    # A run started in the background (nohup, cron, `cmd &` in a script) inherits an ignored SIGINT;
+    # `kill -INT` is how a person or a scheduler stops a run cleanly (below), so it is always armed.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with case_progress(len(plan)) as advance:
             for result in run_plan(plan, launcher, options, info):

@@ -93,8 +93,9 @@ def start_run(tmp_path: Path, write_suite: Callable[[str, str], Path], seconds: 
     history = tmp_path / "history.sqlite"
     command = [sys.executable, "-m", "harness.cli", "run", *map(str, suites), "--baselines", str(tmp_path / "none"),
                "--artifacts", str(tmp_path / "artifacts"), "--history", str(history)]
+    # started as a background job is (SIGINT ignored, inherited): the driver must arm it itself
     driver = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     return driver, history
 
 
