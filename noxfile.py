@@ -134,7 +134,7 @@ def nightly(session: nox.Session) -> None:
     except nox.command.CommandFailed:
         session.install(CPU_TORCH)
     install_in_image(session)
-    run_then_report(session, NIGHTLY, f"{NIGHTLY}/run", f"{NIGHTLY}/junit.xml")
+    run_then_report(session, NIGHTLY, f"{NIGHTLY}/run", f"{NIGHTLY}/junit.xml", "--benchmark-storage", f"{NIGHTLY}/benchmarks")
 
 
 @nox.session

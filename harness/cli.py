@@ -8,9 +8,10 @@ import os
 import signal
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
-from harness.atomic import unwritable, write_text_atomic
+from harness.atomic import unwritable, write_json_atomic, write_text_atomic
 from harness.baselines import BaselineError, BaselineStore, read_baseline_file
 from harness.launchers.batch import LauncherError
 from harness.launchers.registry import LAUNCHERS, make_launcher
@@ -23,6 +24,7 @@ from harness.progress import case_progress
 from harness.provenance import provenance
 from harness.records import Verdict
 from harness.report import summary
+from harness.reports.benchmarks import BENCHMARKS, benchmark_document, save_to_storage
 from harness.reports.history import History, format_case_runs, not_a_history
 from harness.reports.html import html
 from harness.reports.junit import write_junit
@@ -79,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-no-gpu", action="store_true", help="with --platform gpu on a machine without GPUs: skip, exit 0")
     run.add_argument("--history", type=Path, help="run history to append to (default: <artifacts>/history.sqlite)")
     run.add_argument("--junit", type=Path, help="also write JUnit XML here")
+    run.add_argument("--benchmark-storage", type=Path, metavar="DIR",
+                     help="also save the timed cases as a numbered pytest-benchmark file under DIR (`pytest-benchmark compare --storage DIR`)")
     launch = run.add_argument_group("launching (see README: Containers and Slurm)")
     launch.add_argument("--launcher", choices=sorted(LAUNCHERS), default="local", help="where the ranks run (default: local)")
     launch.add_argument("--image", help="container image: a local docker/podman image, or a pyxis/enroot image under slurm")
@@ -219,6 +223,15 @@ def _baselines(args: argparse.Namespace) -> int:
     return 0
 
 
+def _also_write(stores: ResultStores, what: str, where: Path, write: Callable[[], object]) -> None:
+    """An extra output of the run; one that cannot be written is said and fails the run, like a store."""
+    try:
+        write()
+    except OSError as err:
+        say([f"cannot write the {what} {where}: {err.strerror}"])
+        stores.failures[what] = f"{what} {where}: {err.strerror}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "history":
@@ -294,11 +307,12 @@ def main(argv: list[str] | None = None) -> int:
         launcher.close()
         say(stores.finish(interrupted))
         if args.junit is not None:
-            try:
-                write_junit(args.junit, results)
-            except OSError as err:
-                say([f"cannot write the JUnit XML {args.junit}: {err.strerror}"])
-                stores.failures["junit"] = f"JUnit XML {args.junit}: {err.strerror}"
+            _also_write(stores, "JUnit XML", args.junit, lambda: write_junit(args.junit, results))
+        if any(r.outcome.timings for r in results):
+            document = benchmark_document(results, info)
+            _also_write(stores, "benchmark file", args.artifacts / BENCHMARKS, lambda: write_json_atomic(args.artifacts / BENCHMARKS, document))
+            if args.benchmark_storage is not None:
+                _also_write(stores, "benchmark storage", args.benchmark_storage, lambda: save_to_storage(args.benchmark_storage, document))
     if interrupted:
         return EXIT_FAILED
     print(summary(results))

@@ -20,6 +20,7 @@ from harness.pipeline import RunOptions, preflight, run_case
 from harness.provenance import provenance
 from harness.records import Case, CaseResult, Verdict
 from harness.report import summary
+from harness.reports.benchmarks import timed_paths
 from harness.schedule import Scheduled, skip_reason
 from harness.suites.expand import Resources, expand_suite
 from harness.suites.load import read_suite
@@ -134,6 +135,7 @@ class CaseItem(pytest.Item):
             raise CaseFailed("\n".join(problems))
         result = run_case(item, session.launcher, session.options, session.provenance)
         session.record(result)
+        _add_to_benchmark_table(self.config, result)
         if not result.ok:
             raise CaseFailed(result.message())
         if result.verdict is Verdict.XFAIL:
@@ -146,6 +148,14 @@ class CaseItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, None, f"{self.case.id} [{self.case.platform}] (from {self.case.source})"
+
+
+def _add_to_benchmark_table(config: pytest.Config, result: CaseResult) -> None:
+    """With pytest-benchmark active, a timed case's paths join its table and its --benchmark-json /
+    --benchmark-autosave files like any benchmark-fixture test."""
+    bench_session = getattr(config, "_benchmarksession", None)
+    if bench_session is not None and not bench_session.disabled:
+        bench_session.benchmarks.extend(timed_paths(result))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from harness.models.zoo import ModelSpec
@@ -24,6 +24,10 @@ def metric_family(name: str) -> str:
 # Measured by the worker around every case (harness.launchers.worker), per rank; a case keeps its largest rank's.
 PEAK_MEMORY = "peak_memory_mib"
 DEVICE_MEMORY = "device_memory_used_mib"
+WORKER_MEMORY = (PEAK_MEMORY, DEVICE_MEMORY)
+
+# The numeric types a model runs in (parameters and activations); suites name them on the dtype axis.
+Dtype = Literal["fp32", "bf16"]
 
 
 @dataclass(frozen=True, order=True)
@@ -142,6 +146,9 @@ class CaseOutcome:
     duration_s: float
     artifacts: str
     skipped: str | None = None
+    # Raw seconds per repetition of what the check timed (e.g. {"autoregressive": (...), "speculative": (...)}),
+    # kept for benchmark files (harness.reports.benchmarks); its metrics already summarise them.
+    timings: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
 
 class Verdict(enum.StrEnum):

@@ -22,6 +22,7 @@ def result_record(result: CaseResult) -> dict[str, Any]:
         "artifacts": result.outcome.artifacts,
         "error": result.outcome.error,
         "skipped": result.outcome.skipped,
+        "timings": {name: list(values) for name, values in result.outcome.timings.items()},
         "metrics": [
             {**dataclasses.asdict(m), "tolerance": dataclasses.asdict(m.tolerance) | {"direction": m.tolerance.direction.value},
              "verdict": m.verdict.value}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.environment import cpu_environment
-from harness.records import DEVICE_MEMORY, PEAK_MEMORY
+from harness.records import WORKER_MEMORY
 
 pytest_plugins = ["pytester"]
 
@@ -28,7 +28,7 @@ def measured_cases(results: Path) -> dict[str, tuple[str, dict[str, float]]]:
     """Each case of a ``results.json``: its verdict and every value its arithmetic computed (memory
     figures are the process's, which differ between launchers, and are left out)."""
     cases = json.loads(results.read_text())["cases"]
-    return {c["id"]: (c["verdict"], {m["name"]: m["measured"] for m in c["metrics"] if m["name"] not in (PEAK_MEMORY, DEVICE_MEMORY)})
+    return {c["id"]: (c["verdict"], {m["name"]: m["measured"] for m in c["metrics"] if m["name"] not in WORKER_MEMORY})
             for c in cases}
 
 

@@ -78,3 +78,39 @@ def _numerics(ctx: CheckContext) -> dict[str, float]:
 NUMERICS = Check("numerics", "the rank's torch threads and ATen kernel ISA", SleepParams,
                  {"threads": MetricSpec("torch threads", Tolerance()), "avx2_kernels": MetricSpec("1 when ATen runs AVX2", Tolerance())},
                  _numerics)
+
+
+SLOWDOWN = 0.10
+
+
+def _slower_speculative(ctx: CheckContext) -> dict[str, float]:
+    """spec_decode with its draft-then-verify loop made SLOWDOWN slower (every call waits that share of
+    its own time): the regression the speedup verdict exists to catch."""
+    import harness.runtime.speculative as module
+    from harness.checks.spec_decode import CHECK
+
+    real = module.speculative
+
+    def slower(*args: object, **kwargs: object) -> object:
+        start = time.perf_counter()
+        out = real(*args, **kwargs)
+        time.sleep(SLOWDOWN * (time.perf_counter() - start))
+        return out
+
+    module.speculative = slower
+    try:
+        return CHECK.run(ctx)
+    finally:
+        module.speculative = real
+
+
+def _spec_check() -> Check:
+    from dataclasses import replace
+
+    from harness.checks.spec_decode import CHECK
+
+    return replace(CHECK, run=_slower_speculative)
+
+
+# spec_decode, 10% slower on its speculative path: same params, metrics and case ids.
+SLOWER_SPEC = _spec_check()

@@ -60,6 +60,8 @@ class CheckContext:
     model: ModelSpec
     params: Any  # an instance of the check's ``params`` model
     artifacts: Path  # the case's own folder, shared by its ranks
+    # Seconds per repetition of what the check times, filled by ``run`` (the case's benchmark record).
+    timings: dict[str, list[float]] = field(default_factory=dict)
 
 
 def _single_layout(layout: Layout, params: Any) -> dict[str, Layout]:

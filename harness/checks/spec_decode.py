@@ -8,6 +8,8 @@ decoding over autoregressive decoding, as a median with a bootstrap confidence i
 from __future__ import annotations
 
 import functools
+import gc
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,10 +21,11 @@ from harness.checks.base import Check, CheckContext, MetricSpec, StrictModel
 from harness.data.files import stamp
 from harness.data.text import CORPUS, TextSourceError
 from harness.evals.mtbench import prompts, read_questions
+from harness.evals.timing import PairingPlan
 from harness.models.sources import expand_path
 from harness.models.subjects import HeadsName
 from harness.models.zoo import ZOO
-from harness.records import INFORMATIONAL, Budget, Direction, Layout, Tolerance
+from harness.records import INFORMATIONAL, Budget, Case, Direction, Layout, Tolerance
 from harness.runtime.drafts import ALGORITHMS, HeadRecipe
 
 
@@ -35,7 +38,12 @@ class SpecParams(StrictModel):
     num_prompts: PositiveInt = 4  # corpus prompts (an MT-Bench file is scored on every question)
     prompt_len: PositiveInt = 16  # corpus prompts only
     new_tokens: PositiveInt = 16
-    timing_repeats: PositiveInt = 5  # interleaved autoregressive / speculative timings, after the correctness passes warmed both up
+    # Speed: warm-up pairs, then autoregressive / speculative pairs (A B A B ...) until the speedup's 95% interval
+    # is tight enough for the case's speedup tolerance (pairing_plan), or max pairs.
+    timing_prompts: PositiveInt | None = None  # the first N prompts make one timed pass (None: all; MT-Bench has 80)
+    timing_warmup: NonNegativeInt = 2
+    timing_min_pairs: PositiveInt = 15
+    timing_max_pairs: PositiveInt = 80
 
 
 PARALLEL_DRAFT_STEP = 1  # modelopt's default: the base model's own next token
@@ -88,20 +96,53 @@ def _cpu_blocker(params: dict[str, Any]) -> str | None:
     return None if blocker is None else f"{params['algorithm']}: {blocker}"
 
 
-def _timed(fn: Callable[[], None]) -> float:
+SPEEDUP_BUDGET = 0.05  # the interval half-width every case must reach on CPU (GPU suites budget 0.02)
+TIGHTNESS = 0.4  # the interval stops at this share of the speedup tolerance: noise alone then rarely crosses it
+
+
+def pairing_plan(params: SpecParams, case: Case) -> PairingPlan:
+    """Pairs go on until the speedup's interval is well inside what the case judges: a 5% tolerance
+    needs +-2%, a 15% one +-5% (never looser than the half-width budget)."""
+    budget = case.budgets.get("speedup_ci_half_width", Budget(max=SPEEDUP_BUDGET)).max or SPEEDUP_BUDGET
+    rel = case.tolerances["speedup"].rel
+    return PairingPlan(params.timing_warmup, params.timing_min_pairs, params.timing_max_pairs, min(budget, TIGHTNESS * rel) if rel else budget)
+
+
+def _timer(fn: Callable[[], None]) -> Callable[[], float]:
+    """``fn``'s wall time across the case's ranks: all ranks start together, no garbage collection
+    runs inside, the device queue is drained before each clock read (CUDA kernels run asynchronously),
+    and every rank gets the slowest rank's seconds, so all ranks stop after the same pair."""
+    import torch
     import torch.distributed as dist
 
-    dist.barrier()
-    start = time.perf_counter()
-    fn()
-    dist.barrier()
-    return time.perf_counter() - start
+    from harness.runtime.forward import device
+
+    def sync() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        dist.barrier()
+
+    def timed() -> float:
+        gc.collect()  # a collection falls between timings, never inside one (as pytest-benchmark's disable_gc)
+        gc.disable()
+        try:
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+        finally:
+            gc.enable()
+        elapsed = torch.tensor([time.perf_counter() - start], dtype=torch.float64, device=device())
+        dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+        return float(elapsed.item())
+
+    return timed
 
 
 def run(ctx: CheckContext) -> dict[str, float]:
     import torch
 
-    from harness.evals.timing import median_ci
+    from harness.evals.timing import interleaved
     from harness.runtime.distributed import model_parallel
     from harness.runtime.forward import device
     from harness.runtime.speculative import greedy, load_heads, measure_acceptance, speculative, train_heads, with_drafts
@@ -126,36 +167,39 @@ def run(ctx: CheckContext) -> dict[str, float]:
         outputs = [speculative(model, algorithm, prompt, params.new_tokens, steps) for prompt in batch]
         mismatches = sum(int((out != truth).sum()) for out, truth in zip(outputs, truths, strict=True))
 
+        timed = batch[: params.timing_prompts]
+
         def autoregressive() -> None:
-            for prompt in batch:
+            for prompt in timed:
                 greedy(model, prompt, params.new_tokens)
 
         def drafted() -> None:
-            for prompt in batch:
+            for prompt in timed:
                 speculative(model, algorithm, prompt, params.new_tokens, steps)
 
-        ar_s, spec_s = [], []  # the ground-truth and lossless passes above were both paths' warm-up
-        for _ in range(params.timing_repeats):
-            ar_s.append(_timed(autoregressive))
-            spec_s.append(_timed(drafted))
-    speedup, low, high = median_ci([a / s for a, s in zip(ar_s, spec_s, strict=True)], seed=ctx.case.seed)
-    tokens = params.new_tokens * len(batch)
+        paired = interleaved(_timer(autoregressive), _timer(drafted), pairing_plan(params, ctx.case), ctx.case.seed)
+    ctx.timings.update(autoregressive=list(paired.a_s), speculative=list(paired.b_s))
+    tokens = params.new_tokens * len(timed)
     return {
         "acceptance_length": accepted.length,
         "acceptance_rate": accepted.length / (steps + PARALLEL_DRAFT_STEP),
         "lossless_mismatches": float(mismatches),
         "base_token_mismatches": float(accepted.base_mismatches),
-        "speedup": speedup,
-        "speedup_ci_low": low,
-        "speedup_ci_high": high,
-        "ar_tokens_per_s": tokens / sorted(ar_s)[len(ar_s) // 2],
-        "spec_tokens_per_s": tokens / sorted(spec_s)[len(spec_s) // 2],
+        "speedup": paired.ratio,
+        "speedup_ci_low": paired.low,
+        "speedup_ci_high": paired.high,
+        "speedup_ci_half_width": paired.half_width,
+        "timing_pairs": float(len(paired.a_s)),
+        "ar_tokens_per_s": tokens / statistics.median(paired.a_s),
+        "spec_tokens_per_s": tokens / statistics.median(paired.b_s),
         **{f"position_acceptance@{j + 1}": accepted.rate(j) for j in range(steps)},
     }
 
 
 _AL = Tolerance(abs=0.02)  # deterministic on one CPU; allows another machine's reduction order
-_TIME = Tolerance(rel=0.5, direction=Direction.HIGHER_IS_BETTER)  # a 2-core shared machine: fails only on a halving
+# One-sided: a drop of more than 5% fails. The interval budget keeps the median's own noise well inside
+# that, so a 10% slower speculative path fails (tests/test_spec_speed_mutation.py) and a healthy one passes.
+_TIME = Tolerance(rel=0.05, direction=Direction.HIGHER_IS_BETTER)
 
 CHECK = Check(
     name="spec_decode",
@@ -169,9 +213,12 @@ CHECK = Check(
         "lossless_mismatches": MetricSpec("tokens where speculative greedy output differs from autoregressive greedy", Tolerance(),
                                           Budget(max=0.0)),
         "base_token_mismatches": MetricSpec("draft steps whose base token differs from greedy decoding", Tolerance(), Budget(max=0.0)),
-        "speedup": MetricSpec("median autoregressive time / speculative time (no KV cache either way)", _TIME),
+        "speedup": MetricSpec("median over interleaved pairs of autoregressive time / speculative time (no KV cache either way)", _TIME),
         "speedup_ci_low": MetricSpec("95% bootstrap interval of the speedup median, low end", INFORMATIONAL),
         "speedup_ci_high": MetricSpec("95% bootstrap interval of the speedup median, high end", INFORMATIONAL),
+        "speedup_ci_half_width": MetricSpec("half the speedup interval's width / the speedup (the pairs stop once within budget)",
+                                            INFORMATIONAL, Budget(max=SPEEDUP_BUDGET)),
+        "timing_pairs": MetricSpec("interleaved pairs it took to reach the interval budget (or timing_max_pairs)", INFORMATIONAL),
         "ar_tokens_per_s": MetricSpec("autoregressive decoding throughput (median)", INFORMATIONAL),
         "spec_tokens_per_s": MetricSpec("speculative decoding throughput (median)", INFORMATIONAL),
     },

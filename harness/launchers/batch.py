@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from harness.launchers.common import artifact_dir_name, fresh_artifacts, startup_timeout_s, tail
-from harness.launchers.protocol import BATCH_FILE, Batch, RankReply, Task, merged_metrics, reply_file, started_marker
+from harness.launchers.protocol import BATCH_FILE, Batch, Measured, RankReply, Task, merged, reply_file, started_marker
 from harness.records import Case, CaseOutcome
 
 POLL_S = 0.5
@@ -109,11 +109,12 @@ class BatchLauncher:
         return (f"{why}\n{self.backend.name} job {running.job.id} ({state.detail}); folder {running.folder}\n"
                 f"--- job log ({running.job.log}), last lines:\n{tail(running.job.log)}")
 
-    def _await(self, case: Case) -> dict[str, float] | str:
-        """The case's metrics, or the error text after its job was ended."""
+    def _await(self, case: Case) -> Measured | str:
+        """What the case's ranks measured, or the error text after its job was ended."""
         running = self.running
         assert running is not None
         index, world = running.done, case.world_size
+        startup_s = startup_timeout_s(case.platform)
         deadline: float | None = None
         first_error_at: float | None = None
         while True:
@@ -122,7 +123,7 @@ class BatchLauncher:
             if len(replies) == world and not errors:
                 running.done += 1
                 running.ready_since = time.monotonic()
-                return merged_metrics(replies)
+                return merged(replies)
             if errors:
                 first_error_at = first_error_at or time.monotonic()
                 if len(replies) == world or time.monotonic() > first_error_at + ERROR_GRACE_S:
@@ -137,8 +138,8 @@ class BatchLauncher:
                 return self._end(f"timed out after {case.timeout_s:g} s; job cancelled")
             if state.phase == "pending":
                 running.ready_since = time.monotonic()  # queue time does not count
-            elif not started and time.monotonic() > running.ready_since + startup_timeout_s(case.platform):
-                return self._end(f"the job's ranks did not start {case.id} within {startup_timeout_s(case.platform):.0f} s")
+            elif not started and time.monotonic() > running.ready_since + startup_s:
+                return self._end(f"the job's ranks did not start {case.id} within {startup_s:.0f} s")
             time.sleep(POLL_S)
 
     def _finish(self) -> None:
@@ -177,7 +178,7 @@ class BatchLauncher:
             raise
         if isinstance(found, str):
             return CaseOutcome(case, {}, found, time.perf_counter() - start, artifacts)
-        return CaseOutcome(case, found, None, time.perf_counter() - start, artifacts)
+        return CaseOutcome(case, found.metrics, None, time.perf_counter() - start, artifacts, timings=found.timings)
 
     def close(self) -> None:
         self._finish()

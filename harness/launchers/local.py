@@ -19,7 +19,7 @@ from multiprocessing.connection import Connection, Listener, wait
 from pathlib import Path
 
 from harness.launchers.common import checkout_pythonpath, fresh_artifacts, rank_environment, startup_timeout_s, tail
-from harness.launchers.protocol import RankReply, Task, merged_metrics
+from harness.launchers.protocol import Measured, RankReply, Task, merged
 from harness.records import Case, CaseOutcome
 
 ERROR_GRACE_S = 10.0
@@ -133,8 +133,8 @@ class WorkerPool:
                           for r in range(self.world_size))
         return f"{reason}\n{tails}"
 
-    def run(self, case: Case, artifacts: Path) -> dict[str, float]:
-        """Metrics of ``case`` (from the lowest rank that reports them); ``PoolBroken`` otherwise."""
+    def run(self, case: Case, artifacts: Path) -> Measured:
+        """What the ranks of ``case`` measured (harness.launchers.protocol.merged); ``PoolBroken`` otherwise."""
         task = Task(case, str(artifacts))
         for conn in self.conns.values():
             conn.send(("run", task))
@@ -164,7 +164,7 @@ class WorkerPool:
         errors = [r for r in sorted(replies.values(), key=lambda r: r.rank) if r.error]
         if errors:
             raise PoolBroken(self._explain("\n".join(f"rank {r.rank} raised:\n{r.error}" for r in errors)))
-        return merged_metrics(list(replies.values()))
+        return merged(list(replies.values()))
 
     def kill(self) -> None:
         if self.procs and self.procs[0].pid:
@@ -207,8 +207,8 @@ class LocalLauncher:
                 self._serial += 1
                 log_dir = self.artifacts_root / "_workers" / f"{case.platform}-w{case.world_size}-{self._serial}"
                 self.pools[key] = WorkerPool(case.world_size, case.platform, log_dir)
-            metrics = self.pools[key].run(case, artifacts)
-            return CaseOutcome(case, metrics, None, time.perf_counter() - start, str(artifacts))
+            found = self.pools[key].run(case, artifacts)
+            return CaseOutcome(case, found.metrics, None, time.perf_counter() - start, str(artifacts), timings=found.timings)
         except PoolBroken as err:
             broken = self.pools.pop(key, None)
             if broken is not None:

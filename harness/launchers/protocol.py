@@ -5,9 +5,9 @@ They live outside ``worker.py`` because that module runs as ``__main__`` in the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from harness.records import DEVICE_MEMORY, PEAK_MEMORY, Case
+from harness.records import WORKER_MEMORY, Case
 
 
 @dataclass(frozen=True)
@@ -22,17 +22,26 @@ class RankReply:
     metrics: dict[str, float] | None
     error: str | None
     duration_s: float
+    timings: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
 
-def merged_metrics(replies: list[RankReply]) -> dict[str, float]:
-    """A case's metrics: the lowest reporting rank's, with each memory figure its largest rank's."""
+@dataclass(frozen=True)
+class Measured:
+    """What a case's ranks measured together."""
+
+    metrics: dict[str, float]
+    timings: dict[str, tuple[float, ...]]
+
+
+def merged(replies: list[RankReply]) -> Measured:
+    """A case's metrics and timings: the lowest reporting rank's, with each memory figure its largest rank's."""
     reported = sorted((r for r in replies if r.metrics is not None), key=lambda r: r.rank)
-    merged = dict(reported[0].metrics or {})
-    for name in (PEAK_MEMORY, DEVICE_MEMORY):
-        values = [r.metrics[name] for r in reported if r.metrics and name in r.metrics]
+    metrics = dict(reported[0].metrics or {})
+    for name in WORKER_MEMORY:
+        values = [each[name] for r in reported if name in (each := r.metrics or {})]
         if values:
-            merged[name] = max(values)
-    return merged
+            metrics[name] = max(values)
+    return Measured(metrics, reported[0].timings)
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,8 @@ def run_task(task: Task, rank: int) -> RankReply:
             artifacts=Path(task.artifacts),
         )
         metrics = check.run(context) | memory_metrics(task.case.platform)
-        return RankReply(rank, metrics, None, time.perf_counter() - start)
+        timings = {name: tuple(values) for name, values in context.timings.items()}
+        return RankReply(rank, metrics, None, time.perf_counter() - start, timings)
     except Exception:
         return RankReply(rank, None, traceback.format_exc(), time.perf_counter() - start)
     finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from harness.records import Layout
+from harness.records import Dtype, Layout
 
 if TYPE_CHECKING:
     import torch
@@ -56,7 +56,7 @@ class ModelSpec:
     checkpoint: str | None = None  # weights loaded from this megatron torch_dist checkpoint
     unavailable: str | None = None  # why this machine cannot build it (a checkpoint that is not here)
     # Set per case by the suite's dtype axis: parameters and activations (megatron's params_dtype, bf16).
-    dtype: Literal["fp32", "bf16"] = "fp32"
+    dtype: Dtype = "fp32"
     # Which megatron layer spec builds it (``layer_spec`` below); None: its platform's (LAYERS_BY_PLATFORM),
     # set per case at expansion. A model whose subject is one norm implementation pins it here.
     layers: Literal["local", "modelopt"] | None = None

@@ -15,8 +15,8 @@ from harness.checks.base import Check, LayoutModel
 from harness.models.sources import ModelSourceError, hf_spec, torch_dist_spec
 from harness.models.zoo import ZOO, ModelSpec
 from harness.optimizations import get_optimization
-from harness.records import metric_family
-from harness.suites.schema import Dtype, SuiteModel
+from harness.records import Dtype, metric_family
+from harness.suites.schema import SuiteModel
 from harness.suites.yaml_lines import LineMap, Path_, SuiteError, load_yaml_with_lines
 
 CORE_AXES = ("model", "layout", "optimization", "dtype")

@@ -8,7 +8,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from pydantic import ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, field_validator, model_validator
 
 from harness.checks.base import LayoutModel, StrictModel
-from harness.records import Budget, Direction, Tolerance
+from harness.records import Budget, Direction, Dtype, Tolerance
 
 
 class ToleranceModel(StrictModel):
@@ -26,9 +26,6 @@ class BudgetModel(StrictModel):
 
     def budget(self) -> Budget:
         return Budget(self.min, self.max)
-
-
-Dtype = Literal["fp32", "bf16"]
 
 
 class MatrixModel(StrictModel):
