@@ -43,7 +43,7 @@ class SpecParams(StrictModel):
     timing_prompts: PositiveInt | None = None  # the first N prompts make one timed pass (None: all; MT-Bench has 80)
     timing_warmup: NonNegativeInt = 2
     timing_min_pairs: PositiveInt = 15
-    timing_max_pairs: PositiveInt = 80
+    timing_max_pairs: PositiveInt = 60
 
 
 PARALLEL_DRAFT_STEP = 1  # modelopt's default: the base model's own next token
