@@ -198,7 +198,7 @@ def run(ctx: CheckContext) -> dict[str, float]:
 
 _AL = Tolerance(abs=0.02)  # deterministic on one CPU; allows another machine's reduction order
 # One-sided: a drop of more than 5% fails. The interval budget keeps the median's own noise well inside
-# that, so a 10% slower speculative path fails (tests/test_spec_speed_mutation.py) and a healthy one passes.
+# that, so a 10% slower speculative path fails (tests/test_spec_speed.py) and a healthy one passes.
 _TIME = Tolerance(rel=0.05, direction=Direction.HIGHER_IS_BETTER)
 
 CHECK = Check(

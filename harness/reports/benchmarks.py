@@ -1,8 +1,8 @@
 """Speed results in pytest-benchmark's format, so the tools people already use read them:
 ``pytest-benchmark compare`` on two nightly runs, its table under pytest. A case's timed paths
 (speculative decoding: ``autoregressive`` and ``speculative``) are one benchmark each, grouped by
-case, with every repetition's seconds as its data and the case's own summary (speedup, interval,
-pairs, verdict) as ``extra_info``. pytest-benchmark's own ``Stats`` computes the statistics.
+case, with every repetition's seconds as its data and the case's metrics (speedup, interval, pairs, ...)
+and verdict as ``extra_info``. pytest-benchmark's own ``Stats`` computes the statistics.
 
 Measuring is the check's job; this module only re-expresses finished results (like the reports).
 """
@@ -40,12 +40,11 @@ def timed_paths(result: CaseResult) -> list[Any]:
     """One pytest-benchmark ``Metadata`` per timed path of a case (none for a case that timed nothing)."""
     from pytest_benchmark.stats import Metadata
 
-    case, metrics = result.case, result.outcome.metrics
-    summary = {name: value for name, value in metrics.items() if name.startswith(("speedup", "timing_"))}
+    case = result.case
     out = []
     for path, seconds in result.outcome.timings.items():
         timed = TimedPath(name=f"{case.id}[{path}]", fullname=f"{case.key}::{path}", group=case.key, param=path, params={"path": path},
-                          extra_info={**summary, "verdict": result.verdict.value, "artifacts": result.outcome.artifacts})
+                          extra_info={**result.outcome.metrics, "verdict": result.verdict.value, "artifacts": result.outcome.artifacts})
         bench = Metadata(timed, iterations=1, options={"timer": "perf_counter", "interleaved": True})
         for each in seconds:
             bench.update(each)
