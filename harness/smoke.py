@@ -20,7 +20,7 @@ GPU_SMOKE: tuple[str, ...] = (
     "kd/tiny-gpt-student/tp1pp1/lm-scaled/none/bf16[gpu]",
     "kd/tiny-gpt-student/tp2pp1/logits+cosine/none[gpu]",
     "kd-trajectory/tiny-gpt-student/tp1pp1/logits+cosine-t2/none[gpu]",
-    # speculative decoding: Medusa (shipped heads) and EAGLE-3 / MTP (Transformer Engine, trained here)
+    # speculative decoding: Medusa and EAGLE-3 / EAGLE-MTP (shipped heads), through Transformer Engine on a GPU
     "spec/tiny-gpt-trained/tp1pp1/medusa-k2-t150/none[gpu]",
     "spec/tiny-gpt-trained/tp1pp1/eagle3-k2-t0/none[gpu]",
     "spec/tiny-gpt-trained/tp1pp1/eagle3-k2-t150/none[gpu]",

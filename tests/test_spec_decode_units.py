@@ -115,7 +115,7 @@ def planted_drafts(wrong_at: set[int]) -> DraftAlgorithm:
         drafts = [int(t) if prefix.shape[1] + 1 + j not in wrong_at else (int(t) + 1) % 11 for j, t in enumerate(truth[1:])]
         return truth[:1].view(1, 1), torch.tensor([drafts])
 
-    return DraftAlgorithm("planted", lambda steps: [], draft)
+    return DraftAlgorithm("planted", "planted_heads", lambda steps, base: [], draft)
 
 
 def test_acceptance_counts_like_megatron_and_decoding_stays_lossless() -> None:
@@ -134,7 +134,7 @@ def test_acceptance_counts_like_megatron_and_decoding_stays_lossless() -> None:
         assert torch.equal(speculative(model, planted_drafts(wrong), prompt, 10, steps=3), truth)
 
 
-def test_pipeline_layouts_are_rejected_and_eagle_skips_on_cpu_with_the_reason(write_suite) -> None:  # noqa: ANN001
+def test_pipeline_layouts_are_rejected_and_eagle_skips_on_cpu_only_with_a_reason(write_suite, monkeypatch) -> None:  # noqa: ANN001
     from harness.schedule import skip_reason
     from harness.suites.expand import Resources, expand
     from harness.suites.load import load_suite
@@ -145,6 +145,7 @@ def test_pipeline_layouts_are_rejected_and_eagle_skips_on_cpu_with_the_reason(wr
         expand([load_suite(write_suite(text.format(layout="{tp: 1, pp: 2}"), "pp.yaml"))], Resources(cpu_ranks=2, gpus=0))
     cases = expand([load_suite(write_suite(text.format(layout="{tp: 1, pp: 1}"), "tp.yaml"))], Resources(cpu_ranks=2, gpus=0))
     reasons = {c.id: skip_reason(c, Resources(cpu_ranks=2, gpus=0)) for c in cases}
-    assert reasons["sp/tiny-gpt/tp1pp1/medusa-k3-t150/none"] is None
-    eagle = reasons["sp/tiny-gpt/tp1pp1/eagle3-k3-t150/none"]
+    assert reasons == {"sp/tiny-gpt/tp1pp1/medusa-k3-t150/none": None, "sp/tiny-gpt/tp1pp1/eagle3-k3-t150/none": None}
+    monkeypatch.setattr("harness.runtime.drafts.version", lambda package: "0.46.1")  # a modelopt the stand-ins were not verified on
+    eagle = skip_reason(cases[1], Resources(cpu_ranks=2, gpus=0))
     assert eagle is not None and eagle.startswith("GPU only: eagle3: modelopt's Megatron EAGLE module is built from Transformer Engine")

@@ -46,8 +46,8 @@ def test_noisier_timings_take_more_pairs_and_max_pairs_bounds_them() -> None:
 
 
 def test_the_interval_target_follows_what_the_case_judges() -> None:
-    """+-2% where a 5% drop fails (trained fp32 at TP1), +-5% where 15% does (the untrained floor, bf16
-    and TP2 on a CPU), and the GPU real-model suite's +-2% budget."""
+    """+-2% where a 5% drop fails (trained Medusa in fp32 at TP1), +-5% where 15% does (the untrained floor,
+    bf16 and TP2 on a CPU, EAGLE), and the GPU real-model suite's +-2% budget."""
     from harness.checks.spec_decode import SpecParams, pairing_plan
     from harness.pipeline import collect
     from harness.suites.expand import Resources
@@ -59,6 +59,8 @@ def test_the_interval_target_follows_what_the_case_judges() -> None:
     assert target["spec/tiny-gpt-trained/tp2pp1/medusa-k4-t150/none[cpu]"] == pytest.approx(0.05)
     assert target["spec/tiny-gpt-trained/tp1pp1/medusa-k2-t0/none[cpu]"] == pytest.approx(0.05)
     assert target["spec/tiny-gpt-trained/tp1pp1/medusa-k2-t150/none/bf16[cpu]"] == pytest.approx(0.05)
+    assert target["spec/tiny-gpt-trained/tp1pp1/eagle3-k2-t150/none[cpu]"] == pytest.approx(0.05)
+    assert target["spec/tiny-gpt-trained/tp1pp1/eagle_mtp-k4-t150/none[cpu]"] == pytest.approx(0.05)
     hf = [t for key, t in target.items() if key.startswith("spec-hf/")]
     assert hf and hf == pytest.approx([0.02] * len(hf))
 

@@ -45,7 +45,6 @@ def recipe_of(name: str) -> dict[str, Any]:
 
 def _run(ctx: CheckContext) -> dict[str, float]:
     import torch.distributed as dist
-    from safetensors import safe_open
 
     from harness.runtime.distributed import model_parallel
     from harness.runtime.weights import save_whole, whole_tensors
@@ -65,9 +64,9 @@ def _run(ctx: CheckContext) -> dict[str, float]:
 
             tensors = whole_tensors(train(spec))
         else:
-            with safe_open(str(manifest().verified_file(spec.name)), framework="pt") as base:
-                base_keys = frozenset(base.keys())
-            tensors = whole_tensors(_trained_heads(spec, heads), skip=base_keys)
+            # the draft module's tensors only (a converted base can change its own checkpoint keys: EAGLE makes them per layer)
+            module = ALGORITHMS[heads.algorithm].heads_module + "."
+            tensors = {key: t for key, t in whole_tensors(_trained_heads(spec, heads)).items() if key.startswith(module)}
     if dist.get_rank() == 0:
         save_whole(tensors, ctx.artifacts / SUBJECT_FILE, {"subject": name})
     dist.barrier()

@@ -6,19 +6,28 @@ worker none of this module is applied. On a CPU worker each adaptation below is 
 named, and refuses to run against a megatron-core version it was not verified with: a new release
 must be checked by a person (extend ``VERIFIED_MCORE``), never silently trusted.
 
+modelopt's Megatron EAGLE module names Transformer Engine layers directly (TE needs CUDA; without it
+megatron binds them to a MagicMock). The ``eagle-*`` adaptations give it torch stand-ins, guarded by
+``drafts.VERIFIED_MODELOPT``: on another modelopt they are not applied and EAGLE cases skip on CPU with the
+reason (``eagle_blocker``). They stand in for TE kernels, which the CPU base model does not run either.
+
 The model-parallel RNG tracker needs no patch: ``runtime.distributed.seed_everything`` asks
 megatron for its inference RNG tracker on CPU, which does not touch CUDA RNG states.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from packaging.version import Version
 from torch.overrides import TorchFunctionMode
+
+from harness.runtime.drafts import eagle_blocker
 
 # megatron-core releases on which every adaptation below was verified (inclusive lower, exclusive upper).
 VERIFIED_MCORE = (Version("0.16.0"), Version("0.20.0"))
@@ -63,10 +72,65 @@ def _cuda_factories_to_cpu() -> None:
     _CudaToCpu().__enter__()
 
 
+def _eagle_local_core_attention() -> None:
+    # EagleModule builds its draft layer from get_gpt_modelopt_spec, whose core attention defaults to
+    # TEDotProductAttention and whose norms are TE's (``Norm``): megatron's own DotProductAttention (it
+    # takes the arbitrary mask EAGLE trains with) and torch norms instead.
+    import modelopt.torch.speculative.plugins.megatron_eagle as eagle
+    from megatron.core.post_training.modelopt.gpt import model_specs
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+    model_specs.Norm = WrappedTorchNorm
+    eagle.get_gpt_modelopt_spec = functools.partial(model_specs.get_gpt_modelopt_spec, local_core_attention=True)
+
+
+def _eagle_torch_norm() -> None:
+    # EAGLE's enorm / hnorm are TENorm; megatron's torch norm takes the same (config, hidden_size, eps).
+    import modelopt.torch.speculative.plugins.megatron_eagle as eagle
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+    eagle.TENorm = WrappedTorchNorm
+
+
+def _eagle_duplicated_linear() -> None:
+    # EAGLE-3's fc (the aux hidden states, 3h -> h) is a TELinear(parallel_mode="duplicated"): the same full
+    # weight on every tensor-parallel rank, returning (output, bias). Megatron's local Linear is exactly that;
+    # the subclass takes TELinear's signature and keeps its state-dict keys (heads trained here load on a GPU).
+    import modelopt.torch.speculative.plugins.megatron_eagle as eagle
+    from megatron.core.post_training.modelopt.layers import Linear
+
+    class DuplicatedLinear(Linear):
+        def __init__(self, input_size: int, output_size: int, *, parallel_mode: str | None, config: Any, init_method: Any,
+                     bias: bool, skip_bias_add: bool, skip_weight_param_allocation: bool, **unused: Any) -> None:
+            if parallel_mode != "duplicated":
+                raise ValueError(f"the CPU stand-in for TELinear covers parallel_mode='duplicated' only, not {parallel_mode!r}")
+            super().__init__(input_size, output_size, config=config, init_method=init_method, bias=bias, skip_bias_add=skip_bias_add,
+                             skip_weight_param_allocation=skip_weight_param_allocation)
+
+    eagle.TELinear = DuplicatedLinear
+
+
+def _eagle_no_cp_attention_context() -> None:
+    # te_dot_product_attention_with_cp imports TEDotProductAttention to patch it under context parallelism;
+    # the CPU runs without context parallelism, where the context changes nothing.
+    import modelopt.torch.speculative.plugins.megatron_eagle as eagle
+
+    eagle.te_dot_product_attention_with_cp = lambda attention_mask, num_attention_heads: nullcontext()
+
+
 ADAPTATIONS: tuple[Adaptation, ...] = (
     Adaptation("cpu-current-device", "torch.cuda.current_device() answers the CPU", _cpu_current_device),
     Adaptation("no-cuda-synchronize", "torch.cuda.synchronize() is a no-op", _no_cuda_synchronize),
     Adaptation("cuda-factories-to-cpu", 'device="cuda" tensor factories allocate on the CPU', _cuda_factories_to_cpu),
+)
+EAGLE_ADAPTATIONS: tuple[Adaptation, ...] = (
+    Adaptation("eagle-local-core-attention", "EAGLE's draft layer: megatron's DotProductAttention and torch norms, not TE's",
+               _eagle_local_core_attention),
+    Adaptation("eagle-torch-norm", "EAGLE's TENorm (enorm, hnorm) is megatron's torch norm", _eagle_torch_norm),
+    Adaptation("eagle-duplicated-linear", "EAGLE-3's TELinear fc is megatron's local Linear, duplicated on every TP rank",
+               _eagle_duplicated_linear),
+    Adaptation("eagle-no-cp-attention-context", "te_dot_product_attention_with_cp is a null context (no context parallelism)",
+               _eagle_no_cp_attention_context),
 )
 
 _applied: list[str] = []
@@ -90,7 +154,7 @@ def apply_cpu_adaptations() -> list[str]:
     from megatron.core.package_info import __version__ as mcore_version
 
     check_mcore_version(mcore_version)
-    for adaptation in ADAPTATIONS:
+    for adaptation in ADAPTATIONS + (EAGLE_ADAPTATIONS if eagle_blocker() is None else ()):
         adaptation.apply()
         _applied.append(adaptation.name)
     return list(_applied)

@@ -14,20 +14,26 @@ import torch
 
 from harness.data.corpus import MarkovCorpus
 from harness.evals.mmlu import Tokenizer
-from harness.models.zoo import ModelSpec, torch_dtype
+from harness.models.zoo import ModelSpec
 from harness.runtime.drafts import DraftAlgorithm, HeadRecipe
 from harness.runtime.forward import device, on_device, positions
 
 
-def with_drafts(spec: ModelSpec, algorithm: DraftAlgorithm, steps: int, seed: int) -> torch.nn.Module:
-    """``spec`` converted by modelopt with ``steps`` draft heads of ``algorithm``, on the worker's device."""
+def with_drafts(spec: ModelSpec, algorithm: DraftAlgorithm, steps: int, seed: int, workaround: bool = True) -> torch.nn.Module:
+    """``spec`` converted by modelopt with ``steps`` draft heads of ``algorithm``, on the worker's device;
+    ``workaround``: around the algorithm's known training defect (the heads the harness ships have it)."""
     import modelopt.torch.speculative as mtsp
 
     from harness.runtime.subject import build_model
 
-    model = mtsp.convert(build_model(spec, seed=seed), algorithm.modes(steps, torch_dtype(spec)))
-    model = on_device(model, f"after mtsp.convert({algorithm.name})")
+    modes = algorithm.modes(steps, spec)
+    base = build_model(spec, seed=seed)
+    for _, config in modes:
+        algorithm.before_convert(base, config)
+    model = on_device(mtsp.convert(base, modes), f"after mtsp.convert({algorithm.name})")
     algorithm.prepare(model)
+    if workaround:
+        algorithm.workaround(model)
     return model
 
 

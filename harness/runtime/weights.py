@@ -18,25 +18,25 @@ import torch.distributed as dist
 def _sharded_tensors(model: torch.nn.Module) -> Iterator[object]:
     from megatron.core import parallel_state as ps
     from megatron.core.dist_checkpointing.dict_utils import nested_values
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
 
     # modelopt's draft heads read the data-parallel group from the metadata (megatron's own modules default it)
     metadata = {"dp_cp_group": ps.get_data_parallel_group(with_context_parallel=True)}
     for value in nested_values(model.sharded_state_dict(metadata=metadata)):
-        if isinstance(value, ShardedTensor):
+        if isinstance(value, ShardedTensorFactory):  # a gated MLP's fc1 (EAGLE's draft layer): two halves, views of one weight
+            yield from (built for built in nested_values(value.build()) if isinstance(built, ShardedTensor))
+        elif isinstance(value, ShardedTensor):
             yield value
 
 
-def whole_tensors(model: torch.nn.Module, skip: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
-    """Every tensor of ``model`` (built under TP1/PP1) at its global shape, keys in ``skip`` left out."""
+def whole_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor of ``model`` (built under TP1/PP1) at its global shape."""
     from megatron.core import parallel_state as ps
 
     if ps.get_tensor_model_parallel_world_size() * ps.get_pipeline_model_parallel_world_size() != 1:
         raise ValueError("whole tensors are exported from a TP1/PP1 model, which holds every shard")
     out: dict[str, torch.Tensor] = {}
     for sharded in _sharded_tensors(model):
-        if sharded.key in skip:
-            continue
         whole = out.setdefault(sharded.key, torch.zeros(sharded.global_shape, dtype=sharded.data.dtype))
         whole[sharded.global_slice()] = sharded.data.detach().cpu()
     return out
