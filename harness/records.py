@@ -32,16 +32,35 @@ Dtype = Literal["fp32", "bf16"]
 
 @dataclass(frozen=True, order=True)
 class Layout:
+    """How a case shards its model. ``ep``: expert-parallel ranks (inside data parallelism: a layout
+    needs tp x pp x ep ranks); ``sp``: sequence parallelism over the tensor-parallel ranks."""
+
     tp: int = 1
     pp: int = 1
+    ep: int = 1
+    sp: bool = False
 
     @property
     def world_size(self) -> int:
-        return self.tp * self.pp
+        return self.tp * self.pp * self.ep
 
     @property
     def token(self) -> str:
-        return f"tp{self.tp}pp{self.pp}"
+        """``tp2pp1`` (the ids before the new axes), then ``ep2`` and ``sp`` when used."""
+        return f"tp{self.tp}pp{self.pp}" + (f"ep{self.ep}" if self.ep > 1 else "") + ("sp" if self.sp else "")
+
+    @property
+    def markers(self) -> set[str]:
+        """``tp2``, ``pp2``, ``ep2``, ``sp``: the parallel dimensions a case uses, for ``pytest -m``."""
+        sizes = {"tp": self.tp, "pp": self.pp, "ep": self.ep}
+        return {f"{axis}{size}" for axis, size in sizes.items() if size > 1} | ({"sp"} if self.sp else set())
+
+    def errors(self) -> list[str]:
+        """What megatron refuses in the layout itself, whatever the model."""
+        problems = []
+        if self.sp and self.tp == 1:
+            problems.append("sp (sequence parallel) needs tp > 1: it splits the sequence over the tensor-parallel ranks")
+        return problems
 
 
 class Direction(enum.StrEnum):

@@ -4,13 +4,13 @@ harness works around (``drafts._reuse_base_config``), shown on the installed mod
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from harness.launchers.local import free_port
 from harness.runtime import drafts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,11 +42,6 @@ print(json.dumps({"applied": applied, "unpatched": unpatched, "drafts": list(dra
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def test_eagle_runs_on_cpu_only_on_the_modelopt_its_stand_ins_were_verified_on(monkeypatch: pytest.MonkeyPatch) -> None:
     assert drafts.eagle_blocker() is None  # the pinned modelopt
@@ -58,7 +53,7 @@ def test_eagle_runs_on_cpu_only_on_the_modelopt_its_stand_ins_were_verified_on(m
 
 @pytest.mark.e2e
 def test_modelopt_mtp_reuse_of_the_base_decoder_lacks_config_fields_and_the_workaround_drafts() -> None:
-    done = subprocess.run([sys.executable, "-c", _CONVERT_MTP, str(_free_port())], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", _CONVERT_MTP, str(free_port())], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert {"eagle-local-core-attention", "eagle-torch-norm", "eagle-duplicated-linear"} <= set(result["applied"])

@@ -27,9 +27,11 @@ class StrictModel(BaseModel):
 class LayoutModel(StrictModel):
     tp: PositiveInt = 1
     pp: PositiveInt = 1
+    ep: PositiveInt = 1
+    sp: bool = False
 
     def layout(self) -> Layout:
-        return Layout(self.tp, self.pp)
+        return Layout(self.tp, self.pp, self.ep, self.sp)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ ERROR_GRACE_S = 10.0
 EXIT_GRACE_S = 5.0
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -63,7 +63,7 @@ class WorkerPool:
         authkey = secrets.token_bytes(16)
         listener = Listener(("127.0.0.1", 0), authkey=authkey)
         address = f"127.0.0.1:{listener.address[1]}"
-        master_port = _free_port()
+        master_port = free_port()
         accepted: list[Connection] = []
 
         def accept() -> None:

@@ -60,11 +60,17 @@ class ModelSpec:
     # Which megatron layer spec builds it (``layer_spec`` below); None: its platform's (LAYERS_BY_PLATFORM),
     # set per case at expansion. A model whose subject is one norm implementation pins it here.
     layers: Literal["local", "modelopt"] | None = None
+    # Mixture of experts: None is a dense MLP; else experts per MoE layer, each token routed to ``moe_router_topk``.
+    num_moe_experts: int | None = None
+    moe_router_topk: int = 2
 
     def layout_errors(self, layout: Layout) -> list[str]:
         """Why ``layout`` cannot shard this model (empty when it can)."""
         tp, pp = layout.tp, layout.pp
+        if layout.ep > 1 and self.num_moe_experts is None:
+            return [f"ep={layout.ep} (expert parallel) needs a mixture-of-experts model; {self.name} is dense"]
         checks = [
+            ("num_moe_experts", self.num_moe_experts or layout.ep, layout.ep, "ep"),
             ("num_attention_heads", self.num_attention_heads, tp, "tp"),
             ("num_query_groups", self.num_query_groups or self.num_attention_heads, tp, "tp"),
             ("vocab_size", self.vocab_size, tp, "tp"),
@@ -107,6 +113,9 @@ ZOO["tiny-gpt-layernorm"] = replace(
     ZOO["tiny-gpt"], name="tiny-gpt-layernorm", description="tiny-gpt with LayerNorm (quantized by modelopt)", normalization="LayerNorm",
     layers="local",
 )
+# A mixture of experts: tiny-gpt's attention, 4 experts of its FFN width per layer, top-2 routing.
+ZOO["tiny-moe"] = replace(ZOO["tiny-gpt"], name="tiny-moe", description="tiny-gpt with 4 experts per layer, top-2 routing",
+                         num_moe_experts=4, add_bias_linear=False)  # megatron: bias in MoE needs expert TP 1
 # The same architecture trained on the synthetic corpus: accuracy deltas mean something on it.
 ZOO["tiny-gpt-trained"] = replace(
     ZOO["tiny-gpt"], name="tiny-gpt-trained", description="tiny-gpt trained on the Markov corpus (cached)", recipe=TrainRecipe()
@@ -123,18 +132,38 @@ def torch_dtype(spec: ModelSpec) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[spec.dtype]
 
 
-def _with_torch_norms(layer: Any, qk_layernorm: bool) -> Any:
-    """The local layer spec with every norm megatron's WrappedTorchNorm. megatron picks the local
-    spec's LayerNorm class through a module global (apex's FusedLayerNorm when apex imports, but
-    WrappedTorchNorm for good once any RMSNorm spec was built in the process), so without this the
-    class, and whether modelopt quantizes it, would depend on which case ran first."""
+class SequenceParallelTorchNorm:
+    """A torch norm for sequence-parallel layouts of the local spec: megatron's WrappedTorchNorm refuses
+    ``sequence_parallel`` (only apex's and TE's norms take it). A norm is per token, so it runs unchanged
+    on a sequence shard; its parameters are marked ``sequence_parallel`` as megatron marks TE's, so a
+    training step all-reduces their gradients over the tensor-parallel ranks."""
+
+    def __new__(cls, config: Any, hidden_size: int, eps: float = 1e-5, **unused: Any) -> Any:
+        import torch
+
+        kind = {"LayerNorm": torch.nn.LayerNorm, "RMSNorm": torch.nn.RMSNorm}[config.normalization]
+        norm = kind(hidden_size, eps=eps, dtype=config.params_dtype)
+        for param in norm.parameters():
+            param.sequence_parallel = True
+        return norm
+
+
+def _torch_norm(config: Any) -> Any:
     from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
+    return SequenceParallelTorchNorm if config.sequence_parallel else WrappedTorchNorm
+
+
+def _with_torch_norms(layer: Any, qk_layernorm: bool, norm: Any) -> Any:
+    """The local layer spec with every norm ``norm`` (megatron's WrappedTorchNorm, or its sequence-parallel
+    twin). megatron picks the local spec's LayerNorm class through a module global (apex's FusedLayerNorm
+    when apex imports, but WrappedTorchNorm for good once any RMSNorm spec was built in the process), so
+    without this the class, and whether modelopt quantizes it, would depend on which case ran first."""
     subs = layer.submodules
     attention = subs.self_attention
     if qk_layernorm:
-        attention = replace(attention, submodules=replace(attention.submodules, q_layernorm=WrappedTorchNorm, k_layernorm=WrappedTorchNorm))
-    return replace(layer, submodules=replace(subs, input_layernorm=WrappedTorchNorm, pre_mlp_layernorm=WrappedTorchNorm, self_attention=attention))
+        attention = replace(attention, submodules=replace(attention.submodules, q_layernorm=norm, k_layernorm=norm))
+    return replace(layer, submodules=replace(subs, input_layernorm=norm, pre_mlp_layernorm=norm, self_attention=attention))
 
 
 def layer_spec(spec: ModelSpec, config: Any) -> Any:
@@ -151,10 +180,12 @@ def layer_spec(spec: ModelSpec, config: Any) -> Any:
 
         return get_gpt_modelopt_spec(config, remap_te_layernorm=True)
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
-    from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
-    layer = _with_torch_norms(get_gpt_layer_local_spec(normalization=spec.normalization, qk_layernorm=spec.qk_layernorm), spec.qk_layernorm)
-    return TransformerBlockSubmodules(layer_specs=[layer] * get_num_layers_to_build(config), layer_norm=WrappedTorchNorm)
+    norm = _torch_norm(config)
+    local = get_gpt_layer_local_spec(num_experts=spec.num_moe_experts, moe_grouped_gemm=False, normalization=spec.normalization,
+                                     qk_layernorm=spec.qk_layernorm)
+    return TransformerBlockSubmodules(layer_specs=[_with_torch_norms(local, spec.qk_layernorm, norm)] * get_num_layers_to_build(config),
+                                      layer_norm=norm)
 
 
 def build_gpt(spec: ModelSpec, *, seed: int, parallel_output: bool = False) -> torch.nn.Module:
@@ -167,6 +198,8 @@ def build_gpt(spec: ModelSpec, *, seed: int, parallel_output: bool = False) -> t
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
     from megatron.core.transformer import TransformerConfig
+
+    from harness.runtime.distributed import current_layout
 
     torch.manual_seed(seed)  # use_cpu_initialization draws full weights from this generator
     config = TransformerConfig(
@@ -190,6 +223,12 @@ def build_gpt(spec: ModelSpec, *, seed: int, parallel_output: bool = False) -> t
         bf16=spec.dtype == "bf16",
         tensor_model_parallel_size=ps.get_tensor_model_parallel_world_size(),
         pipeline_model_parallel_size=ps.get_pipeline_model_parallel_world_size(),
+        expert_model_parallel_size=ps.get_expert_model_parallel_world_size(),
+        sequence_parallel=current_layout().sp,
+        num_moe_experts=spec.num_moe_experts,
+        moe_router_topk=spec.moe_router_topk,
+        # every rank sees every token and keeps its own experts' (alltoall builds a CUDA stream in its constructor)
+        moe_token_dispatcher_type="allgather",
     )
     model = GPTModel(
         config=config,

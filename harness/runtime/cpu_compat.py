@@ -72,6 +72,16 @@ def _cuda_factories_to_cpu() -> None:
     _CudaToCpu().__enter__()
 
 
+def _moe_router_without_te() -> None:
+    # megatron-core 0.16's moe_utils binds te_general_gemm only inside its Transformer Engine import's try, yet
+    # the router's gating GEMM reads it whenever router_dtype is not float64: NameError without TE. 0.19 binds
+    # it to None when TE is missing; the same here, where it is unbound (then the router takes torch.mm).
+    from megatron.core.transformer.moe import moe_utils
+
+    if not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None
+
+
 def _eagle_local_core_attention() -> None:
     # EagleModule builds its draft layer from get_gpt_modelopt_spec, whose core attention defaults to
     # TEDotProductAttention and whose norms are TE's (``Norm``): megatron's own DotProductAttention (it
@@ -122,6 +132,8 @@ ADAPTATIONS: tuple[Adaptation, ...] = (
     Adaptation("cpu-current-device", "torch.cuda.current_device() answers the CPU", _cpu_current_device),
     Adaptation("no-cuda-synchronize", "torch.cuda.synchronize() is a no-op", _no_cuda_synchronize),
     Adaptation("cuda-factories-to-cpu", 'device="cuda" tensor factories allocate on the CPU', _cuda_factories_to_cpu),
+    Adaptation("moe-router-without-te", "the MoE router's te_general_gemm is None where megatron-core leaves it unbound",
+               _moe_router_without_te),
 )
 EAGLE_ADAPTATIONS: tuple[Adaptation, ...] = (
     Adaptation("eagle-local-core-attention", "EAGLE's draft layer: megatron's DotProductAttention and torch norms, not TE's",

@@ -28,6 +28,16 @@ def seed_everything(seed: int) -> None:
                                                     force_reset_rng=True)
 
 
+_current: list[Layout] = []
+
+
+def current_layout() -> Layout:
+    """The layout ``model_parallel`` set up: what megatron's parallel state does not hold (sequence parallelism)."""
+    if not _current:
+        raise RuntimeError("no model_parallel layout is active")
+    return _current[-1]
+
+
 @contextmanager
 def model_parallel(layout: Layout, seed: int) -> Iterator[None]:
     """Initialise megatron's parallel state for ``layout`` over the whole world; data parallel
@@ -39,12 +49,14 @@ def model_parallel(layout: Layout, seed: int) -> Iterator[None]:
         raise ValueError(f"layout {layout.token} does not divide the world size {world}")
     before = _live_groups()
     parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp
+        tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp, expert_model_parallel_size=layout.ep
     )
+    _current.append(layout)
     try:
         seed_everything(seed)
         yield
     finally:
+        _current.pop()
         parallel_state.destroy_model_parallel()
         # destroy_model_parallel only forgets megatron's ~20 groups; each gloo group keeps its own
         # transport threads alive. A warm worker runs hundreds of layouts: measured 2000 threads and a

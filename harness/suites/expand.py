@@ -96,7 +96,7 @@ def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platfor
     world = max(each.world_size for each in layouts.values())
     first_key = {each: key for key, each in reversed(layouts.items())}  # a layout named twice is judged once
     for each, key in first_key.items():
-        for reason in [] if model.unavailable else model.layout_errors(each):
+        for reason in each.errors() + ([] if model.unavailable else model.layout_errors(each)):
             problems.append(lines.problem(where[key], reason))
         if world % each.world_size:
             problems.append(lines.problem(where[key], f"{each.token} does not divide the case's world size {world}"))
@@ -114,7 +114,7 @@ def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platfor
     # fp32 is implicit in ids, so the ids (and baselines) of fp32 cases did not change with the dtype axis.
     dtype = [] if chosen["dtype"] == "fp32" else [chosen["dtype"]]
     case_id = "/".join([spec.suite, chosen["model"], check.label(layout, params), chosen["optimization"], *dtype, *extra])
-    parallel = {f"tp{each.tp}" for each in layouts.values() if each.tp > 1} | {f"pp{each.pp}" for each in layouts.values() if each.pp > 1}
+    parallel = set().union(*(each.markers for each in layouts.values()))
     markers = (*spec.markers, check.name, chosen["model"], chosen["optimization"], chosen["dtype"], platform, *sorted(parallel),
                *(("slow",) if spec.slow else ()))
     return Case(
