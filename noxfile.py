@@ -29,9 +29,10 @@ def install_cpu(session: nox.Session) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The harness's own tests plus every CPU case of suites/ against recorded baselines."""
+    """The harness's own tests plus the CPU cases of suites/ against recorded baselines, leaving the
+    cases marked ``slow`` to cpu_suite and nightly (give your own ``-m`` to choose otherwise)."""
     install_cpu(session)
-    session.run("pytest", *session.posargs)
+    session.run("pytest", *([] if "-m" in session.posargs else ["-m", "not slow"]), *session.posargs)
 
 
 @nox.session

@@ -46,22 +46,21 @@ def test_noisier_timings_take_more_pairs_and_max_pairs_bounds_them() -> None:
 
 
 def test_the_interval_target_follows_what_the_case_judges() -> None:
-    """+-2% where a 5% drop fails (trained Medusa in fp32 at TP1), +-5% where 15% does (the untrained floor,
-    bf16 and TP2 on a CPU, EAGLE), and the GPU real-model suite's +-2% budget."""
+    """+-2% over up to 100 pairs where a 5% drop fails (trained Medusa k2 in fp32 at TP1: an override sets its
+    params, its id stays), +-12% over 10-20 pairs where a 30% drop does (every other CPU case), and the GPU
+    real-model suite's +-2% budget."""
     from harness.checks.spec_decode import SpecParams, pairing_plan
     from harness.pipeline import collect
     from harness.suites.expand import Resources
 
     cases = {c.key: c for c in collect([ROOT / "suites" / "spec.yaml", ROOT / "suites" / "spec_hf.yaml"], Resources(cpu_ranks=2, gpus=0))}
-    target = {key: pairing_plan(SpecParams.model_validate(c.params), c).half_width for key, c in cases.items()}
-    assert target["spec/tiny-gpt-trained/tp1pp1/medusa-k2-t150/none[cpu]"] == pytest.approx(0.02)
-    assert target["spec/tiny-gpt-trained/tp1pp1/medusa-k4-t150/none[cpu]"] == pytest.approx(0.02)
-    assert target["spec/tiny-gpt-trained/tp2pp1/medusa-k4-t150/none[cpu]"] == pytest.approx(0.05)
-    assert target["spec/tiny-gpt-trained/tp1pp1/medusa-k2-t0/none[cpu]"] == pytest.approx(0.05)
-    assert target["spec/tiny-gpt-trained/tp1pp1/medusa-k2-t150/none/bf16[cpu]"] == pytest.approx(0.05)
-    assert target["spec/tiny-gpt-trained/tp1pp1/eagle3-k2-t150/none[cpu]"] == pytest.approx(0.05)
-    assert target["spec/tiny-gpt-trained/tp1pp1/eagle_mtp-k4-t150/none[cpu]"] == pytest.approx(0.05)
-    hf = [t for key, t in target.items() if key.startswith("spec-hf/")]
+    plans = {key: pairing_plan(SpecParams.model_validate(c.params), c) for key, c in cases.items()}
+    tight = plans.pop("spec/tiny-gpt-trained/tp1pp1/medusa-k2-t150/none[cpu]")
+    assert (tight.half_width, tight.min_pairs, tight.max_pairs) == (pytest.approx(0.02), 15, 100)
+    cpu = {key: (round(plan.half_width, 9), plan.min_pairs, plan.max_pairs) for key, plan in plans.items()
+           if key.startswith("spec/") and key.endswith("[cpu]")}
+    assert len(cpu) >= 10 and set(cpu.values()) == {(0.12, 10, 20)}
+    hf = [plan.half_width for key, plan in plans.items() if key.startswith("spec-hf/")]
     assert hf and hf == pytest.approx([0.02] * len(hf))
 
 
@@ -94,7 +93,10 @@ def test_the_benchmark_document_is_pytest_benchmarks_and_compare_reads_two_runs(
 SUITE = """suite: spec
 check: {check}
 timeout_s: 900
-params: {{num_prompts: 2}}
+# the suite's tight tier (suites/spec.yaml): four prompts per timed pass, up to 100 pairs; two prompts gave
+# a shared CI machine +-5% in 60 pairs
+params: {{timing_min_pairs: 15, timing_max_pairs: 100}}
+budgets: {{speedup_ci_half_width: {{max: 0.1}}}}
 matrix:
   model: [tiny-gpt-trained]
   algorithm: [medusa]
@@ -124,7 +126,8 @@ def test_a_ten_percent_slower_draft_path_fails_its_case(pytester: pytest.Pyteste
     assert "medusa-k2-t150/none[autoregressive]" in table and "medusa-k2-t150/none[speculative]" in table
     cases = json.loads((tmp_path / "healthy" / "results.json").read_text())["cases"]
     base = {m["name"]: m["measured"] for m in cases[0]["metrics"]}
-    assert base["speedup_ci_half_width"] <= 0.05 and base["lossless_mismatches"] == 0  # the budget (+-2% is the aim, not a promise)
+    # +-2% is the aim, not a promise: this test's budget is +-10%, the verdict it tests the 5% speedup tolerance.
+    assert base["speedup_ci_half_width"] <= 0.1 and base["lossless_mismatches"] == 0
     saved = json.loads((tmp_path / "healthy.json").read_text())["benchmarks"]
     assert [len(b["stats"]["data"]) for b in saved] == [base["timing_pairs"]] * 2
 

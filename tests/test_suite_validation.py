@@ -124,6 +124,12 @@ def test_a_one_gpu_machine_skips_the_cases_that_need_more_gpus(write_suite) -> N
         (lambda t: t + "exclude:\n  - {layuot: {tp: 2}}\n", ":11: exclude[0].layuot: unknown key"),
         (lambda t: t + "params: {decode_tokens: 0}\n", ":10: params.decode_tokens: Input should be greater than 0"),
         (lambda t: t + "params: {reload_layout: same}\n", ":10: params.reload_layout: also a matrix axis"),
+        (lambda t: t + "overrides:\n  - when: {optimization: none}\n    params: {reload_layout: same}\n",
+         ":12: overrides[0].params.reload_layout: also a matrix axis"),
+        (lambda t: t + "overrides:\n  - when: {optimization: none}\n    params: {decode_tokns: 4}\n",
+         ":12: overrides[0].params.decode_tokns: unknown key"),
+        (lambda t: t + "overrides:\n  - when: {optimization: none}\n    params: {decode_tokens: 0}\n",
+         ":12: overrides[0].params.decode_tokens: Input should be greater than 0"),
         (lambda t: t.replace("{tp: 1, pp: 1}\n    - {tp: 2", "{tp: 1, pp: 1, dp: 2}\n    - {tp: 2"), ":6: matrix.layout[0].dp: Extra inputs"),
         (lambda t: t + "suite: again\n", ":10: suite: duplicate key"),
         (lambda t: t.replace("  model: [tiny-gpt]", "  model: [tiny-gpt"), ":5: <yaml>:"),
@@ -133,6 +139,16 @@ def test_one_line_errors(write_suite, edit, expected: str) -> None:  # noqa: ANN
     path = write_suite(edit(GOOD))
     found = problems(path)
     assert any(line.startswith(f"{path}{expected}") for line in found), found
+
+
+def test_an_override_sets_params_of_the_cases_it_names_and_no_id_changes(write_suite) -> None:  # noqa: ANN001
+    plain = {c.id: c for c in expand(load_suites([write_suite(GOOD)]), TWO_RANKS)}
+    path = write_suite(GOOD + "overrides:\n  - when: {optimization: int4_awq, layout: {tp: 2, pp: 1}}\n    params: {decode_tokens: 3}\n")
+    cases = {c.id: c for c in expand(load_suites([path]), TWO_RANKS)}
+    assert cases.keys() == plain.keys()
+    changed = {case_id for case_id, case in cases.items() if case.params != plain[case_id].params}
+    assert changed == {"demo/tiny-gpt/tp2pp1/int4_awq", "demo/tiny-gpt/tp2pp1->tp1pp1/int4_awq"}
+    assert all(cases[case_id].params["decode_tokens"] == 3 for case_id in changed)
 
 
 def test_real_suites_are_valid() -> None:
@@ -151,7 +167,7 @@ def test_cli_reports_suite_errors_without_traceback(write_suite, capsys) -> None
     path = write_suite(textwrap.dedent(GOOD).replace("[tiny-gpt]", "[nope]"))
     assert main(["list", str(path)]) == EXIT_USAGE
     err = capsys.readouterr().err
-    known = "tiny-gpt, tiny-gpt-student, tiny-gpt-layernorm, tiny-moe, tiny-gpt-trained"
+    known = "tiny-gpt, tiny-gpt-student, tiny-gpt-layernorm, tiny-moe, tiny-gpt-trained, tiny-moe-trained"
     assert err.strip() == f"harness: {path}:4: matrix.model[0]: unknown model 'nope'; known: {known}"
 
 

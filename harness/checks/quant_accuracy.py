@@ -121,7 +121,7 @@ def run(ctx: CheckContext) -> dict[str, float]:
     from harness.optimizations import get_optimization
     from harness.runtime.distributed import model_parallel
     from harness.runtime.forward import device, forward_logits, release_memory
-    from harness.runtime.quantizers import quantizer_census
+    from harness.runtime.quantizers import amax_disagreement, expert_amaxes, quantizer_census
     from harness.runtime.subject import build_model, tokenizer_for
     from harness.runtime.train import corpus_of
 
@@ -159,6 +159,7 @@ def run(ctx: CheckContext) -> dict[str, float]:
         quant, quant_mc = score_lm(model, evals, spec.vocab_size), mc(model)
         probe_logits = forward_logits(model, probe, spec.vocab_size)
         census = quantizer_census(model)
+        experts = expert_amaxes(model) if spec.num_moe_experts else None
         del model
         release_memory()  # before the parity twin is built: an 8B model and its twin would not fit together
     metrics |= {
@@ -172,6 +173,9 @@ def run(ctx: CheckContext) -> dict[str, float]:
         "quantizers_enabled": float(census.enabled),
         "kv_quantizers_enabled": float(census.kv_enabled),
     }
+    if experts is not None:
+        metrics["expert_quantizers"] = float(len(experts))
+        metrics["expert_quantizers_uncalibrated"] = float(sum(amax is None for amax in experts.values()))
     if params.eval_text == CORPUS:
         metrics["accuracy_ceiling_pct"] = 100 * corpus.best_accuracy
     if base_mc is not None and quant_mc is not None:
@@ -194,6 +198,8 @@ def run(ctx: CheckContext) -> dict[str, float]:
             twin = optimization.apply(build_model(spec, seed=seed), calibrate)
             twin_quant = score_lm(twin, evals, spec.vocab_size)
             twin_logits = forward_logits(twin, probe, spec.vocab_size)
+            if experts is not None:
+                metrics["parity_expert_amax_max_rel_diff"] = amax_disagreement(experts, expert_amaxes(twin))
         metrics["parity_max_abs_logit_diff"] = float((twin_logits - probe_logits).abs().max())
         metrics["parity_accuracy_delta_pts"] = 100 * (quant.accuracy - twin_quant.accuracy)
     return metrics
@@ -216,6 +222,9 @@ CHECK = Check(
         "calibration_s": MetricSpec("wall time of mtq.quantize incl. calibration (seconds)", INFORMATIONAL),
         "quantizers_enabled": MetricSpec("enabled quantizers (one tensor-parallel replica)", Tolerance()),
         "kv_quantizers_enabled": MetricSpec("enabled KV-cache quantizers (0: the KV format changed nothing)", Tolerance()),
+        "expert_quantizers": MetricSpec("enabled quantizers of MoE experts, over all expert-parallel ranks", Tolerance()),
+        "expert_quantizers_uncalibrated": MetricSpec("enabled expert quantizers holding no amax: experts no calibration token reached",
+                                                     Tolerance(), Budget(max=0)),
         "mmlu_items": MetricSpec("multiple-choice questions scored", Tolerance()),
         "base_mmlu_pct": MetricSpec("multiple-choice accuracy (%) of the unquantized model (chance: 25)", _POINTS),
         "quant_mmlu_pct": MetricSpec("multiple-choice accuracy (%) after quantization", _POINTS),
@@ -230,6 +239,9 @@ CHECK = Check(
                                                    Tolerance(abs=1e-3)),
         "parity_max_abs_logit_diff": MetricSpec("max |logits| difference, quantized here vs under parity_layout",
                                                 Tolerance(abs=1e-4)),
+        "parity_expert_amax_max_rel_diff": MetricSpec(
+            "largest relative difference of an expert quantizer's amax element, here vs under parity_layout (same tokens: "
+            "layouts must agree to rounding)", Tolerance(abs=1e-5), Budget(max=1e-4)),
         "parity_accuracy_delta_pts": MetricSpec("accuracy here minus under parity_layout, in points", _POINTS,
                                                 Budget(min=-1.0, max=1.0)),  # amax / scales out of sync across TP ranks cost more
     },

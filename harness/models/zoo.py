@@ -113,12 +113,17 @@ ZOO["tiny-gpt-layernorm"] = replace(
     ZOO["tiny-gpt"], name="tiny-gpt-layernorm", description="tiny-gpt with LayerNorm (quantized by modelopt)", normalization="LayerNorm",
     layers="local",
 )
-# A mixture of experts: tiny-gpt's attention, 4 experts of its FFN width per layer, top-2 routing.
-ZOO["tiny-moe"] = replace(ZOO["tiny-gpt"], name="tiny-moe", description="tiny-gpt with 4 experts per layer, top-2 routing",
-                         num_moe_experts=4, add_bias_linear=False)  # megatron: bias in MoE needs expert TP 1
+# A mixture of experts: tiny-gpt's attention, 4 experts of half its FFN width per layer, top-2 routing (a
+# token's active FFN width is tiny-gpt's, as fine-grained MoEs split theirs). No biases: megatron refuses
+# bias in MoE with expert TP.
+ZOO["tiny-moe"] = replace(ZOO["tiny-gpt"], name="tiny-moe", description="tiny-gpt with 4 experts (half its FFN width) per layer, top-2",
+                         num_moe_experts=4, ffn_hidden_size=512, add_bias_linear=False)
 # The same architecture trained on the synthetic corpus: accuracy deltas mean something on it.
 ZOO["tiny-gpt-trained"] = replace(
     ZOO["tiny-gpt"], name="tiny-gpt-trained", description="tiny-gpt trained on the Markov corpus (cached)", recipe=TrainRecipe()
+)
+ZOO["tiny-moe-trained"] = replace(
+    ZOO["tiny-moe"], name="tiny-moe-trained", description="tiny-moe trained on the Markov corpus (shipped)", recipe=TrainRecipe()
 )
 
 

@@ -65,23 +65,30 @@ def _forward_step(data_iterator: Any, model: torch.nn.Module) -> tuple[torch.Ten
 
 @torch.no_grad()
 def forward_logits(model: torch.nn.Module, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Logits ``[batch, seq, vocab]`` for ``tokens``, broadcast from the last pipeline stage."""
+    """Logits ``[batch, seq, vocab]`` for ``tokens``, broadcast from the last pipeline stage. Sequence
+    parallelism splits the sequence over the tensor-parallel ranks, so a length they do not divide (a
+    decode step) is right-padded and the padding's logits dropped: causal attention keeps the others exact."""
     from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    from harness.runtime.distributed import current_layout
+
     batch, seq = tokens.shape
+    layout = current_layout()
+    pad = -seq % layout.tp if layout.sp else 0
+    tokens = torch.cat([tokens, tokens.new_zeros(batch, pad)], dim=1) if pad else tokens
     store = get_forward_backward_func()(
         forward_step_func=_forward_step,
         data_iterator=iter([tokens]),
         model=[model],
         num_microbatches=1,
-        seq_length=seq,
+        seq_length=seq + pad,
         micro_batch_size=batch,
         forward_only=True,
         collect_non_loss_data=True,
     )
     if ps.is_pipeline_last_stage():
-        logits = store[0].float().contiguous()
+        logits = store[0][:, :seq].float().contiguous()
     else:
         logits = torch.empty(batch, seq, vocab_size, dtype=torch.float32, device=tokens.device)
     if ps.get_pipeline_model_parallel_world_size() > 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -21,11 +22,15 @@ class QuantizerCensus:
 
 
 def quantizer_census(model: torch.nn.Module) -> QuantizerCensus:
-    """Counts of one tensor-parallel replica (tp rank 0, dp rank 0) over all pipeline stages."""
+    """Counts of one model replica over all pipeline stages: dense layers' quantizers from tp rank 0 of
+    data-parallel rank 0, MoE experts' from every expert-parallel rank (each holds its own experts)."""
     from megatron.core import parallel_state as ps
     from modelopt.torch.quantization.nn import TensorQuantizer
 
-    quantizers = [(name, m) for name, m in model.named_modules() if isinstance(m, TensorQuantizer)]
+    dense = ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0
+    expert = ps.get_expert_tensor_parallel_rank() == 0 and ps.get_expert_data_parallel_rank() == 0
+    quantizers = [(name, m) for name, m in model.named_modules()
+                  if isinstance(m, TensorQuantizer) and (expert if "local_experts." in name else dense)]
     counts = torch.tensor(
         [
             len(quantizers),
@@ -36,7 +41,42 @@ def quantizer_census(model: torch.nn.Module) -> QuantizerCensus:
         dtype=torch.int64,
         device=device(),
     )
-    counted = ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0
-    counts = counts if counted else torch.zeros_like(counts)
     dist.all_reduce(counts)
     return QuantizerCensus(*(int(c) for c in counts.tolist()))
+
+
+def expert_amaxes(model: torch.nn.Module) -> dict[str, torch.Tensor | None]:
+    """Every enabled expert quantizer's amax (None: never calibrated) by a name that is the same under
+    any expert-parallel layout (``layers.<global layer>.experts.<global expert>.<quantizer>``), gathered
+    from all expert-parallel ranks: an expert that received no calibration tokens, or amax that
+    expert-parallel ranks disagree on, shows here and not in a census of one replica."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.transformer.transformer_layer import TransformerLayer
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    mine: dict[str, torch.Tensor | None] = {}
+    if ps.get_expert_tensor_parallel_rank() == 0 and ps.get_expert_data_parallel_rank() == 0:
+        for layer in (m for m in model.modules() if isinstance(m, TransformerLayer)):
+            indices = getattr(layer.mlp, "local_expert_indices", None)
+            for name, quantizer in layer.mlp.named_modules() if indices is not None else ():
+                if isinstance(quantizer, TensorQuantizer) and quantizer.is_enabled and "local_experts." in name:
+                    local, _, rest = name.partition("local_experts.")[2].partition(".")
+                    key = f"layers.{layer.layer_number - 1}.experts.{indices[int(local)]}.{rest}"
+                    mine[key] = None if quantizer.amax is None else quantizer.amax.detach().float().cpu()
+    gathered: list[dict[str, torch.Tensor | None]] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, mine)
+    return {key: amax for part in gathered for key, amax in part.items()}
+
+
+def amax_disagreement(here: dict[str, torch.Tensor | None], there: dict[str, torch.Tensor | None]) -> float:
+    """The largest relative difference of any amax element between two calibrations of the same
+    quantizers (inf where one side has a quantizer, or an amax, the other lacks)."""
+    worst = 0.0
+    for key in here.keys() | there.keys():
+        a, b = here.get(key), there.get(key)
+        if a is None and b is None and key in here and key in there:
+            continue  # uncalibrated either way: counted by the census, not a disagreement
+        if a is None or b is None or a.shape != b.shape:
+            return math.inf
+        worst = max(worst, float(((a - b).abs() / b.abs().clamp_min(1e-12)).max()))
+    return worst

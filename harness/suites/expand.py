@@ -88,6 +88,12 @@ def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platfor
     params = check.normalize(layout, params)
     if any(_matches(suite, entry, chosen, layout, params) for entry in spec.exclude):
         return None, []
+    for override in spec.overrides:
+        if override.params and _matches(suite, override.when, chosen, layout, params):
+            try:
+                params = check.normalize(layout, check.params.model_validate({**params.model_dump(), **override.params}))
+            except ValidationError:
+                return None, []  # reported, with its line, where the suite was loaded (load._fixed_params)
     # The case's own copy of the model: its dtype axis value and its platform's layer spec.
     model = suite.models[chosen["model"]]
     model = replace(model, dtype=chosen["dtype"], layers=model.layers or LAYERS_BY_PLATFORM[platform])
@@ -116,7 +122,8 @@ def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platfor
     case_id = "/".join([spec.suite, chosen["model"], check.label(layout, params), chosen["optimization"], *dtype, *extra])
     parallel = set().union(*(each.markers for each in layouts.values()))
     markers = (*spec.markers, check.name, chosen["model"], chosen["optimization"], chosen["dtype"], platform, *sorted(parallel),
-               *(("slow",) if spec.slow else ()))
+               *(("slow",) if spec.slow or any(o.slow and _matches(suite, o.when, chosen, layout, params) for o in spec.overrides)
+                 else ()))
     return Case(
         id=case_id,
         suite=spec.suite,

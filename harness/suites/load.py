@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -46,7 +46,10 @@ def _adapter(check_ref: str, axis: str) -> TypeAdapter:
 
 def axis_type(check: Check, axis: str) -> Any:
     core = {"model": str, "layout": LayoutModel, "optimization": str, "dtype": Dtype}
-    return core[axis] if axis in core else check.params.model_fields[axis].annotation
+    if axis in core:
+        return core[axis]
+    field = check.params.model_fields[axis]  # its constraints (PositiveInt's > 0) live in the metadata
+    return Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
 
 
 def _errors(err: ValidationError, lines: LineMap, base: Path_ = ()) -> list[str]:
@@ -73,6 +76,20 @@ def _validate_value(check_ref: str, lines: LineMap, key: str, value: Any, where:
 def _unknown_metrics(check: Check, names: dict[str, Any], base: Path_, lines: LineMap) -> list[str]:
     return [lines.problem((*base, name), f"unknown metric; {check.name} emits {', '.join(check.metrics)}")
             for name in names if metric_family(name) not in check.metrics]
+
+
+def _fixed_params(spec: SuiteModel, check: Check, lines: LineMap, params: dict[str, Any], base: Path_) -> list[str]:
+    """Params set outside the matrix (suite-wide or by an override) must be the check's and not axes."""
+    problems: list[str] = []
+    fields = check.params.model_fields
+    for key, value in params.items():
+        if key not in fields:
+            problems.append(lines.problem((*base, key), f"unknown key; {check.name} takes {', '.join(fields) or 'no params'}"))
+        elif key in (spec.matrix.model_extra or {}):
+            problems.append(lines.problem((*base, key), "also a matrix axis; declare it in one place"))
+        else:
+            _validate_value(spec.check, lines, key, value, (*base, key), problems)
+    return problems
 
 
 def _declared_models(spec: SuiteModel, lines: LineMap, problems: list[str]) -> dict[str, ModelSpec]:
@@ -110,11 +127,7 @@ def _check_semantics(spec: SuiteModel, check: Check, lines: LineMap, models: dic
         else:
             for i, value in enumerate(values):
                 _validate_value(spec.check, lines, axis, value, ("matrix", axis, i), problems)
-    for key in spec.params:
-        if key not in fields:
-            problems.append(lines.problem(("params", key), f"unknown key; {check.name} takes {', '.join(fields) or 'no params'}"))
-        elif key in (spec.matrix.model_extra or {}):
-            problems.append(lines.problem(("params", key), "also a matrix axis; declare it in one place"))
+    problems.extend(_fixed_params(spec, check, lines, spec.params, ("params",)))
     problems.extend(_unknown_metrics(check, spec.tolerances, ("tolerances",), lines))
     problems.extend(_unknown_metrics(check, spec.budgets, ("budgets",), lines))
     for i, entry in enumerate(spec.exclude):
@@ -127,6 +140,7 @@ def _check_semantics(spec: SuiteModel, check: Check, lines: LineMap, models: dic
         _validate_values(spec.check, lines, override.when, ("overrides", i, "when"), problems)
         problems.extend(_unknown_metrics(check, override.tolerances, ("overrides", i, "tolerances"), lines))
         problems.extend(_unknown_metrics(check, override.budgets, ("overrides", i, "budgets"), lines))
+        problems.extend(_fixed_params(spec, check, lines, override.params, ("overrides", i, "params")))
     return problems
 
 

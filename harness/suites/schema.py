@@ -57,9 +57,15 @@ class ModelSourceModel(StrictModel):
 
 
 class OverrideModel(StrictModel):
+    """For the cases matching ``when``: other tolerances and budgets, other values of check params that
+    are not matrix axes (how long a case times, say: a case id never depends on an override), and the
+    ``slow`` marker."""
+
     when: dict[str, Any] = Field(min_length=1)
     tolerances: dict[str, ToleranceModel] = Field(default_factory=dict)
     budgets: dict[str, BudgetModel] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
+    slow: bool = False  # marks these cases `slow`: `nox -s tests` (CI) leaves them to the main job and the nightly run
 
 
 class KnownDefectModel(StrictModel):
