@@ -11,6 +11,7 @@ import torch.distributed as dist
 from harness.runtime.forward import device
 
 KV_QUANTIZER_SUFFIXES = ("k_bmm_quantizer", "v_bmm_quantizer")
+EXPERTS = "local_experts."  # in the module names of a megatron MoE layer's experts (SequentialMLP, modelopt's too)
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ def quantizer_census(model: torch.nn.Module) -> QuantizerCensus:
     dense = ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0
     expert = ps.get_expert_tensor_parallel_rank() == 0 and ps.get_expert_data_parallel_rank() == 0
     quantizers = [(name, m) for name, m in model.named_modules()
-                  if isinstance(m, TensorQuantizer) and (expert if "local_experts." in name else dense)]
+                  if isinstance(m, TensorQuantizer) and (expert if EXPERTS in name else dense)]
     counts = torch.tensor(
         [
             len(quantizers),
@@ -56,12 +57,12 @@ def expert_amaxes(model: torch.nn.Module) -> dict[str, torch.Tensor | None]:
 
     mine: dict[str, torch.Tensor | None] = {}
     if ps.get_expert_tensor_parallel_rank() == 0 and ps.get_expert_data_parallel_rank() == 0:
-        for layer in (m for m in model.modules() if isinstance(m, TransformerLayer)):
-            indices = getattr(layer.mlp, "local_expert_indices", None)
-            for name, quantizer in layer.mlp.named_modules() if indices is not None else ():
-                if isinstance(quantizer, TensorQuantizer) and quantizer.is_enabled and "local_experts." in name:
-                    local, _, rest = name.partition("local_experts.")[2].partition(".")
-                    key = f"layers.{layer.layer_number - 1}.experts.{indices[int(local)]}.{rest}"
+        layers = [m for m in model.modules() if isinstance(m, TransformerLayer) and hasattr(m.mlp, "local_expert_indices")]
+        for layer in layers:
+            for name, quantizer in layer.mlp.named_modules():
+                if isinstance(quantizer, TensorQuantizer) and quantizer.is_enabled and EXPERTS in name:
+                    local, _, rest = name.partition(EXPERTS)[2].partition(".")
+                    key = f"layers.{layer.layer_number - 1}.experts.{layer.mlp.local_expert_indices[int(local)]}.{rest}"
                     mine[key] = None if quantizer.amax is None else quantizer.amax.detach().float().cpu()
     gathered: list[dict[str, torch.Tensor | None]] = [{} for _ in range(dist.get_world_size())]
     dist.all_gather_object(gathered, mine)

@@ -19,6 +19,7 @@ from harness.environment import environment
 from harness.models.zoo import LAYERS_BY_PLATFORM
 from harness.records import Budget, Case, KnownDefect, Layout, Tolerance
 from harness.suites.load import CORE_AXES, Suite
+from harness.suites.schema import OverrideModel
 from harness.suites.yaml_lines import SuiteError
 
 
@@ -64,16 +65,15 @@ def _value_token(value: Any) -> str:
     return str(value)
 
 
-def _limits(suite: Suite, chosen: dict[str, Any], layout: Layout, params: Any) -> tuple[dict[str, Tolerance], dict[str, Budget]]:
-    """Tolerances and budgets: check defaults < suite < matching overrides."""
+def _limits(suite: Suite, overrides: list[OverrideModel]) -> tuple[dict[str, Tolerance], dict[str, Budget]]:
+    """Tolerances and budgets: check defaults < suite < the case's overrides."""
     tolerances = {name: spec.tolerance for name, spec in suite.check.metrics.items()}
     tolerances.update({name: t.tolerance() for name, t in suite.spec.tolerances.items()})
     budgets = {name: spec.budget for name, spec in suite.check.metrics.items() if spec.budget is not None}
     budgets.update({name: b.budget() for name, b in suite.spec.budgets.items()})
-    for override in suite.spec.overrides:
-        if _matches(suite, override.when, chosen, layout, params):
-            tolerances.update({name: t.tolerance() for name, t in override.tolerances.items()})
-            budgets.update({name: b.budget() for name, b in override.budgets.items()})
+    for override in overrides:
+        tolerances.update({name: t.tolerance() for name, t in override.tolerances.items()})
+        budgets.update({name: b.budget() for name, b in override.budgets.items()})
     return tolerances, budgets
 
 
@@ -88,12 +88,14 @@ def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platfor
     params = check.normalize(layout, params)
     if any(_matches(suite, entry, chosen, layout, params) for entry in spec.exclude):
         return None, []
-    for override in spec.overrides:
-        if override.params and _matches(suite, override.when, chosen, layout, params):
-            try:
-                params = check.normalize(layout, check.params.model_validate({**params.model_dump(), **override.params}))
-            except ValidationError:
-                return None, []  # reported, with its line, where the suite was loaded (load._fixed_params)
+    # The overrides that name this case, decided once on the case as the matrix made it (an override's
+    # params never decide which other overrides apply).
+    overrides = [o for o in spec.overrides if _matches(suite, o.when, chosen, layout, params)]
+    for override in (o for o in overrides if o.params):
+        try:
+            params = check.normalize(layout, check.params.model_validate({**params.model_dump(), **override.params}))
+        except ValidationError:
+            return None, []  # reported, with its line, where the suite was loaded (load._fixed_params)
     # The case's own copy of the model: its dtype axis value and its platform's layer spec.
     model = suite.models[chosen["model"]]
     model = replace(model, dtype=chosen["dtype"], layers=model.layers or LAYERS_BY_PLATFORM[platform])
@@ -115,15 +117,14 @@ def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platfor
         problems.append(lines.problem(where["layout"], f"needs {world} ranks but this machine offers {resources.cpu_ranks} cpu ranks"))
     if problems:
         return None, problems
-    tolerances, budgets = _limits(suite, chosen, layout, params)
+    tolerances, budgets = _limits(suite, overrides)
     extra = [f"{k}={_value_token(suite.canonical(k, getattr(params, k)))}" for k in check_params if k not in check.label_params]
     # fp32 is implicit in ids, so the ids (and baselines) of fp32 cases did not change with the dtype axis.
     dtype = [] if chosen["dtype"] == "fp32" else [chosen["dtype"]]
     case_id = "/".join([spec.suite, chosen["model"], check.label(layout, params), chosen["optimization"], *dtype, *extra])
     parallel = set().union(*(each.markers for each in layouts.values()))
     markers = (*spec.markers, check.name, chosen["model"], chosen["optimization"], chosen["dtype"], platform, *sorted(parallel),
-               *(("slow",) if spec.slow or any(o.slow and _matches(suite, o.when, chosen, layout, params) for o in spec.overrides)
-                 else ()))
+               *(("slow",) if spec.slow or any(o.slow for o in overrides) else ()))
     return Case(
         id=case_id,
         suite=spec.suite,
