@@ -33,12 +33,14 @@ Dtype = Literal["fp32", "bf16"]
 @dataclass(frozen=True, order=True)
 class Layout:
     """How a case shards its model. ``ep``: expert-parallel ranks (inside data parallelism: a layout
-    needs tp x pp x ep ranks); ``sp``: sequence parallelism over the tensor-parallel ranks."""
+    needs tp x pp x ep ranks); ``sp``: sequence parallelism over the tensor-parallel ranks; ``vpp``:
+    virtual pipeline stages, model chunks per pipeline rank (megatron's interleaved schedule)."""
 
     tp: int = 1
     pp: int = 1
     ep: int = 1
     sp: bool = False
+    vpp: int = 1
 
     @property
     def world_size(self) -> int:
@@ -46,13 +48,14 @@ class Layout:
 
     @property
     def token(self) -> str:
-        """``tp2pp1`` (the ids before the new axes), then ``ep2`` and ``sp`` when used."""
-        return f"tp{self.tp}pp{self.pp}" + (f"ep{self.ep}" if self.ep > 1 else "") + ("sp" if self.sp else "")
+        """``tp2pp1`` (the ids before the new axes), then ``vpp2``, ``ep2`` and ``sp`` when used."""
+        return (f"tp{self.tp}pp{self.pp}" + (f"vpp{self.vpp}" if self.vpp > 1 else "") + (f"ep{self.ep}" if self.ep > 1 else "")
+                + ("sp" if self.sp else ""))
 
     @property
     def markers(self) -> set[str]:
-        """``tp2``, ``pp2``, ``ep2``, ``sp``: the parallel dimensions a case uses, for ``pytest -m``."""
-        sizes = {"tp": self.tp, "pp": self.pp, "ep": self.ep}
+        """``tp2``, ``pp2``, ``vpp2``, ``ep2``, ``sp``: the parallel dimensions a case uses, for ``pytest -m``."""
+        sizes = {"tp": self.tp, "pp": self.pp, "vpp": self.vpp, "ep": self.ep}
         return {f"{axis}{size}" for axis, size in sizes.items() if size > 1} | ({"sp"} if self.sp else set())
 
     def errors(self) -> list[str]:
@@ -60,6 +63,8 @@ class Layout:
         problems = []
         if self.sp and self.tp == 1:
             problems.append("sp (sequence parallel) needs tp > 1: it splits the sequence over the tensor-parallel ranks")
+        if self.vpp > 1 and self.pp == 1:
+            problems.append(f"vpp={self.vpp} (virtual pipeline stages) needs pp > 1: it interleaves model chunks over the pipeline ranks")
         return problems
 
 

@@ -1,5 +1,5 @@
-"""Expert and sequence parallelism as layout axes: in case ids and markers, impossible combinations
-rejected with file and line before any worker starts, and (real ranks) the same logits as TP1."""
+"""Expert, sequence and virtual-pipeline parallelism as layout axes: in case ids and markers, impossible
+combinations rejected with file and line before any worker starts, and (real ranks) the same logits as TP1."""
 
 from __future__ import annotations
 
@@ -37,12 +37,31 @@ def test_new_axes_name_their_cases_and_markers_and_dense_ids_stay(write_suite) -
     ("tiny-gpt", "{tp: 1, pp: 1, ep: 2}", "ep=2 (expert parallel) needs a mixture-of-experts model; tiny-gpt is dense"),
     ("tiny-moe", "{tp: 1, pp: 1, ep: 3}", "num_moe_experts 4 of model tiny-moe is not divisible by ep=3"),
     ("tiny-gpt", "{tp: 1, pp: 1, sp: true}", "sp (sequence parallel) needs tp > 1"),
+    ("tiny-gpt", "{tp: 1, pp: 1, vpp: 2}", "vpp=2 (virtual pipeline stages) needs pp > 1"),
+    ("tiny-gpt", "{tp: 1, pp: 2, vpp: 3}", "num_layers 4 of model tiny-gpt is not divisible by pp x vpp=6"),
 ])
 def test_impossible_layouts_are_rejected_with_file_and_line(write_suite, model: str, layout: str, message: str) -> None:  # noqa: ANN001
     path = suite(write_suite, model, layout)
     with pytest.raises(SuiteError) as info:
         expand(load_suites([path]), Resources(cpu_ranks=8, gpus=0))
     assert any(line.startswith(f"{path}:6:") and message in line for line in info.value.problems), info.value.problems
+
+
+def test_virtual_pipeline_stages_are_named_and_refused_where_they_cannot_run(write_suite) -> None:  # noqa: ANN001
+    cases = expand(load_suites([suite(write_suite, "tiny-gpt", "{tp: 1, pp: 2, vpp: 2}")]), FOUR_RANKS)
+    assert [(c.id, c.world_size, "vpp2" in c.markers) for c in cases] == [("axes/tiny-gpt/tp1pp2vpp2/none", 2, True)]
+    refusals = {
+        "check quant_accuracy does not run virtual pipeline stages": "suite: q\ncheck: quant_accuracy\nmatrix:\n  model: [tiny-gpt]\n"
+                                                                     "  layout:\n    - {tp: 1, pp: 2, vpp: 2}\n  optimization: [fp8]\n",
+        "optimization int8_sq with vpp > 1: modelopt saves and restores its state for one model chunk only":
+            "suite: c\ncheck: ckpt_roundtrip\nmatrix:\n  model: [tiny-gpt]\n  layout:\n    - {tp: 1, pp: 2, vpp: 2}\n"
+            "  optimization: [int8_sq]\n",
+    }
+    for message, text in refusals.items():
+        path = write_suite(text)
+        with pytest.raises(SuiteError) as info:
+            expand(load_suites([path]), FOUR_RANKS)
+        assert any(line.startswith(f"{path}:6:") and message in line for line in info.value.problems), info.value.problems
 
 
 # Two gloo ranks: a model's weights saved whole at TP1, loaded under each layout, logits compared with TP1's.
@@ -68,7 +87,8 @@ with model_parallel(Layout(1, 1), 1234):
         save_whole(whole_tensors(tp1), whole, {})
     dist.barrier()
 diffs = {}
-for layout in [Layout(1, 1, ep=2), Layout(2, 1), Layout(2, 1, sp=True)] if spec.num_moe_experts else [Layout(2, 1), Layout(2, 1, sp=True)]:
+dense = [Layout(2, 1), Layout(2, 1, sp=True), Layout(1, 2, vpp=2)]
+for layout in [Layout(1, 1, ep=2), Layout(2, 1), Layout(2, 1, sp=True)] if spec.num_moe_experts else dense:
     with model_parallel(layout, 1234):
         other = build_gpt(spec, seed=99)  # other random weights: only the loaded ones can match
         load_whole(other, whole)
@@ -79,8 +99,9 @@ if rank == 0:
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize(("model", "layouts"), [("tiny-moe", ["tp1pp1ep2", "tp2pp1", "tp2pp1sp"]), ("tiny-gpt", ["tp2pp1", "tp2pp1sp"])])
-def test_expert_and_sequence_parallel_layouts_give_tp1s_logits(model: str, layouts: list[str], tmp_path: Path) -> None:
+@pytest.mark.parametrize(("model", "layouts"), [("tiny-moe", ["tp1pp1ep2", "tp2pp1", "tp2pp1sp"]),
+                                               ("tiny-gpt", ["tp2pp1", "tp2pp1sp", "tp1pp2vpp2"])])
+def test_expert_sequence_and_virtual_pipeline_layouts_give_tp1s_logits(model: str, layouts: list[str], tmp_path: Path) -> None:
     import json
     import subprocess
     import sys

@@ -29,9 +29,10 @@ class LayoutModel(StrictModel):
     pp: PositiveInt = 1
     ep: PositiveInt = 1
     sp: bool = False
+    vpp: PositiveInt = 1
 
     def layout(self) -> Layout:
-        return Layout(self.tp, self.pp, self.ep, self.sp)
+        return Layout(self.tp, self.pp, self.ep, self.sp, self.vpp)
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ class Check:
     # Shipped subjects a case loads besides its own model (a KD teacher, trained draft heads), from its
     # params and model name: their hashes go into the provenance of the baselines it records.
     subjects: Callable[[dict[str, Any], str], list[str]] = lambda params, model: []
+    # Whether ``run`` takes a model of virtual pipeline chunks (layouts with vpp > 1).
+    virtual_pipeline: bool = False
 
     def __post_init__(self) -> None:
         # Every check's cases also report what the worker measures around them (harness.launchers.worker).

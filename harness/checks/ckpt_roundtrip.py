@@ -92,5 +92,6 @@ CHECK = Check(
         "quantizers_enabled": MetricSpec("enabled quantizers after reload (structure of the restored model)", _EXACT),
     },
     run=run,
+    virtual_pipeline=True,
     **RELOAD.hooks(),
 )

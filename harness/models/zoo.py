@@ -75,7 +75,7 @@ class ModelSpec:
             ("num_query_groups", self.num_query_groups or self.num_attention_heads, tp, "tp"),
             ("vocab_size", self.vocab_size, tp, "tp"),
             ("ffn_hidden_size", self.ffn_hidden_size, tp, "tp"),
-            ("num_layers", self.num_layers, pp, "pp"),
+            ("num_layers", self.num_layers, pp * layout.vpp, "pp x vpp" if layout.vpp > 1 else "pp"),
         ]
         return [
             f"{what} {value} of model {self.name} is not divisible by {axis}={size}"
@@ -171,7 +171,7 @@ def _with_torch_norms(layer: Any, qk_layernorm: bool, norm: Any) -> Any:
     return replace(layer, submodules=replace(subs, input_layernorm=norm, pre_mlp_layernorm=norm, self_attention=attention))
 
 
-def layer_spec(spec: ModelSpec, config: Any) -> Any:
+def layer_spec(spec: ModelSpec, config: Any, vp_stage: int | None = None) -> Any:
     """The decoder block for ``spec.layers``, norms named explicitly (never a process-global default).
 
     ``local``: megatron-core's own modules and torch norms (CPU: Transformer Engine needs CUDA).
@@ -189,12 +189,13 @@ def layer_spec(spec: ModelSpec, config: Any) -> Any:
     norm = _torch_norm(config)
     local = get_gpt_layer_local_spec(num_experts=spec.num_moe_experts, moe_grouped_gemm=False, normalization=spec.normalization,
                                      qk_layernorm=spec.qk_layernorm)
-    return TransformerBlockSubmodules(layer_specs=[_with_torch_norms(local, spec.qk_layernorm, norm)] * get_num_layers_to_build(config),
-                                      layer_norm=norm)
+    layers = get_num_layers_to_build(config, vp_stage=vp_stage)
+    return TransformerBlockSubmodules(layer_specs=[_with_torch_norms(local, spec.qk_layernorm, norm)] * layers, layer_norm=norm)
 
 
 def build_gpt(spec: ModelSpec, *, seed: int, parallel_output: bool = False) -> torch.nn.Module:
-    """Build ``spec`` for the current megatron parallel state (this rank's stage and shard).
+    """Build ``spec`` for the current megatron parallel state (this rank's stage and shard); under
+    virtual pipeline stages, a ``ModuleList`` of this rank's model chunks (``runtime.forward.chunks_of``).
 
     ``parallel_output=False`` gathers full-vocabulary logits (for comparisons); training needs True:
     megatron's gathered output is a view its cross-entropy modifies in place, which autograd refuses.
@@ -206,6 +207,7 @@ def build_gpt(spec: ModelSpec, *, seed: int, parallel_output: bool = False) -> t
 
     from harness.runtime.distributed import current_layout
 
+    vpp = current_layout().vpp
     torch.manual_seed(seed)  # use_cpu_initialization draws full weights from this generator
     config = TransformerConfig(
         num_layers=spec.num_layers,
@@ -228,6 +230,7 @@ def build_gpt(spec: ModelSpec, *, seed: int, parallel_output: bool = False) -> t
         bf16=spec.dtype == "bf16",
         tensor_model_parallel_size=ps.get_tensor_model_parallel_world_size(),
         pipeline_model_parallel_size=ps.get_pipeline_model_parallel_world_size(),
+        virtual_pipeline_model_parallel_size=vpp if vpp > 1 else None,
         expert_model_parallel_size=ps.get_expert_model_parallel_world_size(),
         sequence_parallel=current_layout().sp,
         num_moe_experts=spec.num_moe_experts,
@@ -235,20 +238,26 @@ def build_gpt(spec: ModelSpec, *, seed: int, parallel_output: bool = False) -> t
         # every rank sees every token and keeps its own experts' (alltoall builds a CUDA stream in its constructor)
         moe_token_dispatcher_type="allgather",
     )
-    model = GPTModel(
-        config=config,
-        transformer_layer_spec=layer_spec(spec, config),
-        vocab_size=spec.vocab_size,
-        max_sequence_length=spec.max_seq_len,
-        pre_process=ps.is_pipeline_first_stage(),
-        post_process=ps.is_pipeline_last_stage(),
-        parallel_output=parallel_output,
-        share_embeddings_and_output_weights=spec.tied_embeddings,
-        position_embedding_type=spec.position_embedding_type,
-        rotary_base=spec.rotary_base,
-        rope_scaling=spec.rope_scaling_factor is not None,
-        rope_scaling_factor=spec.rope_scaling_factor or 8.0,
-    )
+    stages = [None] if vpp == 1 else list(range(vpp))
+    chunks = [
+        GPTModel(
+            config=config,
+            transformer_layer_spec=layer_spec(spec, config, stage),
+            vocab_size=spec.vocab_size,
+            max_sequence_length=spec.max_seq_len,
+            pre_process=ps.is_pipeline_first_stage(ignore_virtual=stage is None, vp_stage=stage),
+            post_process=ps.is_pipeline_last_stage(ignore_virtual=stage is None, vp_stage=stage),
+            parallel_output=parallel_output,
+            share_embeddings_and_output_weights=spec.tied_embeddings,
+            position_embedding_type=spec.position_embedding_type,
+            rotary_base=spec.rotary_base,
+            rope_scaling=spec.rope_scaling_factor is not None,
+            rope_scaling_factor=spec.rope_scaling_factor or 8.0,
+            vp_stage=stage,
+        )
+        for stage in stages
+    ]
     from harness.runtime.forward import device
 
+    model = chunks[0] if vpp == 1 else torch.nn.ModuleList(chunks)
     return model.to(device()).eval()

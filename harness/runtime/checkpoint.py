@@ -1,13 +1,18 @@
 """Megatron distributed checkpoints (torch_dist) with modelopt state, as Megatron post-training
 saves and resumes them: modelopt's mode state under ``<dir>/modelopt_state``, per-module quantizer
-state in each module's ``_extra_state`` inside the main checkpoint."""
+state in each module's ``_extra_state`` inside the main checkpoint. Virtual pipeline chunks are saved
+as Megatron training saves them (``model0``, ``model1``, ...: the tensors' keys are global either way,
+so a checkpoint saved with virtual stages reloads without them, and back)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from harness.runtime.forward import chunks_of
 
 
 def save_checkpoint(model: torch.nn.Module, directory: Path) -> None:
@@ -17,8 +22,15 @@ def save_checkpoint(model: torch.nn.Module, directory: Path) -> None:
     if dist.get_rank() == 0:
         directory.mkdir(parents=True, exist_ok=True)
     dist.barrier()
-    save_sharded_modelopt_state([model], str(directory))
-    dist_checkpointing.save(model.sharded_state_dict(), str(directory))
+    chunks = chunks_of(model)
+    save_sharded_modelopt_state(chunks, str(directory))
+    dist_checkpointing.save(_sharded(chunks), str(directory))
+
+
+def _sharded(chunks: list[torch.nn.Module]) -> dict[str, Any]:
+    if len(chunks) == 1:
+        return chunks[0].sharded_state_dict()
+    return {f"model{i}": chunk.sharded_state_dict() for i, chunk in enumerate(chunks)}
 
 
 def load_checkpoint(model: torch.nn.Module, directory: Path) -> torch.nn.Module:
@@ -26,8 +38,14 @@ def load_checkpoint(model: torch.nn.Module, directory: Path) -> torch.nn.Module:
     from megatron.core import dist_checkpointing
     from modelopt.torch.opt.plugins.mcore_dist_checkpointing import restore_sharded_modelopt_state
 
-    models = [model]
-    restore_sharded_modelopt_state(models, str(directory))
-    state = dist_checkpointing.load(models[0].sharded_state_dict(), str(directory))
-    models[0].load_state_dict(state, strict=True)
-    return models[0]
+    chunks = chunks_of(model)
+    # modelopt returns early when the checkpoint holds no modelopt state, but refuses several chunks before it looks
+    if (directory / "modelopt_state").exists():
+        restore_sharded_modelopt_state(chunks, str(directory))  # replaces a converted chunk in the list
+    state = dist_checkpointing.load(_sharded(chunks), str(directory))
+    if len(chunks) == 1:
+        chunks[0].load_state_dict(state, strict=True)
+        return chunks[0]
+    for i, chunk in enumerate(chunks):
+        chunk.load_state_dict(state[f"model{i}"], strict=True)
+    return torch.nn.ModuleList(chunks)

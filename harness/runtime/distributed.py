@@ -49,7 +49,8 @@ def model_parallel(layout: Layout, seed: int) -> Iterator[None]:
         raise ValueError(f"layout {layout.token} does not divide the world size {world}")
     before = _live_groups()
     parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp, expert_model_parallel_size=layout.ep
+        tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp, expert_model_parallel_size=layout.ep,
+        virtual_pipeline_model_parallel_size=layout.vpp if layout.vpp > 1 else None,
     )
     _current.append(layout)
     try:

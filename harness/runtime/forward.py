@@ -18,6 +18,11 @@ def device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
+def chunks_of(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """This rank's model chunks: one, or one per virtual pipeline stage (``models.zoo.build_gpt``)."""
+    return list(model) if isinstance(model, torch.nn.ModuleList) else [model]
+
+
 def off_device(model: torch.nn.Module, where: torch.device) -> list[str]:
     """Names of the parameters and buffers of ``model`` that are not on ``where``."""
     return [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.device != where]
@@ -67,7 +72,9 @@ def _forward_step(data_iterator: Any, model: torch.nn.Module) -> tuple[torch.Ten
 def forward_logits(model: torch.nn.Module, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Logits ``[batch, seq, vocab]`` for ``tokens``, broadcast from the last pipeline stage. Sequence
     parallelism splits the sequence over the tensor-parallel ranks, so a length they do not divide (a
-    decode step) is right-padded and the padding's logits dropped: causal attention keeps the others exact."""
+    decode step) is right-padded and the padding's logits dropped: causal attention keeps the others exact.
+    Megatron's interleaved schedule (virtual pipeline stages) wants at least ``pp`` microbatches: the batch
+    goes through ``pp`` times whole (a row split could change the kernels' reduction order) and the first is kept."""
     from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -77,11 +84,13 @@ def forward_logits(model: torch.nn.Module, tokens: torch.Tensor, vocab_size: int
     layout = current_layout()
     pad = -seq % layout.tp if layout.sp else 0
     tokens = torch.cat([tokens, tokens.new_zeros(batch, pad)], dim=1) if pad else tokens
+    chunks = chunks_of(model)
+    microbatches = 1 if len(chunks) == 1 else layout.pp
     store = get_forward_backward_func()(
         forward_step_func=_forward_step,
-        data_iterator=iter([tokens]),
-        model=[model],
-        num_microbatches=1,
+        data_iterator=[iter([tokens] * microbatches) for _ in chunks] if len(chunks) > 1 else iter([tokens]),
+        model=chunks,
+        num_microbatches=microbatches,
         seq_length=seq + pad,
         micro_batch_size=batch,
         forward_only=True,

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from harness.runtime.forward import chunks_of
+
 
 def _sharded_tensors(model: torch.nn.Module) -> Iterator[object]:
     from megatron.core import parallel_state as ps
@@ -22,7 +24,8 @@ def _sharded_tensors(model: torch.nn.Module) -> Iterator[object]:
 
     # modelopt's draft heads read the data-parallel group from the metadata (megatron's own modules default it)
     metadata = {"dp_cp_group": ps.get_data_parallel_group(with_context_parallel=True)}
-    for value in nested_values(model.sharded_state_dict(metadata=metadata)):
+    states = [chunk.sharded_state_dict(metadata=metadata) for chunk in chunks_of(model)]
+    for value in (value for state in states for value in nested_values(state)):
         if isinstance(value, ShardedTensorFactory):  # a gated MLP's fc1 (EAGLE's draft layer): two halves, views of one weight
             yield from (built for built in nested_values(value.build()) if isinstance(built, ShardedTensor))
         elif isinstance(value, ShardedTensor):
