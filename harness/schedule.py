@@ -25,6 +25,8 @@ def skip_reason(case: Case, resources: Resources) -> str | None:
         return f"model {case.model}: {case.spec.unavailable}"
     if case.platform != "cpu":
         return None
+    if case.spec.gpu_only:
+        return f"GPU only: model {case.model}: {case.spec.gpu_only}"
     gpu_only = get_optimization(case.optimization).gpu_only
     if gpu_only:
         return f"GPU only: {case.optimization} {gpu_only}"

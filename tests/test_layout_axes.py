@@ -64,6 +64,27 @@ def test_virtual_pipeline_stages_are_named_and_refused_where_they_cannot_run(wri
         assert any(line.startswith(f"{path}:6:") and message in line for line in info.value.problems), info.value.problems
 
 
+def test_mamba_hybrid_cases_exist_and_skip_on_cpu_with_the_measured_reason(write_suite) -> None:  # noqa: ANN001
+    from harness.schedule import skip_reason
+
+    cases = expand(load_suites([suite(write_suite, "tiny-mamba-hybrid", "{tp: 1, pp: 1}", "{tp: 2, pp: 1}")]), FOUR_RANKS)
+    assert [c.id for c in cases] == ["axes/tiny-mamba-hybrid/tp1pp1/none", "axes/tiny-mamba-hybrid/tp2pp1/none"]
+    for case in cases:
+        reason = skip_reason(case, FOUR_RANKS)
+        assert reason is not None and reason.startswith("GPU only: model tiny-mamba-hybrid: Mamba layers need mamba_ssm"), reason
+    with pytest.raises(SuiteError) as info:
+        expand(load_suites([suite(write_suite, "tiny-mamba-hybrid", "{tp: 1, pp: 2}")]), FOUR_RANKS)
+    assert any("tiny-mamba-hybrid is Mamba-hybrid: the harness builds its hybrid stack without pipeline stages" in line
+               for line in info.value.problems), info.value.problems
+
+
+def test_only_a_withdrawable_cpu_adaptation_can_be_withdrawn() -> None:
+    from harness.runtime.cpu_compat import withdrawn
+
+    with pytest.raises(ValueError, match="no CPU adaptation 'cpu-current-device' can be withdrawn"), withdrawn("cpu-current-device"):
+        pass
+
+
 # Two gloo ranks: a model's weights saved whole at TP1, loaded under each layout, logits compared with TP1's.
 _SAME_LOGITS = """
 import json, os, sys

@@ -12,10 +12,12 @@ from harness.checks.base import Check
 from harness.checks.ckpt_roundtrip import CHECK as CKPT_ROUNDTRIP
 from harness.checks.kd_parity import CHECK as KD_PARITY
 from harness.checks.kd_trajectory import CHECK as KD_TRAJECTORY
+from harness.checks.moe_router import CHECK as MOE_ROUTER
 from harness.checks.quant_accuracy import CHECK as QUANT_ACCURACY
 from harness.checks.spec_decode import CHECK as SPEC_DECODE
 
-CHECKS: dict[str, Check] = {check.name: check for check in (CKPT_ROUNDTRIP, QUANT_ACCURACY, KD_PARITY, KD_TRAJECTORY, SPEC_DECODE)}
+CHECKS: dict[str, Check] = {check.name: check for check in (CKPT_ROUNDTRIP, QUANT_ACCURACY, KD_PARITY, KD_TRAJECTORY, SPEC_DECODE,
+                                                       MOE_ROUTER)}
 
 
 def get_check(name: str) -> Check:

@@ -63,13 +63,24 @@ class ModelSpec:
     # Mixture of experts: None is a dense MLP; else experts per MoE layer, each token routed to ``moe_router_topk``.
     num_moe_experts: int | None = None
     moe_router_topk: int = 2
+    # Mamba-hybrid: megatron's hybrid_override_pattern, one character per layer (M Mamba, * attention, - MLP),
+    # built as megatron's MambaModel; None is a GPT.
+    hybrid_pattern: str | None = None
+    mamba_head_dim: int = 64
+    mamba_num_groups: int = 2
+    # Why no CPU worker can build it: such cases skip on CPU with the reason (harness.schedule).
+    gpu_only: str | None = None
 
     def layout_errors(self, layout: Layout) -> list[str]:
         """Why ``layout`` cannot shard this model (empty when it can)."""
         tp, pp = layout.tp, layout.pp
         if layout.ep > 1 and self.num_moe_experts is None:
             return [f"ep={layout.ep} (expert parallel) needs a mixture-of-experts model; {self.name} is dense"]
+        if self.hybrid_pattern is not None and (layout.pp > 1 or layout.vpp > 1):
+            return [f"{self.name} is Mamba-hybrid: the harness builds its hybrid stack without pipeline stages"]
+        mamba = [("mamba_num_groups", self.mamba_num_groups, tp, "tp")] if self.hybrid_pattern else []
         checks = [
+            *mamba,
             ("num_moe_experts", self.num_moe_experts or layout.ep, layout.ep, "ep"),
             ("num_attention_heads", self.num_attention_heads, tp, "tp"),
             ("num_query_groups", self.num_query_groups or self.num_attention_heads, tp, "tp"),
@@ -125,6 +136,17 @@ ZOO["tiny-gpt-trained"] = replace(
 ZOO["tiny-moe-trained"] = replace(
     ZOO["tiny-moe"], name="tiny-moe-trained", description="tiny-moe trained on the Markov corpus (shipped)", recipe=TrainRecipe()
 )
+# Mamba-hybrid in the shape of NVIDIA's Nemotron-H (Mamba-2 layers, few attention layers, MLPs, no position
+# embeddings), at tiny-gpt's widths. GPU only: measured on CPU, megatron-core 0.16.1 cannot import its Mamba
+# layer spec ("No module named 'triton'") and 0.19.2 (with triton) refuses to build MambaMixer ("MambaSSM is
+# not installed"); mamba_ssm's selective-scan and causal-conv1d kernels are CUDA / Triton-on-GPU code.
+ZOO["tiny-mamba-hybrid"] = replace(
+    ZOO["tiny-gpt"], name="tiny-mamba-hybrid", description="Mamba-hybrid (M*M-: Mamba-2, attention, Mamba-2, MLP), GPU only",
+    hybrid_pattern="M*M-", position_embedding_type="none",
+    gpu_only="Mamba layers need mamba_ssm's selective-scan and causal-conv1d kernels (CUDA / Triton on a GPU); on CPU "
+             "megatron-core 0.16.1 cannot import its Mamba spec (No module named 'triton') and 0.19.2 refuses to build "
+             "MambaMixer (MambaSSM is not installed)",
+)
 
 
 # CPU: megatron-core's own modules (Transformer Engine needs CUDA). GPU: as Megatron post-training builds.
@@ -135,6 +157,30 @@ def torch_dtype(spec: ModelSpec) -> torch.dtype:
     import torch
 
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[spec.dtype]
+
+
+def _hybrid(spec: ModelSpec, config: Any, parallel_output: bool) -> torch.nn.Module:
+    """Megatron's MambaModel with the stack Megatron post-training builds (modelopt's: TE norms, layernorm keys
+    remapped like the GPT spec's)."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.models.mamba import MambaModel
+    from megatron.core.post_training.modelopt.mamba.model_specs import get_mamba_stack_modelopt_spec
+
+    from harness.runtime.forward import device
+
+    model = MambaModel(
+        config=config,
+        mamba_stack_spec=get_mamba_stack_modelopt_spec(remap_te_layernorm=True),
+        vocab_size=spec.vocab_size,
+        max_sequence_length=spec.max_seq_len,
+        hybrid_override_pattern=spec.hybrid_pattern,
+        pre_process=ps.is_pipeline_first_stage(),
+        post_process=ps.is_pipeline_last_stage(),
+        parallel_output=parallel_output,
+        share_embeddings_and_output_weights=spec.tied_embeddings,
+        position_embedding_type=spec.position_embedding_type,
+    )
+    return model.to(device()).eval()
 
 
 class SequenceParallelTorchNorm:
@@ -194,7 +240,7 @@ def layer_spec(spec: ModelSpec, config: Any, vp_stage: int | None = None) -> Any
 
 
 def build_gpt(spec: ModelSpec, *, seed: int, parallel_output: bool = False) -> torch.nn.Module:
-    """Build ``spec`` for the current megatron parallel state (this rank's stage and shard); under
+    """Build ``spec`` (a GPT, or a Mamba-hybrid MambaModel) for the current megatron parallel state (this rank's stage and shard); under
     virtual pipeline stages, a ``ModuleList`` of this rank's model chunks (``runtime.forward.chunks_of``).
 
     ``parallel_output=False`` gathers full-vocabulary logits (for comparisons); training needs True:
@@ -231,13 +277,18 @@ def build_gpt(spec: ModelSpec, *, seed: int, parallel_output: bool = False) -> t
         tensor_model_parallel_size=ps.get_tensor_model_parallel_world_size(),
         pipeline_model_parallel_size=ps.get_pipeline_model_parallel_world_size(),
         virtual_pipeline_model_parallel_size=vpp if vpp > 1 else None,
-        expert_model_parallel_size=ps.get_expert_model_parallel_world_size(),
+        # a dense model (a KD teacher of an MoE student) keeps its MLPs whole: the expert ranks are data parallel to it
+        expert_model_parallel_size=ps.get_expert_model_parallel_world_size() if spec.num_moe_experts else 1,
         sequence_parallel=current_layout().sp,
         num_moe_experts=spec.num_moe_experts,
         moe_router_topk=spec.moe_router_topk,
         # every rank sees every token and keeps its own experts' (alltoall builds a CUDA stream in its constructor)
         moe_token_dispatcher_type="allgather",
+        mamba_head_dim=spec.mamba_head_dim,
+        mamba_num_groups=spec.mamba_num_groups,
     )
+    if spec.hybrid_pattern is not None:
+        return _hybrid(spec, config, parallel_output)
     stages = [None] if vpp == 1 else list(range(vpp))
     chunks = [
         GPTModel(

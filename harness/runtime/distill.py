@@ -74,15 +74,16 @@ def distillation_model(student: torch.nn.Module, teacher: torch.nn.Module, setti
 
 
 def _masked_mean(tokens: int, loss: Any) -> torch.Tensor:
-    """Megatron's loss masking (all tokens count here): sum, all-reduce partial sums of
-    vocabulary-parallel losses over tensor parallelism, divide by the tokens."""
+    """Megatron's loss masking (all tokens count here): sum, all-reduce partial sums over tensor
+    parallelism where modelopt flags them (vocabulary-parallel losses; intermediate losses on a
+    sequence-parallel shard, each rank holding its own tokens), divide by the tokens."""
     from megatron.core import parallel_state as ps
 
-    tp_reduce = False
+    tp_reduce = sequence_parallel = False
     if isinstance(loss, tuple):  # modelopt's (loss, tp_reduce, is_sequence_parallel)
-        loss, tp_reduce, _ = loss
+        loss, tp_reduce, sequence_parallel = loss
     total = loss.float().sum()
-    if tp_reduce:
+    if tp_reduce or sequence_parallel:
         dist.all_reduce(total, group=ps.get_tensor_model_parallel_group())
     return total / tokens
 
