@@ -7,16 +7,22 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def write_tiny_llama(directory: Path, *, vocab_size: int = 1024, seed: int = 0) -> Path:
-    import torch
+def _write_tokenizer(directory: Path, vocab_size: int) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     from harness.data.tokenizer import WordTokenizer
 
     backend = Tokenizer(models.WordLevel(vocab=WordTokenizer(vocab_size).vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>").save_pretrained(directory)
+
+
+def write_tiny_llama(directory: Path, *, vocab_size: int = 1024, seed: int = 0) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _write_tokenizer(directory, vocab_size)
     config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=256,
@@ -31,4 +37,31 @@ def write_tiny_llama(directory: Path, *, vocab_size: int = 1024, seed: int = 0) 
     )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+def write_tiny_qwen3_moe(directory: Path, *, vocab_size: int = 1024, seed: int = 0, norm_topk_prob: bool = True) -> Path:
+    """Qwen3-MoE's layout (QK norms, 4 experts of which each token takes 2) at the tiny widths."""
+    import torch
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    _write_tokenizer(directory, vocab_size)
+    config = Qwen3MoeConfig(
+        vocab_size=vocab_size,
+        hidden_size=256,
+        intermediate_size=512,
+        moe_intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=32,
+        num_experts=4,
+        num_experts_per_tok=2,
+        norm_topk_prob=norm_topk_prob,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    Qwen3MoeForCausalLM(config).save_pretrained(directory, safe_serialization=True)
     return directory

@@ -13,6 +13,7 @@ from harness.data.corpus import MarkovCorpus
 from harness.data.text import TextSourceError, read_documents, token_rows
 from harness.data.tokenizer import WordTokenizer
 from harness.evals.mmlu import LETTERS, McItem, McScores, MmluError, format_prompt, letter_ids, load_mmlu, load_with_shots, write_mmlu
+from harness.records import Layout
 from harness.schedule import skip_reason
 from harness.suites.expand import Resources, expand
 from harness.suites.load import load_suite
@@ -147,6 +148,25 @@ def test_hf_config_gives_the_architecture_and_layouts_are_judged(write_suite, tm
     with pytest.raises(SuiteError, match=r"architecture MixtralForCausalLM") as refused:
         load_suite(write_suite(SOURCES.format(models=f"  m: {{hf: {tmp_path}}}", model="m")))
     assert len(refused.value.problems) == 1 and "unknown model" not in str(refused.value)
+
+
+def test_a_qwen3_moe_config_gives_the_experts_and_mixed_dense_layers_are_refused(tmp_path: Path) -> None:
+    from harness.models.sources import ModelSourceError, hf_spec
+
+    config = {"architectures": ["Qwen3MoeForCausalLM"], "hidden_size": 2048, "num_hidden_layers": 48, "num_attention_heads": 32,
+              "num_key_value_heads": 4, "head_dim": 128, "intermediate_size": 6144, "moe_intermediate_size": 768, "num_experts": 128,
+              "num_experts_per_tok": 8, "norm_topk_prob": True, "vocab_size": 151936, "rope_theta": 1000000.0}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "tokenizer.json").write_text("{}")
+    spec = hf_spec("qwen3-30b-a3b", str(tmp_path))
+    assert (spec.num_moe_experts, spec.moe_router_topk, spec.ffn_hidden_size, spec.moe_router_pre_softmax) == (128, 8, 768, False)
+    assert spec.qk_layernorm and spec.kv_channels == 128
+    assert hf_spec("m", str(tmp_path)).layout_errors(Layout(1, 1, ep=3)) == ["num_moe_experts 128 of model m is not divisible by ep=3"]
+    (tmp_path / "config.json").write_text(json.dumps(config | {"norm_topk_prob": False}))
+    assert hf_spec("m", str(tmp_path)).moe_router_pre_softmax
+    (tmp_path / "config.json").write_text(json.dumps(config | {"mlp_only_layers": [0]}))
+    with pytest.raises(ModelSourceError, match="dense layers between the MoE layers"):
+        hf_spec("m", str(tmp_path))
 
 
 def test_mmlu_files_as_users_have_them(tmp_path: Path) -> None:

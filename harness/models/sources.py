@@ -17,8 +17,8 @@ from harness.models.zoo import ZOO, ModelSpec
 
 # Hugging Face config keys that change the network but that the importer cannot express here.
 _UNSUPPORTED_HF = ("attention_bias", "mlp_bias")
-# Dense architectures modelopt's importer maps and the harness describes; value: QK layernorm.
-_ARCHITECTURES = {"LlamaForCausalLM": False, "Qwen3ForCausalLM": True}
+# Architectures modelopt's importer maps and the harness describes; value: QK layernorm.
+_ARCHITECTURES = {"LlamaForCausalLM": False, "Qwen3ForCausalLM": True, "Qwen3MoeForCausalLM": True}
 
 
 # Files transformers' AutoTokenizer builds a tokenizer from (fast, sentencepiece, BPE, WordPiece).
@@ -58,7 +58,7 @@ def hf_spec(name: str, path: str) -> ModelSpec:
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", "llama3"):
         raise ModelSourceError(f"{config_file}: rope_scaling type {rope_type!r} is not supported (default or llama3)")
-    return ModelSpec(
+    return replace(ModelSpec(
         name=name,
         description=f"Hugging Face {arch} from {root}",
         num_layers=config["num_hidden_layers"],
@@ -77,7 +77,21 @@ def hf_spec(name: str, path: str) -> ModelSpec:
         kv_channels=head_dim if head_dim * heads != config["hidden_size"] else None,
         tied_embeddings=bool(config.get("tie_word_embeddings", False)),
         hf_path=str(root),
-    )
+    ), **_experts(config, config_file))
+
+
+def _experts(config: dict[str, Any], config_file: Path) -> dict[str, Any]:
+    """Qwen3-MoE's experts as megatron's: every layer a mixture (no dense layers in between), each expert
+    ``moe_intermediate_size`` wide. Its router softmaxes over all experts, then takes the top k, renormalised
+    only with ``norm_topk_prob`` (= megatron's softmax over the top-k logits); without it megatron's pre-softmax."""
+    experts = config.get("num_experts") or config.get("num_local_experts")
+    if not experts:
+        return {}
+    if config.get("decoder_sparse_step", 1) != 1 or config.get("mlp_only_layers"):
+        raise ModelSourceError(f"{config_file}: dense layers between the MoE layers (decoder_sparse_step / mlp_only_layers) "
+                               "are not supported")
+    return {"num_moe_experts": int(experts), "moe_router_topk": int(config["num_experts_per_tok"]),
+            "ffn_hidden_size": int(config["moe_intermediate_size"]), "moe_router_pre_softmax": not config.get("norm_topk_prob", False)}
 
 
 def torch_dist_spec(name: str, path: str, like: str) -> ModelSpec:

@@ -63,6 +63,7 @@ class ModelSpec:
     # Mixture of experts: None is a dense MLP; else experts per MoE layer, each token routed to ``moe_router_topk``.
     num_moe_experts: int | None = None
     moe_router_topk: int = 2
+    moe_router_pre_softmax: bool = False  # softmax over every expert before the top k (no renormalisation)
     # Mamba-hybrid: megatron's hybrid_override_pattern, one character per layer (M Mamba, * attention, - MLP),
     # built as megatron's MambaModel; None is a GPT.
     hybrid_pattern: str | None = None
@@ -282,6 +283,7 @@ def build_gpt(spec: ModelSpec, *, seed: int, parallel_output: bool = False) -> t
         sequence_parallel=current_layout().sp,
         num_moe_experts=spec.num_moe_experts,
         moe_router_topk=spec.moe_router_topk,
+        moe_router_pre_softmax=spec.moe_router_pre_softmax,
         # every rank sees every token and keeps its own experts' (alltoall builds a CUDA stream in its constructor)
         moe_token_dispatcher_type="allgather",
         mamba_head_dim=spec.mamba_head_dim,
