@@ -47,15 +47,18 @@ def test_impossible_layouts_are_rejected_with_file_and_line(write_suite, model: 
     assert any(line.startswith(f"{path}:6:") and message in line for line in info.value.problems), info.value.problems
 
 
-def test_virtual_pipeline_stages_are_named_and_refused_where_they_cannot_run(write_suite) -> None:  # noqa: ANN001
+def test_virtual_stages_are_named_and_layouts_refused_where_checks_or_modelopt_cannot_run_them(write_suite) -> None:  # noqa: ANN001
     cases = expand(load_suites([suite(write_suite, "tiny-gpt", "{tp: 1, pp: 2, vpp: 2}")]), FOUR_RANKS)
     assert [(c.id, c.world_size, "vpp2" in c.markers) for c in cases] == [("axes/tiny-gpt/tp1pp2vpp2/none", 2, True)]
     refusals = {
         "check quant_accuracy does not run virtual pipeline stages": "suite: q\ncheck: quant_accuracy\nmatrix:\n  model: [tiny-gpt]\n"
                                                                      "  layout:\n    - {tp: 1, pp: 2, vpp: 2}\n  optimization: [fp8]\n",
-        "optimization int8_sq with vpp > 1: modelopt saves and restores its state for one model chunk only":
+        "vpp=2: modelopt saves and restores its state for one model chunk only":
             "suite: c\ncheck: ckpt_roundtrip\nmatrix:\n  model: [tiny-gpt]\n  layout:\n    - {tp: 1, pp: 2, vpp: 2}\n"
             "  optimization: [int8_sq]\n",
+        "tp=2 with ep=2: modelopt's quantized MoE experts refuse tensor and expert parallelism together":
+            "suite: m\ncheck: ckpt_roundtrip\nmatrix:\n  model: [tiny-moe]\n  layout:\n    - {tp: 2, pp: 1, ep: 2}\n"
+            "  optimization: [fp8]\n",
     }
     for message, text in refusals.items():
         path = write_suite(text)

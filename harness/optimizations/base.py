@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+    from harness.records import Layout
+
 ForwardLoop = Callable[["torch.nn.Module"], None]
 
 
@@ -18,3 +20,5 @@ class Optimization:
     description: str
     apply: Callable[[torch.nn.Module, ForwardLoop], torch.nn.Module]
     gpu_only: str | None = None  # why it cannot run on CPU; its CPU cases skip with this reason
+    # Why it cannot run under a layout, judged before any worker starts (the suite names file and line).
+    layout_problems: Callable[[Layout], list[str]] = lambda layout: []

@@ -15,9 +15,9 @@ from typing import Any
 from packaging.specifiers import SpecifierSet
 from pydantic import ValidationError
 
-from harness.checks.base import Check
 from harness.environment import environment
 from harness.models.zoo import LAYERS_BY_PLATFORM
+from harness.optimizations import get_optimization
 from harness.records import Budget, Case, KnownDefect, Layout, Tolerance
 from harness.suites.load import CORE_AXES, Suite
 from harness.suites.schema import OverrideModel
@@ -109,8 +109,9 @@ def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platfor
             problems.append(lines.problem(where[key], reason))
         if world % each.world_size:
             problems.append(lines.problem(where[key], f"{each.token} does not divide the case's world size {world}"))
-        if each.vpp > 1:
-            problems.extend(lines.problem(where[key], reason) for reason in _vpp_problems(check, chosen["optimization"]))
+        if each.vpp > 1 and not check.virtual_pipeline:
+            problems.append(lines.problem(where[key], f"check {check.name} does not run virtual pipeline stages (vpp > 1)"))
+        problems.extend(lines.problem(where[key], reason) for reason in get_optimization(chosen["optimization"]).layout_problems(each))
     if not model.unavailable:
         problems.extend(lines.problem(where.get(key, ("params", key)), message) for key, message in check.case_problems(layout, params, model))
     # More CPU ranks than the machine offers is a suite error (HARNESS_CPU_RANKS raises it); a GPU case
@@ -149,17 +150,6 @@ def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platfor
                            for k in spec.known_defects if _matches(suite, k.when, chosen, layout, params) and installed_within(k.versions)),
                           None),
     ), []
-
-
-def _vpp_problems(check: Check, optimization: str) -> list[str]:
-    if not check.virtual_pipeline:
-        return [f"check {check.name} does not run virtual pipeline stages (vpp > 1)"]
-    if optimization != "none":
-        # modelopt 0.47 mcore_dist_checkpointing: "sharded_modelopt_state does not support virtual pipeline parallel!"
-        return [f"optimization {optimization} with vpp > 1: modelopt saves and restores its state for one model chunk only "
-                "(save_sharded_modelopt_state refuses virtual pipeline parallelism), and Megatron's quantize example "
-                "quantizes the first chunk alone"]
-    return []
 
 
 def installed_within(versions: dict[str, str]) -> bool:
