@@ -167,7 +167,7 @@ def test_cli_reports_suite_errors_without_traceback(write_suite, capsys) -> None
     path = write_suite(textwrap.dedent(GOOD).replace("[tiny-gpt]", "[nope]"))
     assert main(["list", str(path)]) == EXIT_USAGE
     err = capsys.readouterr().err
-    known = "tiny-gpt, tiny-gpt-student, tiny-gpt-layernorm, tiny-moe, tiny-gpt-trained, tiny-moe-trained"
+    known = "tiny-gpt, tiny-gpt-student, tiny-gpt-layernorm, tiny-moe, tiny-gpt-trained, tiny-moe-trained, tiny-mamba-hybrid"
     assert err.strip() == f"harness: {path}:4: matrix.model[0]: unknown model 'nope'; known: {known}"
 
 
