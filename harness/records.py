@@ -34,28 +34,31 @@ Dtype = Literal["fp32", "bf16"]
 class Layout:
     """How a case shards its model. ``ep``: expert-parallel ranks (inside data parallelism: a layout
     needs tp x pp x ep ranks); ``sp``: sequence parallelism over the tensor-parallel ranks; ``vpp``:
-    virtual pipeline stages, model chunks per pipeline rank (megatron's interleaved schedule)."""
+    virtual pipeline stages, model chunks per pipeline rank (megatron's interleaved schedule); ``cp``:
+    context parallelism, the sequence split over ranks inside attention too (a layout needs tp x pp x cp x ep
+    ranks)."""
 
     tp: int = 1
     pp: int = 1
     ep: int = 1
     sp: bool = False
     vpp: int = 1
+    cp: int = 1
 
     @property
     def world_size(self) -> int:
-        return self.tp * self.pp * self.ep
+        return self.tp * self.pp * self.cp * self.ep
 
     @property
     def token(self) -> str:
-        """``tp2pp1`` (the ids before the new axes), then ``vpp2``, ``ep2`` and ``sp`` when used."""
-        return (f"tp{self.tp}pp{self.pp}" + (f"vpp{self.vpp}" if self.vpp > 1 else "") + (f"ep{self.ep}" if self.ep > 1 else "")
-                + ("sp" if self.sp else ""))
+        """``tp2pp1`` (the ids before the new axes), then ``vpp2``, ``cp2``, ``ep2`` and ``sp`` when used."""
+        return (f"tp{self.tp}pp{self.pp}" + (f"vpp{self.vpp}" if self.vpp > 1 else "") + (f"cp{self.cp}" if self.cp > 1 else "")
+                + (f"ep{self.ep}" if self.ep > 1 else "") + ("sp" if self.sp else ""))
 
     @property
     def markers(self) -> set[str]:
-        """``tp2``, ``pp2``, ``vpp2``, ``ep2``, ``sp``: the parallel dimensions a case uses, for ``pytest -m``."""
-        sizes = {"tp": self.tp, "pp": self.pp, "vpp": self.vpp, "ep": self.ep}
+        """``tp2``, ``pp2``, ``vpp2``, ``cp2``, ``ep2``, ``sp``: the parallel dimensions a case uses, for ``pytest -m``."""
+        sizes = {"tp": self.tp, "pp": self.pp, "vpp": self.vpp, "cp": self.cp, "ep": self.ep}
         return {f"{axis}{size}" for axis, size in sizes.items() if size > 1} | ({"sp"} if self.sp else set())
 
     def errors(self) -> list[str]:

@@ -27,6 +27,9 @@ def skip_reason(case: Case, resources: Resources) -> str | None:
         return None
     if case.spec.gpu_only:
         return f"GPU only: model {case.model}: {case.spec.gpu_only}"
+    if any(marker.startswith("cp") and marker[2:].isdigit() for marker in case.markers):
+        return ("GPU only: context parallelism runs in Transformer Engine's attention alone (megatron's own "
+                "DotProductAttention asserts context_parallel_size == 1; TE needs CUDA)")
     gpu_only = get_optimization(case.optimization).gpu_only
     if gpu_only:
         return f"GPU only: {case.optimization} {gpu_only}"

@@ -81,6 +81,28 @@ def test_mamba_hybrid_cases_exist_and_skip_on_cpu_with_the_measured_reason(write
                for line in info.value.problems), info.value.problems
 
 
+@pytest.mark.parametrize("cp", [2, 4])
+def test_context_parallel_shards_are_megatrons_load_balanced_chunks_and_gather_back(cp: int) -> None:
+    import torch
+
+    from harness.runtime.forward import context_shard, context_unshard
+
+    sequence = torch.arange(2 * 4 * cp * 3).reshape(2, 4 * cp, 3)  # [batch, seq, hidden]
+    shards = [context_shard(sequence, cp, rank) for rank in range(cp)]
+    # rank 0 holds the first and the last of 2 x cp chunks (megatron's get_batch_on_this_cp_rank)
+    assert shards[0][:, :2].tolist() == sequence[:, :2].tolist() and shards[0][:, 2:].tolist() == sequence[:, -2:].tolist()
+    assert torch.equal(context_unshard(shards), sequence)
+
+
+def test_context_parallel_cases_skip_on_cpu_with_the_reason(write_suite) -> None:  # noqa: ANN001
+    from harness.schedule import skip_reason
+
+    (case,) = expand(load_suites([suite(write_suite, "tiny-gpt", "{tp: 1, pp: 1, cp: 2}")]), FOUR_RANKS)
+    assert (case.id, case.world_size, "cp2" in case.markers) == ("axes/tiny-gpt/tp1pp1cp2/none", 2, True)
+    reason = skip_reason(case, FOUR_RANKS)
+    assert reason is not None and "DotProductAttention asserts context_parallel_size == 1" in reason, reason
+
+
 def test_only_a_withdrawable_cpu_adaptation_can_be_withdrawn() -> None:
     from harness.runtime.cpu_compat import withdrawn
 

@@ -30,9 +30,10 @@ class LayoutModel(StrictModel):
     ep: PositiveInt = 1
     sp: bool = False
     vpp: PositiveInt = 1
+    cp: PositiveInt = 1
 
     def layout(self) -> Layout:
-        return Layout(self.tp, self.pp, self.ep, self.sp, self.vpp)
+        return Layout(self.tp, self.pp, self.ep, self.sp, self.vpp, self.cp)
 
 
 @dataclass(frozen=True)

@@ -278,6 +278,7 @@ def build_gpt(spec: ModelSpec, *, seed: int, parallel_output: bool = False) -> t
         tensor_model_parallel_size=ps.get_tensor_model_parallel_world_size(),
         pipeline_model_parallel_size=ps.get_pipeline_model_parallel_world_size(),
         virtual_pipeline_model_parallel_size=vpp if vpp > 1 else None,
+        context_parallel_size=ps.get_context_parallel_world_size(),
         # a dense model (a KD teacher of an MoE student) keeps its MLPs whole: the expert ranks are data parallel to it
         expert_model_parallel_size=ps.get_expert_model_parallel_world_size() if spec.num_moe_experts else 1,
         sequence_parallel=current_layout().sp,

@@ -50,7 +50,7 @@ def model_parallel(layout: Layout, seed: int) -> Iterator[None]:
     before = _live_groups()
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp, expert_model_parallel_size=layout.ep,
-        virtual_pipeline_model_parallel_size=layout.vpp if layout.vpp > 1 else None,
+        virtual_pipeline_model_parallel_size=layout.vpp if layout.vpp > 1 else None, context_parallel_size=layout.cp,
     )
     _current.append(layout)
     try:

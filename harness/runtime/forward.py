@@ -64,8 +64,30 @@ def _identity_loss(output: torch.Tensor, non_loss_data: bool = False) -> torch.T
 
 
 def _forward_step(data_iterator: Any, model: torch.nn.Module) -> tuple[torch.Tensor, Callable[..., Any]]:
-    tokens = next(data_iterator)
-    return model(tokens, positions(tokens), None), _identity_loss
+    tokens, position_ids = next(data_iterator)
+    return model(tokens, position_ids, None), _identity_loss
+
+
+def context_shard(values: torch.Tensor, cp: int, rank: int) -> torch.Tensor:
+    """Megatron's load-balanced context-parallel split (``get_batch_on_this_cp_rank``): the sequence in 2 x cp
+    chunks, rank r keeping chunks r and 2cp-1-r (causal attention makes later chunks dearer)."""
+    chunks = values.chunk(2 * cp, dim=1)
+    return torch.cat([chunks[rank], chunks[2 * cp - 1 - rank]], dim=1)
+
+
+def context_unshard(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The whole sequence from every context-parallel rank's shard (``context_shard``), in rank order."""
+    cp = len(parts)
+    chunks: list[torch.Tensor] = list(parts) * 2
+    for rank, part in enumerate(parts):
+        chunks[rank], chunks[2 * cp - 1 - rank] = part.chunk(2, dim=1)
+    return torch.cat(chunks, dim=1)
+
+
+def _context_gather(local: torch.Tensor, cp: int, group: Any) -> torch.Tensor:
+    parts = [torch.empty_like(local) for _ in range(cp)]
+    dist.all_gather(parts, local.contiguous(), group=group)
+    return context_unshard(parts)
 
 
 @torch.no_grad()
@@ -73,6 +95,8 @@ def forward_logits(model: torch.nn.Module, tokens: torch.Tensor, vocab_size: int
     """Logits ``[batch, seq, vocab]`` for ``tokens``, broadcast from the last pipeline stage. Sequence
     parallelism splits the sequence over the tensor-parallel ranks, so a length they do not divide (a
     decode step) is right-padded and the padding's logits dropped: causal attention keeps the others exact.
+    Context parallelism splits it over the context-parallel ranks as megatron's training does (padded the same
+    way to a length 2 x cp divides), and the logits are gathered back.
     Megatron's interleaved schedule (virtual pipeline stages) wants at least ``pp`` microbatches: the batch
     goes through ``pp`` times whole (a row split could change the kernels' reduction order) and the first is kept."""
     from megatron.core import parallel_state as ps
@@ -82,13 +106,16 @@ def forward_logits(model: torch.nn.Module, tokens: torch.Tensor, vocab_size: int
 
     batch, seq = tokens.shape
     layout = current_layout()
-    pad = -seq % layout.tp if layout.sp else 0
+    pad = -seq % ((layout.tp if layout.sp else 1) * (2 * layout.cp if layout.cp > 1 else 1))
     tokens = torch.cat([tokens, tokens.new_zeros(batch, pad)], dim=1) if pad else tokens
+    inputs = (tokens, positions(tokens))
+    if layout.cp > 1:
+        inputs = tuple(context_shard(values, layout.cp, ps.get_context_parallel_rank()) for values in inputs)
     chunks = chunks_of(model)
     microbatches = 1 if len(chunks) == 1 else layout.pp
     store = get_forward_backward_func()(
         forward_step_func=_forward_step,
-        data_iterator=[iter([tokens] * microbatches) for _ in chunks] if len(chunks) > 1 else iter([tokens]),
+        data_iterator=[iter([inputs] * microbatches) for _ in chunks] if len(chunks) > 1 else iter([inputs]),
         model=chunks,
         num_microbatches=microbatches,
         seq_length=seq + pad,
@@ -97,7 +124,10 @@ def forward_logits(model: torch.nn.Module, tokens: torch.Tensor, vocab_size: int
         collect_non_loss_data=True,
     )
     if ps.is_pipeline_last_stage():
-        logits = store[0][:, :seq].float().contiguous()
+        logits = store[0]
+        if layout.cp > 1:
+            logits = _context_gather(logits, layout.cp, ps.get_context_parallel_group())
+        logits = logits[:, :seq].float().contiguous()
     else:
         logits = torch.empty(batch, seq, vocab_size, dtype=torch.float32, device=tokens.device)
     if ps.get_pipeline_model_parallel_world_size() > 1:
