@@ -32,7 +32,9 @@ def tests(session: nox.Session) -> None:
     """The harness's own tests plus the CPU cases of suites/ against recorded baselines, leaving the
     cases marked ``slow`` to cpu_suite and nightly (give your own ``-m`` to choose otherwise)."""
     install_cpu(session)
-    session.run("pytest", *([] if "-m" in session.posargs else ["-m", "not slow"]), *session.posargs)
+    # -m EXPR, -m=EXPR and -mEXPR all choose the markers (one -m wins in pytest: the last)
+    chooses = any(arg.startswith("-m") for arg in session.posargs)
+    session.run("pytest", *([] if chooses else ["-m", "not slow"]), *session.posargs)
 
 
 @nox.session
