@@ -28,6 +28,7 @@ WORKER_MEMORY = (PEAK_MEMORY, DEVICE_MEMORY)
 
 # The numeric types a model runs in (parameters and activations); suites name them on the dtype axis.
 Dtype = Literal["fp32", "bf16"]
+Platform = Literal["cpu", "gpu"]
 
 
 @dataclass(frozen=True, order=True)
@@ -147,7 +148,7 @@ class Case:
     layout: Layout
     optimization: str
     params: dict[str, Any]
-    platform: str  # "cpu" | "gpu"
+    platform: Platform
     world_size: int
     markers: tuple[str, ...]
     tolerances: dict[str, Tolerance]

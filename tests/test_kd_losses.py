@@ -140,7 +140,7 @@ def test_known_defect_entries_are_validated(write_suite) -> None:  # noqa: ANN00
         load_suite(write_suite(text + entry.format(id="upstream-1", versions="<0.20")))
     emits = ", ".join(get_check("kd_parity").metrics)
     assert [line.split("suite.yaml:")[1] for line in err.value.problems] == [
-        "11: known_defects[0].when.kdd: unknown key; axes are model, layout, optimization, dtype or params of kd_parity",
+        "11: known_defects[0].when.kdd: unknown key; keys are model, layout, optimization, dtype, platform or params of kd_parity",
         f"13: known_defects[0].symptom.logits_gap: unknown metric; kd_parity emits {emits}",
         f"14: known_defects[0].affects.nothing_like_it: unknown metric; kd_parity emits {emits}",
     ]

@@ -46,20 +46,29 @@ def test_noisier_timings_take_more_pairs_and_max_pairs_bounds_them() -> None:
 
 
 def test_the_interval_target_follows_what_the_case_judges() -> None:
-    """+-2% over up to 60 pairs where a 5% drop fails (trained Medusa k2 in fp32 at TP1: an override sets its
-    params, its id stays), +-12% over 10-20 pairs where a 30% drop does (every other CPU case), and the GPU
-    real-model suite's +-2% budget."""
+    """Every trained CPU case times until +-4% (a 10% drop fails; budget +-5%) over 15-120 pairs; trained
+    Medusa k2 in fp32 at TP1 until +-2% (a 5% drop fails; an override sets its params, its id stays); the
+    untrained floors +-12% over 10-20 pairs (a 30% drop fails); trained GPU cases and the GPU real-model
+    suite +-2%."""
     from harness.checks.spec_decode import SpecParams, pairing_plan
     from harness.pipeline import collect
     from harness.suites.expand import Resources
 
-    cases = {c.key: c for c in collect([ROOT / "suites" / "spec.yaml", ROOT / "suites" / "spec_hf.yaml"], Resources(cpu_ranks=2, gpus=0))}
+    suites = [ROOT / "suites" / name for name in ("spec.yaml", "spec_moe.yaml", "spec_hf.yaml")]
+    cases = {c.key: c for c in collect(suites, Resources(cpu_ranks=2, gpus=0))}
     plans = {key: pairing_plan(SpecParams.model_validate(c.params), c) for key, c in cases.items()}
+    budgets = {key: c.budgets["speedup_ci_half_width"].max for key, c in cases.items()}
     tight = plans.pop("spec/tiny-gpt-trained/tp1pp1/medusa-k2-t150/none[cpu]")
     assert (tight.half_width, tight.min_pairs, tight.max_pairs) == (pytest.approx(0.02), 15, 60)
-    cpu = {key: (round(plan.half_width, 9), plan.min_pairs, plan.max_pairs) for key, plan in plans.items()
-           if key.startswith("spec/") and key.endswith("[cpu]")}
-    assert len(cpu) >= 10 and set(cpu.values()) == {(0.12, 10, 20)}
+
+    def tiers(platform: str, trained: bool) -> set[tuple[float, int, int, float]]:
+        return {(round(plan.half_width, 9), plan.min_pairs, plan.max_pairs, budgets[key]) for key, plan in plans.items()
+                if key.endswith(f"[{platform}]") and not key.startswith("spec-hf/") and ("-t0/" not in key) == trained}
+
+    assert tiers("cpu", trained=True) == {(0.04, 15, 120, 0.05)}
+    assert tiers("cpu", trained=False) == {(0.12, 10, 20, 0.15)}
+    assert tiers("gpu", trained=True) == {(0.02, 15, 120, 0.02), (0.02, 15, 60, 0.02)}
+    assert len([key for key in plans if key.endswith("[cpu]") and "-t0/" not in key]) >= 11
     hf = [plan.half_width for key, plan in plans.items() if key.startswith("spec-hf/")]
     assert hf and hf == pytest.approx([0.02] * len(hf))
 

@@ -61,7 +61,7 @@ def test_every_problem_of_a_suite_in_one_run(write_suite) -> None:  # noqa: ANN0
         "4: timeout_s: duplicate key",
         "5: tolerence: unknown key; a suite takes suite, check, description, markers, platforms, slow, timeout_s, seed, params, models, "
         "matrix, exclude, tolerances, budgets, overrides, known_defects",
-        "14: overrides[0].when.optimisation: unknown key; axes are model, layout, optimization, dtype or params of ckpt_roundtrip",
+        "14: overrides[0].when.optimisation: unknown key; keys are model, layout, optimization, dtype, platform or params of ckpt_roundtrip",
         "10: matrix.layout[1]: num_layers 4 of model tiny-gpt is not divisible by pp=3",
     ]
 
@@ -180,3 +180,16 @@ def test_quant_suite_covers_formats_and_layouts() -> None:
     assert {"fp8", "int8_sq", "int4_awq", "w4a8_awq"} <= {c.optimization for c in runnable}
     int8 = next(c for c in cases if c.optimization == "int8_sq")
     assert int8.budgets["accuracy_delta_pts"].min == -0.5  # the suite's absolute budget, via an override
+
+
+def test_an_override_may_name_the_platform(write_suite) -> None:  # noqa: ANN001
+    """One suite, two platforms, a budget per platform (spec.yaml's speedup interval: +-5% CPU, +-2% GPU)."""
+    text = GOOD.replace("check: ckpt_roundtrip\n", "check: ckpt_roundtrip\nplatforms: [cpu, gpu]\n")
+    text += "overrides:\n  - when: {platform: gpu}\n    budgets: {max_abs_logit_diff: {max: 0.5}}\n"
+    cases = expand(load_suites([write_suite(text)]), TWO_RANKS)
+    budgets = {(c.id, c.platform): c.budgets.get("max_abs_logit_diff") for c in cases}
+    assert {platform for (_, platform), budget in budgets.items() if budget is not None and budget.max == 0.5} == {"gpu"}
+    assert all(budget is None or budget.max != 0.5 for (_, platform), budget in budgets.items() if platform == "cpu")
+    bad = write_suite(text.replace("{platform: gpu}", "{platform: tpu}"))
+    [line] = problems(bad)
+    assert line == f"{bad}:12: overrides[0].when.platform: Input should be 'cpu' or 'gpu'"

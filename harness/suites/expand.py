@@ -19,7 +19,7 @@ from harness.environment import environment
 from harness.models.zoo import LAYERS_BY_PLATFORM
 from harness.optimizations import get_optimization
 from harness.records import Budget, Case, KnownDefect, Layout, Tolerance
-from harness.suites.load import CORE_AXES, Suite
+from harness.suites.load import CORE_AXES, MATCH_KEYS, Suite
 from harness.suites.schema import OverrideModel
 from harness.suites.yaml_lines import SuiteError
 
@@ -47,14 +47,15 @@ class Resources:
 
 
 def _matches(suite: Suite, entry: dict[str, Any], chosen: dict[str, Any], layout: Layout, params: Any) -> bool:
-    """Whether an exclude/when entry names this case. Check params are compared after the check's
-    normalisation, so ``reload_layout: same`` and the explicit equal layout are one value."""
+    """Whether an exclude/when entry names this case (``chosen``: its axis values and platform). Check
+    params are compared after the check's normalisation, so ``reload_layout: same`` and the explicit
+    equal layout are one value."""
     check = suite.check
-    entry_params = {k: v for k, v in entry.items() if k not in CORE_AXES}
+    entry_params = {k: v for k, v in entry.items() if k not in MATCH_KEYS}
     resolved = check.normalize(layout, check.params.model_validate({**params.model_dump(), **entry_params}))
     for key, value in entry.items():
-        mine = chosen[key] if key in CORE_AXES else getattr(params, key)
-        wanted = value if key in CORE_AXES else getattr(resolved, key)
+        mine = chosen[key] if key in MATCH_KEYS else getattr(params, key)
+        wanted = value if key in MATCH_KEYS else getattr(resolved, key)
         if suite.canonical(key, wanted) != suite.canonical(key, mine):
             return False
     return True
@@ -87,11 +88,12 @@ def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platfor
     except ValidationError as err:
         return None, [lines.problem(where.get(str(e["loc"][0]), ("params",)) if e["loc"] else ("params",), e["msg"]) for e in err.errors()]
     params = check.normalize(layout, params)
-    if any(_matches(suite, entry, chosen, layout, params) for entry in spec.exclude):
+    matched = {**chosen, "platform": platform}
+    if any(_matches(suite, entry, matched, layout, params) for entry in spec.exclude):
         return None, []
     # The overrides that name this case, decided once on the case as the matrix made it (an override's
     # params never decide which other overrides apply).
-    overrides = [o for o in spec.overrides if _matches(suite, o.when, chosen, layout, params)]
+    overrides = [o for o in spec.overrides if _matches(suite, o.when, matched, layout, params)]
     for override in (o for o in overrides if o.params):
         try:
             params = check.normalize(layout, check.params.model_validate({**params.model_dump(), **override.params}))
@@ -147,7 +149,7 @@ def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platfor
         seed=spec.seed,
         source=f"{suite.path}:{lines.line(('matrix',))}",
         known_defect=next((KnownDefect(k.defect, {name: b.budget() for name, b in k.symptom.items()}, k.id, k.upstream, tuple(k.affects))
-                           for k in spec.known_defects if _matches(suite, k.when, chosen, layout, params) and installed_within(k.versions)),
+                           for k in spec.known_defects if _matches(suite, k.when, matched, layout, params) and installed_within(k.versions)),
                           None),
     ), []
 

@@ -15,11 +15,12 @@ from harness.checks.base import Check, LayoutModel
 from harness.models.sources import ModelSourceError, hf_spec, torch_dist_spec
 from harness.models.zoo import ZOO, ModelSpec
 from harness.optimizations import get_optimization
-from harness.records import Dtype, metric_family
+from harness.records import Dtype, Platform, metric_family
 from harness.suites.schema import SuiteModel
 from harness.suites.yaml_lines import LineMap, Path_, SuiteError, load_yaml_with_lines
 
 CORE_AXES = ("model", "layout", "optimization", "dtype")
+MATCH_KEYS = (*CORE_AXES, "platform")  # what an exclude/when entry may name besides check params
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def _adapter(check_ref: str, axis: str) -> TypeAdapter:
 
 
 def axis_type(check: Check, axis: str) -> Any:
-    core = {"model": str, "layout": LayoutModel, "optimization": str, "dtype": Dtype}
+    core = {"model": str, "layout": LayoutModel, "optimization": str, "dtype": Dtype, "platform": Platform}
     if axis in core:
         return core[axis]
     field = check.params.model_fields[axis]  # its constraints (PositiveInt's > 0) live in the metadata
@@ -57,11 +58,11 @@ def _errors(err: ValidationError, lines: LineMap, base: Path_ = ()) -> list[str]
 
 
 def _validate_values(check_ref: str, lines: LineMap, entries: dict[str, Any], base: Path_, problems: list[str]) -> None:
-    """Keys of an exclude/when entry must be axes or check params; values must be of their type."""
+    """Keys of an exclude/when entry must be axes, the platform or check params; values must be of their type."""
     check = get_check(check_ref)
     for key, value in entries.items():
-        if key not in CORE_AXES and key not in check.params.model_fields:
-            problems.append(lines.problem((*base, key), f"unknown key; axes are {', '.join(CORE_AXES)} or params of {check.name}"))
+        if key not in MATCH_KEYS and key not in check.params.model_fields:
+            problems.append(lines.problem((*base, key), f"unknown key; keys are {', '.join(MATCH_KEYS)} or params of {check.name}"))
             continue
         _validate_value(check_ref, lines, key, value, (*base, key), problems)
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from pydantic import ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, field_validator, model_validator
 
 from harness.checks.base import LayoutModel, StrictModel
-from harness.records import Budget, Direction, Dtype, Tolerance
+from harness.records import Budget, Direction, Dtype, Platform, Tolerance
 
 
 class ToleranceModel(StrictModel):
@@ -99,7 +99,7 @@ class SuiteModel(StrictModel):
     check: str
     description: str = ""
     markers: list[str] = Field(default_factory=list)
-    platforms: list[Literal["cpu", "gpu"]] = Field(default_factory=lambda: ["cpu"], min_length=1)
+    platforms: list[Platform] = Field(default_factory=lambda: ["cpu"], min_length=1)
     slow: bool = False
     timeout_s: PositiveFloat = 600.0
     seed: NonNegativeInt = 1234
