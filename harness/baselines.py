@@ -21,25 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from harness.atomic import write_json_atomic
+from harness.environment import fingerprint
 from harness.models.subjects import manifest
-from harness.records import INFORMATIONAL, Case, CaseOutcome, CaseResult, Direction, MetricResult, Tolerance, Verdict, metric_family
+from harness.noise import CaseNoise, NoiseError, noise_path, read_noise_file
+from harness.records import INFORMATIONAL, Case, CaseOutcome, CaseResult, MetricResult, Tolerance, Verdict, metric_family
 
 FORMAT = 1
 
 
 class BaselineError(ValueError):
     """A baseline file that cannot be read; the message names the file (and, for JSON, the line)."""
-
-
-def within(measured: float, baseline: float, tolerance: Tolerance) -> bool:
-    if math.isnan(measured):
-        return False
-    diff, allowed = measured - baseline, tolerance.allowed(baseline)
-    if tolerance.direction is Direction.HIGHER_IS_BETTER:
-        return diff >= -allowed
-    if tolerance.direction is Direction.LOWER_IS_BETTER:
-        return diff <= allowed
-    return abs(diff) <= allowed
 
 
 def read_baseline_file(path: Path) -> dict[str, Any]:
@@ -87,6 +78,14 @@ class BaselineStore:
             return str(err)
         return None
 
+    def noise(self, platform: str, suite: str, case_id: str) -> CaseNoise | None:
+        """The case's noise record (harness.noise), None where none was recorded."""
+        return read_noise_file(noise_path(self.path(platform, suite))).get(case_id)
+
+    def reference(self, platform: str, suite: str, case_id: str) -> dict[str, Any]:
+        """What the check kept beside the case's baseline (``CaseOutcome.kept``); empty where nothing was."""
+        return (self.entry(platform, suite, case_id) or {}).get("reference", {})
+
     def lookup(self, platform: str, suite: str, case_id: str) -> dict[str, float] | None:
         entry = self.entry(platform, suite, case_id)
         return None if entry is None else entry["metrics"]
@@ -96,8 +95,10 @@ class BaselineStore:
         path = self.path(case.platform, case.suite)
         data = read_baseline_file(path)
         data.update({"suite": case.suite, "platform": case.platform, "environment": self.environment(case.platform)})
+        # the case's params too: what the numbers were measured with (a draft configuration, prompts, batch sizes)
         data["cases"][case.id] = {"metrics": outcome.metrics, "provenance": {
-            **provenance, "platform": case.platform, "environment": self.environment(case.platform), "subjects": case_subjects(case)}}
+            **provenance, "platform": case.platform, "environment": self.environment(case.platform), "subjects": case_subjects(case),
+            "params": case.params}} | ({"reference": outcome.kept} if outcome.kept else {})
         write_json_atomic(path, data)
 
 
@@ -119,37 +120,62 @@ def _other_subjects(case: Case, recorded: dict[str, str], path: Path) -> str | N
     return None
 
 
-def compare(outcome: CaseOutcome, store: BaselineStore, update: bool, provenance: dict[str, Any]) -> CaseResult:
-    """Judge each measured metric against the recorded value (or record it, with ``update``)."""
+def _judge(name: str, measured: float, baseline: float | None, case: Case, noise: CaseNoise | None, across: bool,
+           update: bool) -> MetricResult:
+    """One metric's verdict. Budgets first (invariants, on every machine); then the baseline, within the
+    case's tolerance widened to the metric's measured noise (harness.noise); a fingerprint-bound golden
+    (a step-exact trajectory value) only where the run has the baseline's fingerprint."""
+    tolerance = case.tolerances.get(name, case.tolerances.get(metric_family(name), Tolerance()))
+    budget = case.budgets.get(name, case.budgets.get(metric_family(name)))
+    if budget is not None and not budget.allows(measured):
+        return MetricResult(name, measured, baseline, tolerance, Verdict.FAIL, budget)  # no baseline can excuse it
+    if update:
+        return MetricResult(name, measured, baseline, tolerance, Verdict.PASS if baseline == measured else Verdict.UPDATED, budget)
+    if baseline is None:
+        # An invariant is judged by its budget alone; an informational metric (a timing, memory) is
+        # never judged against a baseline, so lacking one is no verdict either.
+        verdict = Verdict.PASS if budget is not None or tolerance == INFORMATIONAL else Verdict.NO_BASELINE
+        return MetricResult(name, measured, baseline, tolerance, verdict, budget)
+    if tolerance == INFORMATIONAL:
+        return MetricResult(name, measured, baseline, tolerance, Verdict.PASS, budget)
+    if across and (name in case.fingerprint_bound or metric_family(name) in case.fingerprint_bound):
+        return MetricResult(name, measured, baseline, INFORMATIONAL, Verdict.PASS, budget,
+                            "step-exact golden, judged only on its recording fingerprint")
+    spread = None if noise is None else noise.metrics.get(name)
+    if spread is None:
+        note = "no noise record: judged as declared"
+    else:
+        band = spread.band(across)
+        tolerance = tolerance.widened(band)
+        note = f"noise band {band:.2g}" + (" across machines" if across else " on its fingerprint")
+    if tolerance.stale(measured, baseline):
+        note += f"; better than its baseline by over {tolerance.refresh_rel:g}: re-record the baseline"
+    verdict = Verdict.PASS if tolerance.allows(measured, baseline) else Verdict.FAIL
+    return MetricResult(name, measured, baseline, tolerance, verdict, budget, note)
+
+
+def compare(outcome: CaseOutcome, store: BaselineStore, update: bool, provenance: dict[str, Any],
+            across_machines: bool | None = None) -> CaseResult:
+    """Judge each measured metric against the recorded value (or record it, with ``update``).
+    ``across_machines``: judge as on another machine than the baseline's (default: whether this run's
+    fingerprint differs from the baseline's)."""
     case = outcome.case
     environment, known = store.environment(case.platform), store.has_environment(case.platform)
     if outcome.error is not None or outcome.skipped is not None:
         return CaseResult(outcome, environment=environment, new_environment=not known)
     try:
         entry = store.entry(case.platform, case.suite, case.id) or {}
-    except BaselineError as err:
+        noise = None if update else store.noise(case.platform, case.suite, case.id)
+    except (BaselineError, NoiseError) as err:
         return CaseResult(replace(outcome, error=f"cannot compare: {err}"), environment=environment)
     stale = None if update else _other_subjects(case, entry.get("provenance", {}).get("subjects", {}), store.path(case.platform, case.suite))
     if stale is not None:
         return CaseResult(replace(outcome, error=stale), environment=environment)
     recorded = entry.get("metrics", {})
-    results = []
-    for name in sorted(set(outcome.metrics) | set(recorded)):
-        tolerance = case.tolerances.get(name, case.tolerances.get(metric_family(name), Tolerance()))
-        measured = outcome.metrics.get(name, math.nan)
-        baseline = recorded.get(name)
-        budget = case.budgets.get(name, case.budgets.get(metric_family(name)))
-        if budget is not None and not budget.allows(measured):
-            verdict = Verdict.FAIL  # no baseline update can make a budget breach acceptable
-        elif update:
-            verdict = Verdict.PASS if baseline == measured else Verdict.UPDATED
-        elif baseline is None:
-            # An invariant is judged by its budget alone; an informational metric (a timing, memory) is
-            # never judged against a baseline, so lacking one is no verdict either.
-            verdict = Verdict.PASS if budget is not None or tolerance == INFORMATIONAL else Verdict.NO_BASELINE
-        else:
-            verdict = Verdict.PASS if within(measured, baseline, tolerance) else Verdict.FAIL
-        results.append(MetricResult(name, measured, baseline, tolerance, verdict, budget))
+    if across_machines is None:
+        across_machines = bool(entry) and fingerprint(entry["provenance"], case.platform) != fingerprint(provenance, case.platform)
+    results = [_judge(name, outcome.metrics.get(name, math.nan), recorded.get(name), case, noise, across_machines, update)
+               for name in sorted(set(outcome.metrics) | set(recorded))]
     if update:
         store.record(outcome, provenance)
     return CaseResult(outcome, tuple(results), environment=environment, new_environment=not known and not update)

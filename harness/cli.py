@@ -13,6 +13,7 @@ from pathlib import Path
 
 from harness.atomic import unwritable, write_json_atomic, write_text_atomic
 from harness.baselines import BaselineError, BaselineStore, read_baseline_file
+from harness.commands import noise
 from harness.launchers.batch import LauncherError
 from harness.launchers.registry import LAUNCHERS, make_launcher
 from harness.launchers.settings import LaunchSettings
@@ -68,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     baselines = sub.add_parser("baselines", help="the baseline environments and how many of this machine's cases each covers")
     baselines.add_argument("--baselines", type=Path, default=Path("baselines"), help="baseline folder (default: baselines)")
     baselines.add_argument("suites", nargs="*", help="suite files (default: suites/*.yaml)")
+    noise.add_parser(sub)
     for name, text in (("list", "list the cases the suites expand to"), ("run", "run cases against recorded baselines")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("suites", nargs="*", help="suite files (default: suites/*.yaml)")
@@ -242,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         return _models(args)
     if args.command == "baselines":
         return _baselines(args)
+    if args.command == "noise":
+        return noise.main(args)
     paths = args.suites or sorted(glob.glob("suites/*.yaml"))
     resources = _resources(args)
     markexpr = " and ".join(f"({e})" for e in (args.markexpr, args.platform) if e) or None

@@ -14,11 +14,15 @@ Importable without torch: the driver computes environments and rank variables be
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -136,3 +140,18 @@ def numerics_provenance(gpu_name: str | None) -> dict[str, object]:
         "cpu_threads_per_rank": {str(world): threads_per_rank(world) for world in (1, 2, 4, 8)},
         **({"gpu_pins": {pin.variable: pin.value for pin in GPU_PINS}, "gpu_tf32": TF32_POLICY} if gpu_name else {}),
     }
+
+
+# What decides the exact arithmetic of a result, beyond its environment: the processor and its
+# instruction set, the pins and thread counts, and torch (whose kernels do the work). Two results of
+# one fingerprint repeat bit for bit on CPUs; the libraries on top (megatron-core, modelopt) are left
+# out on purpose, because their changes are what the harness is there to catch.
+CPU_FINGERPRINT = ("cpu_model", "cpu_isa_flags", "cpu_pins", "cpu_threads_per_rank")
+GPU_FINGERPRINT = ("gpus", "driver", "gpu_pins", "gpu_tf32", "container")
+
+
+def fingerprint(provenance: Mapping[str, Any], platform_name: str) -> str:
+    """A short digest of what decided a result's low bits (a baseline's provenance, or this run's)."""
+    keys = CPU_FINGERPRINT if platform_name == "cpu" else GPU_FINGERPRINT
+    parts = {key: provenance.get(key) for key in keys} | {"torch": provenance.get("versions", {}).get("torch")}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]

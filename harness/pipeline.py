@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from harness.atomic import unwritable
-from harness.baselines import BaselineStore, case_subjects, compare
+from harness.baselines import BaselineError, BaselineStore, case_subjects, compare
 from harness.models.subjects import SubjectError, manifest
 from harness.records import Case, CaseOutcome, CaseResult
 from harness.schedule import Scheduled
@@ -54,10 +54,23 @@ def launch(item: Scheduled, launcher: Launcher, artifacts: Path) -> CaseOutcome:
     return outcome
 
 
+def with_reference(item: Scheduled, store: BaselineStore, update: bool) -> Scheduled:
+    """The case with what its check kept beside the baseline (none while re-recording: the run is its own
+    reference then). A baseline file that cannot be read is left to the compare step to report."""
+    if item.skip is not None or update:
+        return item
+    try:
+        reference = store.reference(item.case.platform, item.case.suite, item.case.id)
+    except BaselineError:
+        return item
+    return replace(item, case=replace(item.case, reference=reference)) if reference else item
+
+
 def run_case(item: Scheduled, launcher: Launcher, options: RunOptions, provenance: dict[str, Any]) -> CaseResult:
-    """launch -> compare for one case."""
-    outcome = launch(item, launcher, options.artifacts)
-    return compare(outcome, BaselineStore(options.baselines, options.environments), options.update_baselines, provenance)
+    """reference -> launch -> compare for one case."""
+    store = BaselineStore(options.baselines, options.environments)
+    outcome = launch(with_reference(item, store, options.update_baselines), launcher, options.artifacts)
+    return compare(outcome, store, options.update_baselines, provenance)
 
 
 def preflight(plan: list[Scheduled], store: BaselineStore, update: bool = False) -> list[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -82,19 +82,63 @@ class Direction(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Tolerance:
+    """How far a metric may move from its baseline: ``abs + rel * |baseline|``, in both directions or
+    only in the bad one. ``refresh_rel`` makes a directional tolerance two-sided the way Megatron's
+    throughput gate is: moving the good way by more than that share of the baseline also fails,
+    asking for the baseline to be re-recorded (a stale, too-easy baseline hides the next regression)."""
+
     abs: float = 0.0
     rel: float = 0.0
     direction: Direction = Direction.BOTH
+    refresh_rel: float = 0.0
 
     def allowed(self, baseline: float) -> float:
         return self.abs + self.rel * abs(baseline)
+
+    def allows(self, measured: float, baseline: float) -> bool:
+        """Whether ``measured`` stays within this tolerance of ``baseline`` (NaN never does)."""
+        if math.isnan(measured):
+            return False
+        diff, allowed = measured - baseline, self.allowed(baseline)
+        if self.direction is Direction.BOTH:
+            return abs(diff) <= allowed
+        bad = -diff if self.direction is Direction.HIGHER_IS_BETTER else diff
+        return bad <= allowed and not self.stale(measured, baseline)
+
+    def stale(self, measured: float, baseline: float) -> bool:
+        """Whether ``measured`` beat ``baseline`` by more than ``refresh_rel`` (and more than the tolerance, which
+        noise may have widened): the baseline needs re-recording."""
+        if not self.refresh_rel or self.direction is Direction.BOTH or math.isnan(measured):
+            return False
+        good = measured - baseline if self.direction is Direction.HIGHER_IS_BETTER else baseline - measured
+        return good > max(self.refresh_rel * abs(baseline), self.allowed(baseline))  # never inside the noise
+
+    def band(self, baseline: float) -> tuple[float, float]:
+        """The values that pass around ``baseline``: one-sided for a directional tolerance (its good side
+        drawn at the baseline)."""
+        allowed = self.allowed(baseline)
+        low = baseline if self.direction is Direction.LOWER_IS_BETTER else baseline - allowed
+        high = baseline if self.direction is Direction.HIGHER_IS_BETTER else baseline + allowed
+        return low, high
+
+    def widened(self, band: float) -> Tolerance:
+        """At least ``band`` wide (absolute): a tolerance is never tighter than the metric's measured noise."""
+        return self if math.isinf(self.abs) or band <= self.abs else replace(self, abs=band)
 
     def describe(self) -> str:
         if math.isinf(self.abs):
             return "not judged"
         parts = [f"abs {self.abs:g}"] + ([f"rel {self.rel:g}"] if self.rel else [])
         side = "" if self.direction is Direction.BOTH else f", {self.direction.value}"
-        return " + ".join(parts) + side
+        refresh = f", re-record above +{self.refresh_rel:g} rel" if self.refresh_rel else ""
+        return " + ".join(parts) + side + refresh
+
+    def to_json(self) -> dict[str, Any]:
+        return {"abs": self.abs, "rel": self.rel, "direction": self.direction.value, "refresh_rel": self.refresh_rel}
+
+    @classmethod
+    def from_json(cls, fields: dict[str, Any]) -> Tolerance:
+        return cls(float(fields["abs"]), float(fields["rel"]), Direction(fields["direction"]), float(fields.get("refresh_rel", 0.0)))
 
 
 INFORMATIONAL = Tolerance(abs=math.inf)  # recorded and shown, never a failure (timings, for one)
@@ -157,6 +201,11 @@ class Case:
     seed: int
     source: str  # "suites/ckpt.yaml:12", where the case's suite is declared
     known_defect: KnownDefect | None = None  # an upstream defect this case reproduces
+    # Metrics (or families) that are step-exact goldens: judged only on the baseline's fingerprint (harness.environment).
+    fingerprint_bound: tuple[str, ...] = ()
+    # What the check kept beside the case's baseline when it was recorded (``CaseOutcome.kept``), handed back
+    # to the check (harness.pipeline.with_reference): outputs it compares itself, such as draft tokens.
+    reference: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -177,6 +226,8 @@ class CaseOutcome:
     # Raw seconds per repetition of what the check timed (e.g. {"autoregressive": (...), "speculative": (...)}),
     # kept for benchmark files (harness.reports.benchmarks); its metrics already summarise them.
     timings: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    # Outputs the check asks to keep beside the baseline when it is recorded (plain JSON): the next run's reference.
+    kept: dict[str, Any] = field(default_factory=dict)
 
 
 class Verdict(enum.StrEnum):
@@ -202,6 +253,8 @@ class MetricResult:
     tolerance: Tolerance
     verdict: Verdict
     budget: Budget | None = None
+    # How the tolerance was reached or why the metric was not judged (noise record, fingerprint).
+    note: str = ""
 
     @property
     def breaches_budget(self) -> bool:
@@ -210,9 +263,10 @@ class MetricResult:
     def line(self) -> str:
         base = "none" if self.baseline is None else f"{self.baseline:.6g}"
         budget = "" if self.budget is None else f", {self.budget.describe()}"
+        note = f" ({self.note})" if self.note else ""
         return (
             f"{self.name}: measured {self.measured:.6g}, baseline {base}, "
-            f"tolerance {self.tolerance.describe()}{budget} -> {self.verdict.value}"
+            f"tolerance {self.tolerance.describe()}{budget}{note} -> {self.verdict.value}"
         )
 
 

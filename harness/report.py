@@ -24,8 +24,7 @@ def result_record(result: CaseResult) -> dict[str, Any]:
         "skipped": result.outcome.skipped,
         "timings": {name: list(values) for name, values in result.outcome.timings.items()},
         "metrics": [
-            {**dataclasses.asdict(m), "tolerance": dataclasses.asdict(m.tolerance) | {"direction": m.tolerance.direction.value},
-             "verdict": m.verdict.value}
+            {**dataclasses.asdict(m), "tolerance": m.tolerance.to_json(), "verdict": m.verdict.value}
             for m in result.metrics
         ],
     }

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.baselines import BaselineStore, compare, within
+from harness.baselines import BaselineStore, compare
 from harness.models.zoo import ZOO
 from harness.records import Case, CaseOutcome, CaseResult, Direction, Layout, Tolerance, Verdict
 from harness.report import summary
@@ -35,10 +35,15 @@ def make_case(case_id: str = "s/tiny-gpt/tp1pp1/none", markers: tuple[str, ...] 
         (0.0, 1.0, Tolerance(abs=0.1, direction=Direction.LOWER_IS_BETTER), True),
         (1.2, 1.0, Tolerance(abs=0.1, direction=Direction.LOWER_IS_BETTER), False),
         (math.nan, 1.0, Tolerance(abs=1e9), False),
+        # two-sided speed gate: 20% better than the baseline asks for a re-record
+        (1.19, 1.0, Tolerance(rel=0.1, direction=Direction.HIGHER_IS_BETTER, refresh_rel=0.2), True),
+        (1.21, 1.0, Tolerance(rel=0.1, direction=Direction.HIGHER_IS_BETTER, refresh_rel=0.2), False),
+        (0.79, 1.0, Tolerance(rel=0.1, direction=Direction.LOWER_IS_BETTER, refresh_rel=0.2), False),
     ],
 )
-def test_within(measured: float, baseline: float, tolerance: Tolerance, ok: bool) -> None:
-    assert within(measured, baseline, tolerance) is ok
+def test_tolerance_allows(measured: float, baseline: float, tolerance: Tolerance, ok: bool) -> None:
+    assert tolerance.allows(measured, baseline) is ok
+    assert Tolerance.from_json(tolerance.to_json()) == tolerance
 
 
 def test_compare_record_and_fail_message(tmp_path: Path) -> None:
@@ -49,19 +54,51 @@ def test_compare_record_and_fail_message(tmp_path: Path) -> None:
     assert recorded.verdict is Verdict.UPDATED
     saved = json.loads((tmp_path / "cpu" / "s.json").read_text())
     assert saved["cases"]["s/tiny-gpt/tp1pp1/none"] == {"metrics": {"x": 1.0, "speed": 2.0},
-                                                       "provenance": {"commit": "abc", "platform": "cpu", "environment": "cpu", "subjects": {}}}
+                                                       "provenance": {"commit": "abc", "platform": "cpu", "environment": "cpu", "subjects": {},
+                                                                      "params": {}}}
     assert compare(outcome, store, update=False, provenance={}).verdict is Verdict.PASS
     worse = CaseOutcome(make_case(), {"x": 1.2, "speed": 2.5}, None, 1.0, "/art/case")
     result = compare(worse, store, update=False, provenance={})
     assert result.verdict is Verdict.FAIL
     assert result.message().splitlines() == [
         "s/tiny-gpt/tp1pp1/none [cpu]: fail",
-        "  speed: measured 2.5, baseline 2, tolerance abs 0 + rel 0.1, higher_is_better -> pass",
-        "  x: measured 1.2, baseline 1, tolerance abs 0.1 -> fail",
+        "  speed: measured 2.5, baseline 2, tolerance abs 0 + rel 0.1, higher_is_better (no noise record: judged as declared) -> pass",
+        "  x: measured 1.2, baseline 1, tolerance abs 0.1 (no noise record: judged as declared) -> fail",
         "  artifacts: /art/case",
     ]
     missing = CaseOutcome(make_case(), {"x": 1.0}, None, 1.0, "/art/case")
     assert compare(missing, store, update=False, provenance={}).verdict is Verdict.FAIL  # a metric vanished
+
+
+HERE = {"cpu_model": "AMD EPYC", "cpu_isa_flags": ["avx2"], "versions": {"torch": "2.13.0+cpu"}}
+ELSEWHERE = {**HERE, "cpu_model": "Intel Xeon"}
+
+
+def test_noise_widens_a_tolerance_by_the_rule_and_goldens_hold_only_on_their_fingerprint(tmp_path: Path) -> None:
+    """On the baseline's fingerprint only the pinned repeats' spread widens a tolerance (a deterministic
+    metric stays exact); on another machine every variation's does, and a step-exact golden is shown, not judged."""
+    from dataclasses import replace
+
+    from harness.noise import MULTIPLIER, CaseNoise, noise_path, write_case_noise
+
+    store = BaselineStore(tmp_path)
+    case = replace(make_case(), tolerances={}, fingerprint_bound=("loss@*",))
+    compare(CaseOutcome(case, {"x": 1.0, "loss@001": 5.0}, None, 1.0, "/a"), store, update=True, provenance=HERE)
+    runs = {"reference": {"x": 1.0, "loss@001": 5.0}, "repeat": {"x": 1.0, "loss@001": 5.0}, "unpinned": {"x": 1.003, "loss@001": 5.2}}
+    write_case_noise(noise_path(store.path("cpu", "s")), "s", "cpu", case.id, CaseNoise.from_samples(runs, {}, HERE))
+
+    def judged(x: float, loss: float, provenance: dict) -> dict[str, object]:
+        result = compare(CaseOutcome(case, {"x": x, "loss@001": loss}, None, 1.0, "/a"), store, update=False, provenance=provenance)
+        return {m.name: m for m in result.metrics}
+
+    same = judged(1.0 + 1e-9, 5.0, HERE)
+    assert same["x"].verdict is Verdict.FAIL and same["x"].tolerance.abs == 0 and "on its fingerprint" in same["x"].note
+    assert judged(1.0, 5.0, HERE)["x"].verdict is Verdict.PASS
+    other = judged(1.005, 5.3, ELSEWHERE)
+    assert other["x"].verdict is Verdict.PASS and other["x"].tolerance.abs == pytest.approx(MULTIPLIER * 0.003)
+    assert other["loss@001"].verdict is Verdict.PASS and "recording fingerprint" in other["loss@001"].note
+    assert judged(1.007, 5.0, ELSEWHERE)["x"].verdict is Verdict.FAIL
+    assert judged(1.0, 5.3, HERE)["loss@001"].verdict is Verdict.FAIL  # the golden holds where it was recorded
 
 
 def test_errors_and_skips_are_not_compared(tmp_path: Path) -> None:

@@ -45,6 +45,9 @@ class MetricSpec:
     description: str
     tolerance: Tolerance
     budget: Budget | None = None
+    # A step-exact golden (a per-step training loss, say): it repeats bit for bit only where the arithmetic
+    # is the same, so it is judged only on the baseline's fingerprint; elsewhere what it summarises is.
+    fingerprint_bound: bool = False
 
 
 # Memory varies with the allocator and the machine: recorded for trends, bounded only by a suite's
@@ -66,6 +69,9 @@ class CheckContext:
     artifacts: Path  # the case's own folder, shared by its ranks
     # Seconds per repetition of what the check times, filled by ``run`` (the case's benchmark record).
     timings: dict[str, list[float]] = field(default_factory=dict)
+    # Outputs to keep beside the baseline when it is recorded, filled by ``run`` (plain JSON); the next run finds
+    # them in ``case.reference`` (empty while recording, or where none was kept).
+    kept: dict[str, Any] = field(default_factory=dict)
 
 
 def _single_layout(layout: Layout, params: Any) -> dict[str, Layout]:

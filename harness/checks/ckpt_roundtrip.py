@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import PositiveInt
 
 from harness.checks.base import Check, CheckContext, LayoutModel, MetricSpec, SecondLayout, StrictModel
-from harness.records import Budget, Tolerance
+from harness.records import INFORMATIONAL, Budget, Tolerance
 
 
 class CkptParams(StrictModel):
@@ -30,6 +30,7 @@ RELOAD = SecondLayout("reload_layout", sentinel="same", separator="->")
 def run(ctx: CheckContext) -> dict[str, float]:
     import torch.distributed as dist
 
+    from harness.evals.parity import bound, parity_metrics
     from harness.models.zoo import build_gpt
     from harness.optimizations import get_optimization
     from harness.runtime.checkpoint import load_checkpoint, save_checkpoint
@@ -44,6 +45,7 @@ def run(ctx: CheckContext) -> dict[str, float]:
     prompt = tokens[:, : params.prompt_len]
     calib = [fixed_tokens(params.batch_size, params.seq_len, vocab, seed + 1 + i) for i in range(params.calib_batches)]
     directory = ctx.artifacts / "checkpoint"
+    optimization = get_optimization(ctx.case.optimization)
 
     def calibrate(model: object) -> None:
         for batch in calib:
@@ -51,7 +53,7 @@ def run(ctx: CheckContext) -> dict[str, float]:
 
     with model_parallel(ctx.case.layout, seed):
         model = build_model(spec, seed=seed)
-        model = get_optimization(ctx.case.optimization).apply(model, calibrate)
+        model = optimization.apply(model, calibrate)
         logits_before = forward_logits(model, tokens, vocab)
         decoded_before = greedy_decode(model, prompt, params.decode_tokens, vocab)
         census_before = quantizer_census(model)
@@ -70,22 +72,28 @@ def run(ctx: CheckContext) -> dict[str, float]:
         "quantizers_enabled_lost": float(census_before.enabled - census_after.enabled),
         "quantizers_calibration_lost": float(census_before.calibrated - census_after.calibrated),
         "quantizers_enabled": float(census_after.enabled),
+        **parity_metrics("logit_", logits_after, logits_before, bound(spec.num_layers, spec.dtype, optimization.epsilon)),
     }
 
 
 _EXACT = Tolerance(abs=0.0)
 _NONE = Budget(max=0.0)
-# A reload may change the fp32 reduction order (TP reshards: ~1e-6); a lost scale or a wrong shard moves
-# logits by 1e-2 and more. Suites tighten it (bit-identical reloads under the same layout).
-_RELOAD_DIFF = Budget(max=1e-3)
+# A reload may change the reduction order (a reshard) and nothing else: the logits stay within the parity
+# bound of harness.evals.parity, whose negative control (the logits one position off) must exceed it.
+_WITHIN_BOUND, _ABOVE_BOUND = Budget(max=1.0), Budget(min=1.0)
 
 CHECK = Check(
     name="ckpt_roundtrip",
     description="torch_dist save + modelopt state -> restore under the same or another layout",
     params=CkptParams,
     metrics={
-        "max_abs_logit_diff": MetricSpec("max |logits after reload - logits before save| on fixed inputs",
-                                         _EXACT, _RELOAD_DIFF),
+        "max_abs_logit_diff": MetricSpec("max |logits after reload - logits before save| on fixed inputs", _EXACT),
+        "logit_rel_error": MetricSpec("||logits after reload - before save||_F / ||before||_F", _EXACT),
+        "logit_rel_error_bound": MetricSpec("the parity bound K sqrt(4L+1) eps of the path (harness.evals.parity)", INFORMATIONAL),
+        "logit_rel_error_control": MetricSpec("the same error against the logits one position off (negative control)", INFORMATIONAL),
+        "logit_error_to_bound": MetricSpec("logit_rel_error / its bound: a reload changes rounding only", INFORMATIONAL, _WITHIN_BOUND),
+        "logit_control_to_bound": MetricSpec("negative control / bound: the bound tells a wrong reload from a right one",
+                                             INFORMATIONAL, _ABOVE_BOUND),
         "greedy_token_mismatches": MetricSpec("greedy-decoded tokens that differ after reload", _EXACT, _NONE),
         "quantizers_enabled_lost": MetricSpec("enabled quantizers before save minus after reload", _EXACT, _NONE),
         "quantizers_calibration_lost": MetricSpec("calibrated (amax-holding) quantizers lost by the reload", _EXACT, _NONE),

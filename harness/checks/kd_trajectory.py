@@ -1,9 +1,15 @@
-"""A short deterministic distillation run through modelopt's Megatron plugin, its per-step losses
-recorded as baselines in the spirit of Megatron's golden values (``kd_loss@001``, ``kd_loss@002``,
-...: one metric per step, each judged on its own, so a drift names the step where it starts).
+"""A short deterministic distillation run through modelopt's Megatron plugin, judged by what training
+promises: the losses fall (``kd_loss_decrease_pct``), and the last steps' mean of every loss component
+(``*_last``) stays within its measured noise of the baseline on any machine.
+
+The per-step losses are also recorded, in the spirit of Megatron's golden values (``kd_loss@001``,
+...: one metric per step, so a drift names the step where it starts). Training amplifies every low bit
+(bf16 most: another processor's kernels move step 30 by ~1%), so they are step-exact goldens, judged
+only on the baseline's fingerprint (harness.environment) and shown elsewhere.
 
 With ``parity_layout`` the same run is repeated under a second layout in the same case: TP2 and TP1
-must train the same student. ``kd_loss_decrease_pct`` says the student learns at all.
+must train the same student. Their first step is one forward of the same weights, so its losses obey
+the layout-parity bound of harness.evals.parity; later steps are judged against the baseline.
 """
 
 from __future__ import annotations
@@ -64,34 +70,46 @@ def run(ctx: CheckContext) -> dict[str, float]:
     components = ["kd_loss", "logits_loss"] + (["intermediate_loss"] if params.kd.intermediate else [])
     components += [] if params.kd.skip_lm_loss else ["lm_loss"]
     metrics = {f"{name}@{step:03d}": values[name] for step, values in enumerate(losses, start=1) for name in components}
-    first, last = losses[0]["kd_loss"], sum(v["kd_loss"] for v in losses[-TAIL:]) / min(TAIL, len(losses))
-    metrics["kd_loss_first"], metrics["kd_loss_last"] = first, last
-    metrics["kd_loss_decrease_pct"] = 100 * (first - last) / first
+    metrics |= {f"{name}_last": sum(v[name] for v in losses[-TAIL:]) / min(TAIL, len(losses)) for name in components}
+    first = losses[0]["kd_loss"]
+    metrics["kd_loss_first"] = first
+    metrics["kd_loss_decrease_pct"] = 100 * (first - metrics["kd_loss_last"]) / first
     other = PARITY.other(ctx.case.layout, params)
     if other is not None:
+        from harness.evals.parity import bound
+
         twin = _trajectory(ctx, other, teacher)
-        metrics["parity_max_rel_diff"] = max(
-            abs(mine[name] - theirs[name]) / max(abs(theirs[name]), 1e-12) for mine, theirs in zip(losses, twin, strict=True) for name in components
-        )
+
+        def gap(mine: dict[str, float], theirs: dict[str, float]) -> float:
+            return max(abs(mine[name] - theirs[name]) / max(abs(theirs[name]), 1e-12) for name in components)
+
+        metrics["parity_max_rel_diff"] = max(gap(mine, theirs) for mine, theirs in zip(losses, twin, strict=True))
+        metrics["parity_first_step_rel_diff"] = gap(losses[0], twin[0])
+        limit = bound(max(ctx.model.num_layers, teacher.num_layers), ctx.model.dtype)
+        metrics["parity_first_step_to_bound"] = metrics["parity_first_step_rel_diff"] / limit
     return metrics
 
 
-_STEP = Tolerance(rel=1e-4)  # CPU runs repeat bit-identically on one machine; this allows another CPU's kernels
+_EXACT = Tolerance()  # widened to the metric's measured noise (harness.noise)
 
 CHECK = Check(
     name="kd_trajectory",
     description="per-step losses of a short modelopt Megatron distillation run (golden values), and TP parity of the run",
     params=TrajectoryParams,
     metrics={
-        "kd_loss@*": MetricSpec("total distillation loss at each optimizer step", _STEP),
-        "logits_loss@*": MetricSpec("logits KL at each step", _STEP),
-        "intermediate_loss@*": MetricSpec("mean intermediate loss at each step (configs with intermediates)", _STEP),
-        "lm_loss@*": MetricSpec("student LM loss at each step (skip_lm_loss: false)", _STEP),
-        "kd_loss_first": MetricSpec("kd_loss at step 1", _STEP),
-        "kd_loss_last": MetricSpec(f"mean kd_loss of the last {TAIL} steps", _STEP),
-        "kd_loss_decrease_pct": MetricSpec("how much the student's kd_loss fell, first step to the last ones (%)", Tolerance(abs=1e-3)),
-        "parity_max_rel_diff": MetricSpec("max relative difference of any step's loss, here vs under parity_layout", INFORMATIONAL,
-                                          Budget(max=1e-3)),  # measured 8.4e-5 at TP2: reduction order compounds over 30 Adam steps
+        "kd_loss@*": MetricSpec("total distillation loss at each optimizer step", _EXACT, fingerprint_bound=True),
+        "logits_loss@*": MetricSpec("logits KL at each step", _EXACT, fingerprint_bound=True),
+        "intermediate_loss@*": MetricSpec("mean intermediate loss at each step (configs with intermediates)", _EXACT, fingerprint_bound=True),
+        "lm_loss@*": MetricSpec("student LM loss at each step (skip_lm_loss: false)", _EXACT, fingerprint_bound=True),
+        "kd_loss_first": MetricSpec("kd_loss at step 1", _EXACT),
+        **{f"{name}_last": MetricSpec(f"mean {name} of the last {TAIL} steps", _EXACT)
+           for name in ("kd_loss", "logits_loss", "intermediate_loss", "lm_loss")},
+        "kd_loss_decrease_pct": MetricSpec("how much the student's kd_loss fell, first step to the last ones (%)", _EXACT),
+        "parity_max_rel_diff": MetricSpec("max relative difference of any step's loss, here vs under parity_layout", _EXACT),
+        "parity_first_step_rel_diff": MetricSpec("max relative difference of the first step's losses (one forward of the same weights)",
+                                                 _EXACT),
+        "parity_first_step_to_bound": MetricSpec("parity_first_step_rel_diff / the layout-parity bound (harness.evals.parity)",
+                                                 INFORMATIONAL, Budget(max=1.0)),
     },
     run=run,
     case_problems=case_problems,

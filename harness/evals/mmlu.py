@@ -49,6 +49,7 @@ class McScores:
     accuracy: float
     items: int
     by_subject: dict[str, tuple[int, int]]  # subject -> (correct, questions)
+    hits: tuple[bool, ...] = ()  # per question, in order: paired comparisons of two models (McNemar)
 
     @property
     def stderr(self) -> float:
@@ -62,6 +63,14 @@ class McScores:
     def subject_accuracy(self, subject: str) -> float:
         correct, total = self.by_subject[subject]
         return correct / total
+
+    def flips(self, after: McScores) -> tuple[int, int]:
+        """Questions this model answered right and ``after`` wrong, and the reverse (same questions, same order)."""
+        if len(self.hits) != len(after.hits):
+            raise ValueError(f"paired scores need the same questions ({len(self.hits)} vs {len(after.hits)})")
+        lost = sum(before and not now for before, now in zip(self.hits, after.hits, strict=True))
+        gained = sum(now and not before for before, now in zip(self.hits, after.hits, strict=True))
+        return lost, gained
 
 
 def _subject_files(root: Path, split: str) -> list[Path]:
@@ -199,4 +208,4 @@ def score_mc(
     for item, hit in zip(items, hits, strict=True):
         correct, total = by_subject.get(item.subject, (0, 0))
         by_subject[item.subject] = (correct + int(hit), total + 1)
-    return McScores(accuracy=sum(hits) / max(1, len(items)), items=len(items), by_subject=by_subject)
+    return McScores(accuracy=sum(hits) / max(1, len(items)), items=len(items), by_subject=by_subject, hits=tuple(map(bool, hits)))

@@ -178,7 +178,7 @@ class BatchLauncher:
             raise
         if isinstance(found, str):
             return CaseOutcome(case, {}, found, time.perf_counter() - start, artifacts)
-        return CaseOutcome(case, found.metrics, None, time.perf_counter() - start, artifacts, timings=found.timings)
+        return CaseOutcome(case, found.metrics, None, time.perf_counter() - start, artifacts, timings=found.timings, kept=found.kept)
 
     def close(self) -> None:
         self._finish()

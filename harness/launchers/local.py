@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection, Listener, wait
 from pathlib import Path
 
@@ -36,16 +37,21 @@ class PoolBroken(RuntimeError):
     """The pool can no longer run cases; its message says why (with log tails)."""
 
 
+# World size -> variables to set (or, None, remove) in every rank's environment on top of the pinned
+# numerics: a noise study's variation (harness.noise), a sensitivity run's injected defect (harness.mutations).
+EnvironmentChanges = Callable[[int], dict[str, str | None]]
+
+
 class WorkerPool:
-    def __init__(self, world_size: int, platform: str, log_dir: Path) -> None:
-        self.world_size, self.platform, self.log_dir = world_size, platform, log_dir
+    def __init__(self, world_size: int, platform: str, log_dir: Path, changes: EnvironmentChanges | None = None) -> None:
+        self.world_size, self.platform, self.log_dir, self.changes = world_size, platform, log_dir, changes
         self.procs: list[subprocess.Popen] = []
         self.conns: dict[int, Connection] = {}
         self.adaptations: list[str] = []
         self._start()
 
     def _env(self, rank: int, address: str, authkey: bytes, master_port: int) -> dict[str, str]:
-        return {
+        env = {
             **os.environ,
             "RANK": str(rank),
             "LOCAL_RANK": str(rank),
@@ -57,6 +63,12 @@ class WorkerPool:
             "PYTHONPATH": checkout_pythonpath(),
             **rank_environment(self.platform, self.world_size),
         }
+        for name, value in (self.changes(self.world_size) if self.changes else {}).items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
+        return env
 
     def _start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -190,8 +202,8 @@ class WorkerPool:
 class LocalLauncher:
     """Runs cases on warm pools; a pool that fails a case is killed and replaced for the next."""
 
-    def __init__(self, artifacts_root: Path) -> None:
-        self.artifacts_root = artifacts_root
+    def __init__(self, artifacts_root: Path, changes: EnvironmentChanges | None = None) -> None:
+        self.artifacts_root, self.changes = artifacts_root, changes
         self.pools: dict[tuple[str, int], WorkerPool] = {}
         self._serial = 0
 
@@ -206,9 +218,9 @@ class LocalLauncher:
                         self.pools.pop(other).close()
                 self._serial += 1
                 log_dir = self.artifacts_root / "_workers" / f"{case.platform}-w{case.world_size}-{self._serial}"
-                self.pools[key] = WorkerPool(case.world_size, case.platform, log_dir)
+                self.pools[key] = WorkerPool(case.world_size, case.platform, log_dir, self.changes)
             found = self.pools[key].run(case, artifacts)
-            return CaseOutcome(case, found.metrics, None, time.perf_counter() - start, str(artifacts), timings=found.timings)
+            return CaseOutcome(case, found.metrics, None, time.perf_counter() - start, str(artifacts), timings=found.timings, kept=found.kept)
         except PoolBroken as err:
             broken = self.pools.pop(key, None)
             if broken is not None:

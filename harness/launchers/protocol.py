@@ -6,6 +6,7 @@ They live outside ``worker.py`` because that module runs as ``__main__`` in the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from harness.records import WORKER_MEMORY, Case
 
@@ -23,6 +24,7 @@ class RankReply:
     error: str | None
     duration_s: float
     timings: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    kept: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Measured:
 
     metrics: dict[str, float]
     timings: dict[str, tuple[float, ...]]
+    kept: dict[str, Any] = field(default_factory=dict)
 
 
 def merged(replies: list[RankReply]) -> Measured:
@@ -41,7 +44,7 @@ def merged(replies: list[RankReply]) -> Measured:
         values = [each[name] for r in reported if name in (each := r.metrics or {})]
         if values:
             metrics[name] = max(values)
-    return Measured(metrics, reported[0].timings)
+    return Measured(metrics, reported[0].timings, reported[0].kept)
 
 
 @dataclass(frozen=True)

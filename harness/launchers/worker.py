@@ -104,7 +104,7 @@ def run_task(task: Task, rank: int) -> RankReply:
         )
         metrics = check.run(context) | memory_metrics(task.case.platform)
         timings = {name: tuple(values) for name, values in context.timings.items()}
-        return RankReply(rank, metrics, None, time.perf_counter() - start, timings)
+        return RankReply(rank, metrics, None, time.perf_counter() - start, timings, context.kept)
     except Exception:
         return RankReply(rank, None, traceback.format_exc(), time.perf_counter() - start)
     finally:

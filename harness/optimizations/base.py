@@ -22,3 +22,6 @@ class Optimization:
     gpu_only: str | None = None  # why it cannot run on CPU; its CPU cases skip with this reason
     # Why it cannot run under a layout, judged before any worker starts (the suite names file and line).
     layout_problems: Callable[[Layout], list[str]] = lambda layout: []
+    # The step of its number format relative to the format's range (the unit of the layout-parity bound,
+    # harness.evals.parity); None: it leaves the model's dtype as the narrowest format.
+    epsilon: float | None = None

@@ -48,7 +48,7 @@ def _layout_problems(layout: Layout) -> list[str]:
     return problems
 
 
-def quantization(name: str, config_name: str, gpu_only: str | None = None, kv_config_name: str | None = None,
+def quantization(name: str, config_name: str, epsilon: float, gpu_only: str | None = None, kv_config_name: str | None = None,
                  extra_cfg: list[dict] | None = None) -> Optimization:
     """PTQ with ``mtq.<config_name>``, plus KV-cache quantization with ``mtq.<kv_config_name>``, plus
     ``extra_cfg`` entries appended to the config's ``quant_cfg`` list."""
@@ -67,4 +67,4 @@ def quantization(name: str, config_name: str, gpu_only: str | None = None, kv_co
     kv = f" + KV cache mtq.{kv_config_name}" if kv_config_name else ""
     extra = f" + {extra_cfg}" if extra_cfg else ""
     return Optimization(name=name, description=f"modelopt PTQ with mtq.{config_name}{kv}{extra}", apply=apply, gpu_only=gpu_only,
-                        layout_problems=_layout_problems)
+                        layout_problems=_layout_problems, epsilon=epsilon)

@@ -6,7 +6,6 @@ and the run marked unfinished (``ended`` is NULL); nothing is ever half written.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import sqlite3
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.records import CaseResult, Direction, Tolerance
+from harness.records import CaseResult, Tolerance
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -85,8 +84,7 @@ class Window:
 
 
 def _tolerance(text: str) -> Tolerance:
-    fields = json.loads(text)
-    return Tolerance(float(fields["abs"]), float(fields["rel"]), Direction(fields["direction"]))
+    return Tolerance.from_json(json.loads(text))
 
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
@@ -147,7 +145,7 @@ class History:
             )
             self._db.executemany(
                 "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(run_id, case.key, m.name, m.measured, m.baseline, json.dumps(dataclasses.asdict(m.tolerance)), m.verdict.value)
+                [(run_id, case.key, m.name, m.measured, m.baseline, json.dumps(m.tolerance.to_json()), m.verdict.value)
                  for m in result.metrics],
             )
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from html import escape
 
-from harness.records import Direction, Verdict
+from harness.records import Verdict
 from harness.reports.render import Table, run_facts, tables
 from harness.reports.trends import Analysis, Series, run_label
 
@@ -45,9 +45,7 @@ def trend_svg(series: Series) -> str:
         if m.baseline is None or math.isinf(m.tolerance.abs):
             bands.append(None)
             continue
-        allowed = m.tolerance.allowed(m.baseline)
-        low = m.baseline if m.tolerance.direction is Direction.LOWER_IS_BETTER else m.baseline - allowed
-        high = m.baseline if m.tolerance.direction is Direction.HIGHER_IS_BETTER else m.baseline + allowed
+        low, high = m.tolerance.band(m.baseline)
         bands.append((low, m.baseline, high))
     values = [m.measured for _, m in points] + [v for band in bands if band for v in band]
     lo, hi = min(values), max(values)

@@ -165,12 +165,9 @@ def regressions(metrics: list[MetricRow], top: int = 10) -> list[Regression]:
 
 def _beyond(value: float, reference: float, tolerance: Tolerance) -> int:
     """+1 / -1 when ``value`` left ``reference`` by more than the tolerance in a direction that matters."""
-    diff, allowed = value - reference, tolerance.allowed(reference)
-    if diff > allowed and tolerance.direction is not Direction.HIGHER_IS_BETTER:
-        return 1
-    if diff < -allowed and tolerance.direction is not Direction.LOWER_IS_BETTER:
-        return -1
-    return 0
+    if tolerance.allows(value, reference):
+        return 0
+    return 1 if value > reference else -1
 
 
 def drift(series: Series, settings: Settings) -> Drift | None:

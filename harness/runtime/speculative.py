@@ -69,13 +69,21 @@ def speculative(model: torch.nn.Module, algorithm: DraftAlgorithm, prompt: torch
 @dataclass
 class Acceptance:
     """Megatron's measure: from each position of the ground truth, one draft step; the base token
-    plus the leading drafts that match the ground truth are accepted."""
+    plus the leading drafts that match the ground truth are accepted.
+
+    Also the drafts judged directly (``forced_*``): from every position of the ground truth, whether the
+    draft's k-th token equals the ground truth's, whether or not acceptance ever reaches position k there.
+    Acceptance stops at the first wrong draft, so a defect in later positions can hide from it; not here."""
 
     steps: int = 0
     generated: int = 0
     base_mismatches: int = 0  # the draft step's base token differs from greedy decoding
     attempted: list[int] = field(default_factory=list)  # per draft position: reached (all earlier ones accepted)
     accepted: list[int] = field(default_factory=list)
+    forced_total: list[int] = field(default_factory=list)  # per draft position: ground-truth positions with a token there
+    forced_correct: list[int] = field(default_factory=list)
+    # per draft position: the draft's token from every ground-truth position (prompt by prompt), right or wrong
+    draft_tokens: list[list[int]] = field(default_factory=list)
 
     @property
     def length(self) -> float:
@@ -84,15 +92,33 @@ class Acceptance:
     def rate(self, position: int) -> float:
         return self.accepted[position] / self.attempted[position] if self.attempted[position] else 0.0
 
+    def joint_rate(self, position: int) -> float:
+        """The chance a draft step accepts positions 1..N: the product of the conditional rates (vLLM's per-position gate)."""
+        joint = 1.0
+        for j in range(position + 1):
+            joint *= self.rate(j)
+        return joint
+
+    def draft_accuracy(self, position: int) -> float:
+        return self.forced_correct[position] / self.forced_total[position] if self.forced_total[position] else 0.0
+
 
 @torch.no_grad()
 def measure_acceptance(model: torch.nn.Module, algorithm: DraftAlgorithm, truths: list[torch.Tensor], prompt_lens: list[int],
                        steps: int) -> Acceptance:
-    result = Acceptance(attempted=[0] * steps, accepted=[0] * steps)
+    result = Acceptance(attempted=[0] * steps, accepted=[0] * steps, forced_total=[0] * steps, forced_correct=[0] * steps,
+                        draft_tokens=[[] for _ in range(steps)])
     for truth, start in zip(truths, prompt_lens, strict=True):
+        drafted = {position: algorithm.draft(model, truth[:, :position], steps) for position in range(start, truth.shape[1])}
+        for position, (_, drafts) in drafted.items():
+            for j in range(steps):
+                result.draft_tokens[j].append(int(drafts[0, j]))
+            for j in range(min(steps, truth.shape[1] - position - 1)):
+                result.forced_total[j] += 1
+                result.forced_correct[j] += int(drafts[0, j] == truth[0, position + 1 + j])
         position = start
         while position < truth.shape[1]:
-            base, drafts = algorithm.draft(model, truth[:, :position], steps)
+            base, drafts = drafted[position]
             result.base_mismatches += int(base[0, 0] != truth[0, position])
             reachable = min(steps, truth.shape[1] - position - 1)
             accepted = 0

@@ -15,9 +15,10 @@ class ToleranceModel(StrictModel):
     abs: NonNegativeFloat = 0.0
     rel: NonNegativeFloat = 0.0
     direction: Direction = Direction.BOTH
+    refresh_rel: NonNegativeFloat = 0.0  # directional only: improving by more than this share asks for a re-record
 
     def tolerance(self) -> Tolerance:
-        return Tolerance(self.abs, self.rel, self.direction)
+        return Tolerance(self.abs, self.rel, self.direction, self.refresh_rel)
 
 
 class BudgetModel(StrictModel):
