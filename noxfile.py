@@ -38,6 +38,28 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def unit(session: nox.Session) -> None:
+    """The inner loop: the harness's own tests that start no worker (seconds each)."""
+    install_cpu(session)
+    session.run("pytest", "-m", "not e2e", "tests", *session.posargs)
+
+
+@nox.session
+def sensitivity(session: nox.Session) -> None:
+    """The mutation self-test: every known library defect (harness/mutations/) injected inside the workers and
+    run against the cases that must catch it; report under artifacts/sensitivity/ (`-- --fast`: CI's subset)."""
+    install_cpu(session)
+    session.run("harness", "sensitivity", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Regenerate docs/measured/ from what is recorded (tests fail while a generated page is stale)."""
+    install_cpu(session)
+    session.run("harness", "baselines", "--markdown", "docs/measured/baselines.md")
+
+
+@nox.session
 def cpu_suite(session: nox.Session) -> None:
     """All CPU cases of all suites (pass extra `harness run` options after --)."""
     install_cpu(session)
@@ -103,14 +125,14 @@ MATRIX = "artifacts/matrix"
 VERSION_MATRIX = [("0.16.1", "0.47.0"), ("0.19.2", "0.47.0"), ("0.16.1", "0.46.1")]
 
 
-def run_then_report(session: nox.Session, folder: str, artifacts: str, junit: str, *run_args: str) -> None:
+def run_then_report(session: nox.Session, folder: str, artifacts: str, junit: str, *run_args: str, report_args: tuple[str, ...] = ()) -> None:
     """`harness run` appending to <folder>/history.sqlite, then `harness report` into <folder>/report,
     written even when cases fail (the session still fails then)."""
     try:
         session.run("harness", "run", *run_args, "--artifacts", artifacts, "--history", f"{folder}/history.sqlite", "--junit", junit,
                     *session.posargs)
     finally:
-        session.run("harness", "report", "--history", f"{folder}/history.sqlite", "--out", f"{folder}/report")
+        session.run("harness", "report", "--history", f"{folder}/history.sqlite", "--out", f"{folder}/report", *report_args)
 
 
 @nox.session
@@ -137,7 +159,16 @@ def nightly(session: nox.Session) -> None:
     except nox.command.CommandFailed:
         session.install(CPU_TORCH)
     install_in_image(session)
-    run_then_report(session, NIGHTLY, f"{NIGHTLY}/run", f"{NIGHTLY}/junit.xml", "--benchmark-storage", f"{NIGHTLY}/benchmarks")
+    # the mutation self-test first: its score goes into the report (a score below 90% fails the session at the end)
+    try:
+        session.run("harness", "sensitivity", "--artifacts", f"{NIGHTLY}/sensitivity")
+        weak = False
+    except nox.command.CommandFailed:
+        weak = True
+    run_then_report(session, NIGHTLY, f"{NIGHTLY}/run", f"{NIGHTLY}/junit.xml", "--benchmark-storage", f"{NIGHTLY}/benchmarks",
+                    report_args=("--sensitivity", f"{NIGHTLY}/sensitivity/sensitivity.json"))
+    if weak:
+        session.error("the mutation self-test caught fewer than 90% of its defects with a portable metric (see the report)")
 
 
 @nox.session

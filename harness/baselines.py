@@ -18,13 +18,16 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.atomic import write_json_atomic
 from harness.environment import fingerprint
 from harness.models.subjects import manifest
 from harness.noise import CaseNoise, NoiseError, noise_path, read_noise_file
 from harness.records import INFORMATIONAL, Case, CaseOutcome, CaseResult, MetricResult, Tolerance, Verdict, metric_family
+
+if TYPE_CHECKING:
+    from harness.checks.base import MetricSpec
 
 FORMAT = 1
 
@@ -49,6 +52,11 @@ def read_baseline_file(path: Path) -> dict[str, Any]:
     if data.get("format") != FORMAT:
         raise BaselineError(f"{path}:1: baseline format {data.get('format')!r}, this harness reads {FORMAT}")
     return data
+
+
+def baseline_files(folder: Path) -> list[Path]:
+    """An environment's baseline files (``<suite>.json``), without the noise records beside them."""
+    return sorted(f for f in folder.glob("*.json") if not f.name.endswith(".noise.json"))
 
 
 @dataclass(frozen=True)
@@ -120,11 +128,24 @@ def _other_subjects(case: Case, recorded: dict[str, str], path: Path) -> str | N
     return None
 
 
+def _interval_band(spec: MetricSpec | None, measured: float, baseline: float, outcome: dict[str, float], recorded: dict[str, float]) -> float:
+    """For a metric with an in-run interval: the 95% band of the difference of the measured and the recorded
+    estimate (each interval's half-width is ~1.96 sigma of its estimate; the difference's is their hypot)."""
+    if spec is None or spec.interval is None:
+        return 0.0
+    now, then = outcome.get(spec.interval, math.nan), recorded.get(spec.interval, 0.0)
+    return math.hypot(now * abs(measured), then * abs(baseline)) if math.isfinite(now) else math.inf
+
+
 def _judge(name: str, measured: float, baseline: float | None, case: Case, noise: CaseNoise | None, across: bool,
-           update: bool) -> MetricResult:
+           update: bool, outcome: dict[str, float], recorded: dict[str, float]) -> MetricResult:
     """One metric's verdict. Budgets first (invariants, on every machine); then the baseline, within the
-    case's tolerance widened to the metric's measured noise (harness.noise); a fingerprint-bound golden
-    (a step-exact trajectory value) only where the run has the baseline's fingerprint."""
+    case's tolerance widened to the metric's measured noise (harness.noise) and, for a timed median, to the
+    band its own interval and the baseline's give; a step-exact golden only where the run has the baseline's
+    fingerprint."""
+    from harness.checks import get_check
+
+    spec = get_check(case.check).metrics.get(name, get_check(case.check).metrics.get(metric_family(name)))
     tolerance = case.tolerances.get(name, case.tolerances.get(metric_family(name), Tolerance()))
     budget = case.budgets.get(name, case.budgets.get(metric_family(name)))
     if budget is not None and not budget.allows(measured):
@@ -138,7 +159,7 @@ def _judge(name: str, measured: float, baseline: float | None, case: Case, noise
         return MetricResult(name, measured, baseline, tolerance, verdict, budget)
     if tolerance == INFORMATIONAL:
         return MetricResult(name, measured, baseline, tolerance, Verdict.PASS, budget)
-    if across and (name in case.fingerprint_bound or metric_family(name) in case.fingerprint_bound):
+    if across and spec is not None and spec.fingerprint_bound:
         return MetricResult(name, measured, baseline, INFORMATIONAL, Verdict.PASS, budget,
                             "step-exact golden, judged only on its recording fingerprint")
     spread = None if noise is None else noise.metrics.get(name)
@@ -148,6 +169,10 @@ def _judge(name: str, measured: float, baseline: float | None, case: Case, noise
         band = spread.band(across)
         tolerance = tolerance.widened(band)
         note = f"noise band {band:.2g}" + (" across machines" if across else " on its fingerprint")
+    interval = _interval_band(spec, measured, baseline, outcome, recorded)
+    if interval > tolerance.allowed(baseline):
+        tolerance = tolerance.widened(interval)
+        note += f"; intervals {interval:.2g}"
     if tolerance.stale(measured, baseline):
         note += f"; better than its baseline by over {tolerance.refresh_rel:g}: re-record the baseline"
     verdict = Verdict.PASS if tolerance.allows(measured, baseline) else Verdict.FAIL
@@ -174,8 +199,8 @@ def compare(outcome: CaseOutcome, store: BaselineStore, update: bool, provenance
     recorded = entry.get("metrics", {})
     if across_machines is None:
         across_machines = bool(entry) and fingerprint(entry["provenance"], case.platform) != fingerprint(provenance, case.platform)
-    results = [_judge(name, outcome.metrics.get(name, math.nan), recorded.get(name), case, noise, across_machines, update)
-               for name in sorted(set(outcome.metrics) | set(recorded))]
+    results = [_judge(name, outcome.metrics.get(name, math.nan), recorded.get(name), case, noise, across_machines, update,
+                      outcome.metrics, recorded) for name in sorted(set(outcome.metrics) | set(recorded))]
     if update:
         store.record(outcome, provenance)
     return CaseResult(outcome, tuple(results), environment=environment, new_environment=not known and not update)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import signal
 import sys
@@ -12,13 +13,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness.atomic import unwritable, write_json_atomic, write_text_atomic
-from harness.baselines import BaselineError, BaselineStore, read_baseline_file
-from harness.commands import noise
+from harness.baselines import BaselineError, BaselineStore, baseline_files, read_baseline_file
+from harness.checks import get_check
+from harness.commands import noise, sensitivity
 from harness.launchers.batch import LauncherError
+from harness.launchers.local import LocalLauncher
 from harness.launchers.registry import LAUNCHERS, make_launcher
 from harness.launchers.settings import LaunchSettings
 from harness.models.build import build, export
 from harness.models.subjects import SubjectError, manifest
+from harness.noise import VARIATIONS
 from harness.outputs import ResultStores, say
 from harness.pipeline import RunOptions, collect, preflight, run_plan
 from harness.progress import case_progress
@@ -29,7 +33,8 @@ from harness.reports.benchmarks import BENCHMARKS, benchmark_document, save_to_s
 from harness.reports.history import History, format_case_runs, not_a_history
 from harness.reports.html import html
 from harness.reports.junit import write_junit
-from harness.reports.render import markdown
+from harness.reports.measured import baselines_markdown
+from harness.reports.render import markdown, sensitivity_table
 from harness.reports.trends import Settings, analyse, run_label
 from harness.schedule import schedule
 from harness.selection import ExpressionError
@@ -53,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("-n", dest="runs", type=int, default=Settings.runs, help=f"last N runs (default: {Settings.runs})")
     report.add_argument("--drift-runs", type=int, default=Settings.drift_runs,
                         help=f"a drift is this many latest runs beyond tolerance (default: {Settings.drift_runs})")
+    report.add_argument("--sensitivity", type=Path, metavar="FILE", help="also show a `harness sensitivity` score (its sensitivity.json)")
     report.add_argument("--drift-window", type=int, default=Settings.drift_window,
                         help=f"runs before the move that make the reference (default: {Settings.drift_window})")
     models = sub.add_parser("models", help="shipped subjects: the trained weights cases load (see README: Environments)")
@@ -69,7 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     baselines = sub.add_parser("baselines", help="the baseline environments and how many of this machine's cases each covers")
     baselines.add_argument("--baselines", type=Path, default=Path("baselines"), help="baseline folder (default: baselines)")
     baselines.add_argument("suites", nargs="*", help="suite files (default: suites/*.yaml)")
+    baselines.add_argument("--markdown", type=Path, metavar="FILE", help="write every recorded value (headline metrics, noise bands) "
+                           "as Markdown to FILE instead (docs/measured/baselines.md: `nox -s docs`)")
     noise.add_parser(sub)
+    sensitivity.add_parser(sub)
     for name, text in (("list", "list the cases the suites expand to"), ("run", "run cases against recorded baselines")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("suites", nargs="*", help="suite files (default: suites/*.yaml)")
@@ -83,6 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-no-gpu", action="store_true", help="with --platform gpu on a machine without GPUs: skip, exit 0")
     run.add_argument("--history", type=Path, help="run history to append to (default: <artifacts>/history.sqlite)")
     run.add_argument("--junit", type=Path, help="also write JUnit XML here")
+    run.add_argument("--variation", choices=sorted(VARIATIONS), help="local launcher: run every CPU rank under a noise-study "
+                     "variation (harness.noise), e.g. a held-out check that the derived tolerances cover it; results say so")
     run.add_argument("--benchmark-storage", type=Path, metavar="DIR",
                      help="also save the timed cases as a numbered pytest-benchmark file under DIR (`pytest-benchmark compare --storage DIR`)")
     launch = run.add_argument_group("launching (see README: Containers and Slurm)")
@@ -139,9 +150,16 @@ def _report(args: argparse.Namespace) -> int:
         print(f"harness: {args.history} holds no runs", file=sys.stderr)
         return EXIT_USAGE
     analysis = analyse(window, Settings(args.runs, args.drift_runs, args.drift_window))
-    text = markdown(analysis)
+    extra = ()
+    if args.sensitivity is not None:
+        try:
+            extra = (sensitivity_table(json.loads(args.sensitivity.read_text())),)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            print(f"harness: {args.sensitivity}: not a sensitivity report ({getattr(err, 'strerror', None) or err})", file=sys.stderr)
+            return EXIT_USAGE
+    text = markdown(analysis, extra)
     write_text_atomic(args.out / "report.md", text)
-    write_text_atomic(args.out / "report.html", html(analysis))
+    write_text_atomic(args.out / "report.html", html(analysis, extra))
     summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary_file:
         with open(summary_file, "a") as handle:
@@ -203,11 +221,16 @@ def _baselines(args: argparse.Namespace) -> int:
     except SuiteError as err:
         print(f"harness: {err}", file=sys.stderr)
         return EXIT_USAGE
+    if args.markdown is not None:
+        headlines = {case.suite: get_check(case.check).headline for case in cases}
+        write_text_atomic(args.markdown, baselines_markdown(args.baselines, headlines))
+        print(f"written: {args.markdown}")
+        return 0
     here = Resources.detect().environments
     found = sorted(p for p in args.baselines.iterdir() if p.is_dir()) if args.baselines.is_dir() else []
     for folder in found:
         recorded: set[tuple[str, str]] = set()
-        for file in sorted(folder.glob("*.json")):
+        for file in baseline_files(folder):
             try:
                 recorded |= {(file.stem, case_id) for case_id in read_baseline_file(file)["cases"]}
             except BaselineError as err:
@@ -246,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         return _baselines(args)
     if args.command == "noise":
         return noise.main(args)
+    if args.command == "sensitivity":
+        return sensitivity.main(args)
     paths = args.suites or sorted(glob.glob("suites/*.yaml"))
     resources = _resources(args)
     markexpr = " and ".join(f"({e})" for e in (args.markexpr, args.platform) if e) or None
@@ -280,8 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print(f"harness: {len(problems)} problem(s) before start; nothing was run", file=sys.stderr)
         return EXIT_USAGE
+    variation = VARIATIONS[args.variation] if args.variation else None
+    if variation is not None and (args.launcher != "local" or variation.unavailable()):
+        print(f"harness: --variation {variation.name}: " + (variation.unavailable() or "runs with the local launcher only"), file=sys.stderr)
+        return EXIT_USAGE
     try:
-        launcher = make_launcher(_settings(args), [item.case for item in plan if item.skip is None])
+        launcher = (LocalLauncher(args.artifacts, variation.environment) if variation is not None
+                    else make_launcher(_settings(args), [item.case for item in plan if item.skip is None]))
     except LauncherError as err:
         print(f"harness: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -290,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         launcher.close()
         print(f"harness: --artifacts {storage}: cases could not write their files; nothing was run", file=sys.stderr)
         return EXIT_USAGE
-    info = provenance(Path.cwd(), resources.gpu_name)
+    info = provenance(Path.cwd(), resources.gpu_name) | ({"variation": variation.name} if variation is not None else {})
     stores = ResultStores(args.history or args.artifacts / DEFAULT_HISTORY.name, args.artifacts / "results.json", info)
     say(stores.start())
     results = stores.results

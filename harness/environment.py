@@ -146,7 +146,7 @@ def numerics_provenance(gpu_name: str | None) -> dict[str, object]:
 # instruction set, the pins and thread counts, and torch (whose kernels do the work). Two results of
 # one fingerprint repeat bit for bit on CPUs; the libraries on top (megatron-core, modelopt) are left
 # out on purpose, because their changes are what the harness is there to catch.
-CPU_FINGERPRINT = ("cpu_model", "cpu_isa_flags", "cpu_pins", "cpu_threads_per_rank")
+CPU_FINGERPRINT = ("cpu_model", "cpu_isa_flags", "cpu_pins", "cpu_threads_per_rank", "variation")  # variation: harness.noise
 GPU_FINGERPRINT = ("gpus", "driver", "gpu_pins", "gpu_tf32", "container")
 
 

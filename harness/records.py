@@ -201,8 +201,6 @@ class Case:
     seed: int
     source: str  # "suites/ckpt.yaml:12", where the case's suite is declared
     known_defect: KnownDefect | None = None  # an upstream defect this case reproduces
-    # Metrics (or families) that are step-exact goldens: judged only on the baseline's fingerprint (harness.environment).
-    fingerprint_bound: tuple[str, ...] = ()
     # What the check kept beside the case's baseline when it was recorded (``CaseOutcome.kept``), handed back
     # to the check (harness.pipeline.with_reference): outputs it compares itself, such as draft tokens.
     reference: dict[str, Any] = field(default_factory=dict)

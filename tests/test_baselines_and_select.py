@@ -76,29 +76,51 @@ ELSEWHERE = {**HERE, "cpu_model": "Intel Xeon"}
 
 def test_noise_widens_a_tolerance_by_the_rule_and_goldens_hold_only_on_their_fingerprint(tmp_path: Path) -> None:
     """On the baseline's fingerprint only the pinned repeats' spread widens a tolerance (a deterministic
-    metric stays exact); on another machine every variation's does, and a step-exact golden is shown, not judged."""
+    metric stays exact); on another machine every variation's does, and a step-exact golden (kd_trajectory's
+    per-step losses) is shown, not judged."""
     from dataclasses import replace
 
     from harness.noise import MULTIPLIER, CaseNoise, noise_path, write_case_noise
 
     store = BaselineStore(tmp_path)
-    case = replace(make_case(), tolerances={}, fingerprint_bound=("loss@*",))
-    compare(CaseOutcome(case, {"x": 1.0, "loss@001": 5.0}, None, 1.0, "/a"), store, update=True, provenance=HERE)
-    runs = {"reference": {"x": 1.0, "loss@001": 5.0}, "repeat": {"x": 1.0, "loss@001": 5.0}, "unpinned": {"x": 1.003, "loss@001": 5.2}}
+    case = replace(make_case(), check="kd_trajectory", tolerances={})
+    compare(CaseOutcome(case, {"kd_loss_last": 1.0, "kd_loss@001": 5.0}, None, 1.0, "/a"), store, update=True, provenance=HERE)
+    runs = {"reference": {"kd_loss_last": 1.0, "kd_loss@001": 5.0}, "repeat": {"kd_loss_last": 1.0, "kd_loss@001": 5.0},
+            "unpinned": {"kd_loss_last": 1.003, "kd_loss@001": 5.2}}
     write_case_noise(noise_path(store.path("cpu", "s")), "s", "cpu", case.id, CaseNoise.from_samples(runs, {}, HERE))
 
-    def judged(x: float, loss: float, provenance: dict) -> dict[str, object]:
-        result = compare(CaseOutcome(case, {"x": x, "loss@001": loss}, None, 1.0, "/a"), store, update=False, provenance=provenance)
+    def judged(last: float, step: float, provenance: dict) -> dict[str, object]:
+        result = compare(CaseOutcome(case, {"kd_loss_last": last, "kd_loss@001": step}, None, 1.0, "/a"), store, update=False,
+                         provenance=provenance)
         return {m.name: m for m in result.metrics}
 
     same = judged(1.0 + 1e-9, 5.0, HERE)
-    assert same["x"].verdict is Verdict.FAIL and same["x"].tolerance.abs == 0 and "on its fingerprint" in same["x"].note
-    assert judged(1.0, 5.0, HERE)["x"].verdict is Verdict.PASS
+    assert same["kd_loss_last"].verdict is Verdict.FAIL and same["kd_loss_last"].tolerance.abs == 0
+    assert "on its fingerprint" in same["kd_loss_last"].note
+    assert judged(1.0, 5.0, HERE)["kd_loss_last"].verdict is Verdict.PASS
     other = judged(1.005, 5.3, ELSEWHERE)
-    assert other["x"].verdict is Verdict.PASS and other["x"].tolerance.abs == pytest.approx(MULTIPLIER * 0.003)
-    assert other["loss@001"].verdict is Verdict.PASS and "recording fingerprint" in other["loss@001"].note
-    assert judged(1.007, 5.0, ELSEWHERE)["x"].verdict is Verdict.FAIL
-    assert judged(1.0, 5.3, HERE)["loss@001"].verdict is Verdict.FAIL  # the golden holds where it was recorded
+    assert other["kd_loss_last"].verdict is Verdict.PASS and other["kd_loss_last"].tolerance.abs == pytest.approx(MULTIPLIER * 0.003)
+    assert other["kd_loss@001"].verdict is Verdict.PASS and "recording fingerprint" in other["kd_loss@001"].note
+    assert judged(1.007, 5.0, ELSEWHERE)["kd_loss_last"].verdict is Verdict.FAIL
+    assert judged(1.0, 5.3, HERE)["kd_loss@001"].verdict is Verdict.FAIL  # the golden holds where it was recorded
+
+
+def test_a_timed_median_is_judged_no_tighter_than_its_own_and_its_baselines_interval(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    store = BaselineStore(tmp_path)
+    case = replace(make_case(), check="spec_decode", params={"algorithm": "medusa", "train_steps": 0},
+                   tolerances={"speedup": Tolerance(rel=0.05, direction=Direction.HIGHER_IS_BETTER)})
+    compare(CaseOutcome(case, {"speedup": 1.5, "speedup_ci_half_width": 0.06}, None, 1.0, "/a"), store, update=True, provenance=HERE)
+
+    def speedup(value: float, half_width: float) -> object:
+        result = compare(CaseOutcome(case, {"speedup": value, "speedup_ci_half_width": half_width}, None, 1.0, "/a"), store,
+                         update=False, provenance=HERE)
+        return next(m for m in result.metrics if m.name == "speedup")
+
+    wide = speedup(1.38, 0.06)  # 8% down, inside the 95% band of two +-6% medians (hypot: 0.12 abs)
+    assert wide.verdict is Verdict.PASS and "intervals" in wide.note
+    assert speedup(1.3, 0.06).verdict is Verdict.FAIL
 
 
 def test_errors_and_skips_are_not_compared(tmp_path: Path) -> None:

@@ -55,4 +55,5 @@ def test_junit_maps_verdicts(tmp_path: Path) -> None:
     cases = [(c.get("name"), [child.tag for child in c]) for c in suite.iter("testcase")]
     assert cases == [("s/tiny-gpt/tp1pp1/none", []), ("s/tiny-gpt/tp1pp1/none", ["failure"]), ("s/tiny-gpt/tp2pp1/none", ["skipped"])]
     failure = suite.find("testcase/failure")
-    assert failure is not None and "x: measured 1.5, baseline 1, tolerance abs 0.1 (no noise record: judged as declared) -> fail" in (failure.text or "")
+    expected = "x: measured 1.5, baseline 1, tolerance abs 0.1 (no noise record: judged as declared) -> fail"
+    assert failure is not None and expected in (failure.text or "")

@@ -48,6 +48,9 @@ class MetricSpec:
     # A step-exact golden (a per-step training loss, say): it repeats bit for bit only where the arithmetic
     # is the same, so it is judged only on the baseline's fingerprint; elsewhere what it summarises is.
     fingerprint_bound: bool = False
+    # The metric holding this one's 95% interval half-width, relative to it (a timed median): the tolerance is
+    # then at least the 95% band of the difference of two such estimates, hypot(measured's, baseline's).
+    interval: str | None = None
 
 
 # Memory varies with the allocator and the machine: recorded for trends, bounded only by a suite's
@@ -101,6 +104,8 @@ class Check:
     subjects: Callable[[dict[str, Any], str], list[str]] = lambda params, model: []
     # Whether ``run`` takes a model of virtual pipeline chunks (layouts with vpp > 1).
     virtual_pipeline: bool = False
+    # The metrics that summarise a case, in the generated tables of recorded values (docs/measured/).
+    headline: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Every check's cases also report what the worker measures around them (harness.launchers.worker).

@@ -121,6 +121,7 @@ CHECK = Check(
                                                   "/ the bound (negative control)", INFORMATIONAL, Budget(min=1.0)) for name in COMPONENTS},
     },
     run=run,
+    headline=("kd_loss_rel_gap", "logits_loss_rel_gap", "intermediate_loss_rel_gap", "lm_loss_rel_gap", "logits_loss_gap_to_bound"),
     label=label,
     label_params=("kd",),
     case_problems=case_problems,

@@ -112,6 +112,7 @@ CHECK = Check(
                                                  INFORMATIONAL, Budget(max=1.0)),
     },
     run=run,
+    headline=("kd_loss_first", "kd_loss_last", "kd_loss_decrease_pct", "parity_max_rel_diff", "parity_first_step_to_bound"),
     case_problems=case_problems,
     subjects=subjects,
     **{**PARITY.hooks(), "label": lambda layout, params: f"{PARITY.label(layout, params)}/{params.kd.name}",

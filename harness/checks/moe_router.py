@@ -70,4 +70,5 @@ CHECK = Check(
     },
     run=run,
     case_problems=_problems,
+    headline=("unadapted_forward_failed", "unadapted_max_abs_logit_diff"),
 )

@@ -296,5 +296,7 @@ CHECK = Check(
     },
     run=run,
     case_problems=_case_problems,
+    headline=("accuracy_delta_pts", "kld_mean", "top1_agreement_pct", "dp_correct_rms_pct", "layer_sqnr_min_db", "mmlu_delta_pts",
+              "mmlu_mcnemar_p", "parity_logit_error_to_bound"),
     **PARITY.hooks(),
 )

@@ -30,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("-m", dest="markexpr", help="select by marker")
     parser.add_argument("--variations", default=",".join(DEFAULT_VARIATIONS),
                         help=f"comma-separated, of: {', '.join(VARIATIONS)} (default: {','.join(DEFAULT_VARIATIONS)})")
+    parser.add_argument("--reference", choices=("run", "baseline"), default="run",
+                        help="the pinned sample the others are measured against: a fresh run (default), or the recorded baseline "
+                             "where it has this machine's fingerprint (a run where it has not)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of the pinned environment besides the reference (default: 1)")
     parser.add_argument("--baselines", type=Path, default=Path("baselines"), help="baseline folder the records go to (default: baselines)")
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts") / "noise", help="worker logs and case files")
@@ -56,22 +59,30 @@ def _moved(record: CaseNoise, baseline: dict[str, float]) -> list[str]:
     return [text for _, text in sorted(lines, reverse=True)]
 
 
-def _study(item: Scheduled, launchers: dict[str, LocalLauncher], store: BaselineStore, info: dict[str, object], artifacts: Path) -> str:
+def _study(item: Scheduled, launchers: dict[str, LocalLauncher], store: BaselineStore, info: dict[str, object], artifacts: Path,
+           reuse_baseline: bool) -> str:
     case = item.case
-    runs, errors = {}, {}
+    entry = store.entry(case.platform, case.suite, case.id) or {}
+    runs, errors, seconds = {}, {}, {}
+    if reuse_baseline and entry and fingerprint(entry["provenance"], case.platform) == fingerprint(info, case.platform):
+        runs[REFERENCE] = entry["metrics"]
     for label, launcher in launchers.items():
+        if label in runs or (label in VARIATIONS and label != REPEAT and not VARIATIONS[label].environment(case.world_size)):
+            continue  # the reused reference, or a variation that changes nothing for this world size
         outcome = launch(with_reference(item, store, update=False), launcher, artifacts)
+        seconds[label] = outcome.duration_s
         if outcome.error is not None:
             errors[label] = outcome.error.strip().splitlines()[-1][:300]
         else:
             runs[label] = outcome.metrics
     if REFERENCE not in runs:
         return f"{case.key}: no record, the reference run failed: {errors.get(REFERENCE)}"
-    record = CaseNoise.from_samples(runs, errors, info)
+    reference = "a fresh run" if REFERENCE in seconds else "the recorded baseline"
+    record = CaseNoise.from_samples(runs, errors, info | {"reference": reference})
     write_case_noise(noise_path(store.path(case.platform, case.suite)), case.suite, store.environment(case.platform), case.id, record)
-    entry = store.entry(case.platform, case.suite, case.id) or {}
     baseline = entry.get("metrics", {})
-    lines = [f"{case.key}: {len(record.metrics)} metrics over {', '.join(runs)}"]
+    lines = [f"{case.key}: {len(record.metrics)} metrics over {', '.join(runs)} (reference: {reference}); runs took "
+             + ", ".join(f"{label} {took:.1f} s" for label, took in seconds.items())]
     if errors:
         lines += [f"  ERROR under {label}: {why}" for label, why in errors.items()]
     if entry and fingerprint(entry["provenance"], case.platform) == fingerprint(info, case.platform):
@@ -124,7 +135,7 @@ def main(args: argparse.Namespace) -> int:
             launchers = {label: LocalLauncher(args.artifacts / label, None if v is None else v.environment) for label, v in labels.items()}
             try:
                 for item in group:
-                    print(_study(item, launchers, store, info, args.artifacts), flush=True)
+                    print(_study(item, launchers, store, info, args.artifacts, args.reference == "baseline"), flush=True)
             finally:
                 for launcher in launchers.values():
                     launcher.close()

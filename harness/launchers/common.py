@@ -11,6 +11,9 @@ from harness.environment import GPU_PINS, cpu_pins
 from harness.records import Case
 
 LOG_TAIL_LINES = 25
+# A defect to inject into the libraries in every rank (harness.mutations): set by a sensitivity run only,
+# never inherited from the caller's environment.
+MUTATION_VARIABLE = "HARNESS_MUTATION"
 
 
 def artifact_dir_name(case: Case) -> str:

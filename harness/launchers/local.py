@@ -19,7 +19,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, Listener, wait
 from pathlib import Path
 
-from harness.launchers.common import checkout_pythonpath, fresh_artifacts, rank_environment, startup_timeout_s, tail
+from harness.launchers.common import MUTATION_VARIABLE, checkout_pythonpath, fresh_artifacts, rank_environment, startup_timeout_s, tail
 from harness.launchers.protocol import Measured, RankReply, Task, merged
 from harness.records import Case, CaseOutcome
 
@@ -52,7 +52,7 @@ class WorkerPool:
 
     def _env(self, rank: int, address: str, authkey: bytes, master_port: int) -> dict[str, str]:
         env = {
-            **os.environ,
+            **{name: value for name, value in os.environ.items() if name != MUTATION_VARIABLE},
             "RANK": str(rank),
             "LOCAL_RANK": str(rank),
             "WORLD_SIZE": str(self.world_size),

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.launchers.batch import LauncherError
-from harness.launchers.common import rank_environment
+from harness.launchers.common import MUTATION_VARIABLE, rank_environment
 from harness.models.subjects import subjects_root
 
 # Variables a rank needs from the driver's environment when it runs elsewhere (container, other node).
@@ -57,7 +57,8 @@ class LaunchSettings:
                 raise LauncherError(f"--mount {src}: no such file or directory")
 
     def passed_env(self) -> dict[str, str]:
-        names = [n for n in os.environ if n.startswith(PASSED_PREFIXES) and n not in PER_RANK] + list(self.env)
+        # never a mutation a caller's shell happens to hold (harness.mutations: sensitivity runs only)
+        names = [n for n in os.environ if n.startswith(PASSED_PREFIXES) and n not in PER_RANK and n != MUTATION_VARIABLE] + list(self.env)
         passed = {name: os.environ[name] for name in names if name in os.environ}
         # the driver's subjects, whose hashes it checked, not a copy an image may carry
         return {**passed, "HARNESS_SUBJECTS": str(subjects_root().resolve())}

@@ -15,6 +15,7 @@ from datetime import timedelta
 from multiprocessing.connection import Client, Connection
 from pathlib import Path
 
+from harness.launchers.common import MUTATION_VARIABLE
 from harness.launchers.protocol import RankReply, Task
 from harness.records import DEVICE_MEMORY, PEAK_MEMORY
 
@@ -43,7 +44,10 @@ def init_rank(rank: int, world: int, platform: str) -> list[str]:
         from harness.runtime.cuda_extensions import warm
 
         warm(rank)
+    if os.environ.get(MUTATION_VARIABLE):  # a sensitivity run: one known defect, injected after the imports
+        from harness.mutations import inject
 
+        adapted = [*adapted, inject(os.environ[MUTATION_VARIABLE])]
     return adapted
 
 

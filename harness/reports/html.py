@@ -83,7 +83,7 @@ def trend_svg(series: Series) -> str:
     return "".join(parts)
 
 
-def html(analysis: Analysis) -> str:
+def html(analysis: Analysis, extra: tuple[Table, ...] = ()) -> str:
     facts = "".join(f"<tr><th>{escape(name)}</th><td>{escape(value)}</td></tr>" for name, value in run_facts(analysis))
     flagged = {s.key for s in analysis.cases if s.status not in ("passing", "skipped", "known defect")} | {d.key for d in analysis.drifts}
     by_case: dict[str, list[Series]] = {}
@@ -98,7 +98,7 @@ def html(analysis: Analysis) -> str:
     title = f"posttrain-harness report: {run_label(analysis.latest)}"
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
             f"<style>{STYLE}</style></head><body><h1>posttrain-harness nightly report</h1><table>{facts}</table>"
-            + "".join(_table(t) for t in tables(analysis))
+            + "".join(_table(t) for t in (*tables(analysis), *extra))
             + f"<h2>Trends over the last {len(analysis.runs)} run(s)</h2>"
             '<p class="note">blue: measured (red points failed their baseline); dashed green: baseline; shaded: its tolerance band. '
             "Flagged cases first and unfolded.</p>" + "".join(plots) + "</body></html>\n")

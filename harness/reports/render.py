@@ -67,14 +67,24 @@ def tables(analysis: Analysis) -> list[Table]:
     return found
 
 
+def sensitivity_table(report: dict) -> Table:
+    """The mutation self-test's score (``harness sensitivity``'s JSON), per check and over all defects."""
+    rows = [(check, str(s["defects"]), str(s["caught"]), str(s["portable"]), ", ".join(s["missed"]) or "-")
+            for check, s in report["checks"].items()]
+    total = report["total"]
+    rows.append(("all defects", str(total["defects"]), str(total["caught"]), str(total["portable"]), ", ".join(total["missed"]) or "-"))
+    return Table("Sensitivity: known library defects injected inside the workers", ("check", "defects", "caught", "caught portably", "missed"),
+                 rows, note="caught portably: by a metric judged with the across-machine noise bands, not only bit-exactly")
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def markdown(analysis: Analysis) -> str:
+def markdown(analysis: Analysis, extra: tuple[Table, ...] = ()) -> str:
     lines = ["# posttrain-harness nightly report", ""]
     lines += [f"- **{name}**: {_cell(value)}" for name, value in run_facts(analysis)]
-    for table in tables(analysis):
+    for table in (*tables(analysis), *extra):
         lines += ["", f"## {table.title}", ""] + ([f"_{table.note}_", ""] if table.note else [])
         if not table.rows:
             lines.append("none")

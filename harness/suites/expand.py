@@ -148,7 +148,7 @@ def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platfor
         timeout_s=spec.timeout_s,
         seed=spec.seed,
         source=f"{suite.path}:{lines.line(('matrix',))}",
-        fingerprint_bound=tuple(name for name, metric in check.metrics.items() if metric.fingerprint_bound),
+
         known_defect=next((KnownDefect(k.defect, {name: b.budget() for name, b in k.symptom.items()}, k.id, k.upstream, tuple(k.affects))
                            for k in spec.known_defects if _matches(suite, k.when, matched, layout, params) and installed_within(k.versions)),
                           None),
