@@ -15,13 +15,11 @@ from pathlib import Path
 from harness.atomic import unwritable, write_json_atomic, write_text_atomic
 from harness.baselines import BaselineError, BaselineStore, baseline_files, read_baseline_file
 from harness.checks import get_check
-from harness.commands import noise, sensitivity
+from harness.commands import models, noise, sensitivity
 from harness.launchers.batch import LauncherError
 from harness.launchers.local import LocalLauncher
 from harness.launchers.registry import LAUNCHERS, make_launcher
 from harness.launchers.settings import LaunchSettings
-from harness.models.build import build, export
-from harness.models.subjects import SubjectError, manifest
 from harness.noise import VARIATIONS
 from harness.outputs import ResultStores, say
 from harness.pipeline import RunOptions, collect, preflight, run_plan
@@ -61,17 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--sensitivity", type=Path, metavar="FILE", help="also show a `harness sensitivity` score (its sensitivity.json)")
     report.add_argument("--drift-window", type=int, default=Settings.drift_window,
                         help=f"runs before the move that make the reference (default: {Settings.drift_window})")
-    models = sub.add_parser("models", help="shipped subjects: the trained weights cases load (see README: Environments)")
-    models_sub = models.add_subparsers(dest="models_command", required=True)
-    models_sub.add_parser("list", help="every shipped subject with its sha256, size and recipe")
-    models_sub.add_parser("verify", help="check every shipped file against its manifest hash (exit 1 on a mismatch)")
-    build = models_sub.add_parser("build", help="train a subject under the pinned numerics, ship it, print its new hash")
-    build.add_argument("name", help="tiny-gpt-trained, or draft heads on it: tiny-gpt-trained+medusa-k2-t150")
-    build.add_argument("--artifacts", type=Path, default=Path("artifacts") / "build", help="worker logs and the built file")
-    export = models_sub.add_parser("export", help="write a shipped model as a megatron torch_dist checkpoint")
-    export.add_argument("name", help="a model subject, e.g. tiny-gpt-trained")
-    export.add_argument("directory", type=Path, help="the checkpoint folder to write (a suite loads it with `torch_dist:`)")
-    export.add_argument("--artifacts", type=Path, default=Path("artifacts") / "build", help="worker logs")
+    models.add_parser(sub)
     baselines = sub.add_parser("baselines", help="the baseline environments and how many of this machine's cases each covers")
     baselines.add_argument("--baselines", type=Path, default=Path("baselines"), help="baseline folder (default: baselines)")
     baselines.add_argument("suites", nargs="*", help="suite files (default: suites/*.yaml)")
@@ -186,34 +174,6 @@ def _history(args: argparse.Namespace) -> int:
     return 0
 
 
-def _models(args: argparse.Namespace) -> int:
-    shipped = manifest()
-    try:
-        if args.models_command == "build":
-            digest, metrics = build(args.name, args.artifacts, provenance(Path.cwd()))
-            print(f"{args.name}: sha256 {digest}")
-            print(f"  {', '.join(f'{k} {v:g}' for k, v in sorted(metrics.items()))}; written to {shipped.file(args.name)} and {shipped.path}")
-            print("  baselines measured on the previous file no longer judge cases that use it: re-record them (--update-baselines)")
-            return 0
-        if args.models_command == "export":
-            export(args.name, args.directory, args.artifacts)
-            print(f"{args.name}: torch_dist checkpoint written to {args.directory}")
-            return 0
-        problems = shipped.problems()
-    except SubjectError as err:
-        print(f"harness: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    for name, entry in sorted(shipped.entries().items()):
-        state = "ok" if problems[name] is None else f"MISMATCH: {problems[name]}"
-        if args.models_command == "list":
-            state = f"{entry['bytes'] / 1e6:.1f} MB, {entry['kind']}, recipe {entry['recipe']}"
-        print(f"{name}  sha256 {entry['sha256'][:16]}...  {state}")
-    bad = [name for name, problem in problems.items() if problem is not None]
-    if args.models_command == "verify":
-        print(f"{len(problems) - len(bad)} of {len(problems)} subjects match {shipped.path}")
-    return EXIT_FAILED if bad else 0
-
-
 def _baselines(args: argparse.Namespace) -> int:
     """Each recorded environment: which suites and how many of this machine's cases of its platform it covers."""
     try:
@@ -264,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         return _report(args)
     if args.command == "models":
-        return _models(args)
+        return models.main(args)
     if args.command == "baselines":
         return _baselines(args)
     if args.command == "noise":

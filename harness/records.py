@@ -9,10 +9,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal
-
-if TYPE_CHECKING:
-    from harness.models.zoo import ModelSpec
+from typing import Any, Literal
 
 
 def metric_family(name: str) -> str:
@@ -70,6 +67,87 @@ class Layout:
         if self.vpp > 1 and self.pp == 1:
             problems.append(f"vpp={self.vpp} (virtual pipeline stages) needs pp > 1: it interleaves model chunks over the pipeline ranks")
         return problems
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """How the harness trains a zoo model on its synthetic corpus (harness.data.corpus)."""
+
+    corpus_seed: int = 0
+    seed: int = 1234
+    steps: int = 800
+    batch_size: int = 16
+    seq_len: int = 64
+    lr: float = 3e-3
+    warmup_steps: int = 30
+    mc_rows: int = 8  # rows of each batch that are answered multiple-choice prompts (harness.evals.mmlu)
+    answer_weight: float = 8.0  # loss weight of a question's answer letter against 1 for a text token
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    description: str
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    ffn_hidden_size: int
+    vocab_size: int
+    max_seq_len: int
+    num_query_groups: int | None = None
+    normalization: str = "RMSNorm"
+    position_embedding_type: str = "rope"
+    swiglu: bool = False  # gated SiLU MLP (Llama) instead of GeLU
+    qk_layernorm: bool = False  # RMSNorm on queries and keys per head (Qwen3)
+    add_bias_linear: bool = True
+    norm_epsilon: float = 1e-5
+    rotary_base: int = 10000
+    rope_scaling_factor: float | None = None  # Llama 3.1 frequency scaling, when the checkpoint uses it
+    kv_channels: int | None = None  # per-head width when it is not hidden_size / num_attention_heads
+    tied_embeddings: bool = False
+    recipe: TrainRecipe | None = None  # None: random weights; else trained once and cached
+    hf_path: str | None = None  # weights (and tokenizer) imported from this Hugging Face directory
+    checkpoint: str | None = None  # weights loaded from this megatron torch_dist checkpoint
+    unavailable: str | None = None  # why this machine cannot build it (a checkpoint that is not here)
+    # Set per case by the suite's dtype axis: parameters and activations (megatron's params_dtype, bf16).
+    dtype: Dtype = "fp32"
+    # Which megatron layer spec builds it (``layer_spec`` below); None: its platform's (LAYERS_BY_PLATFORM),
+    # set per case at expansion. A model whose subject is one norm implementation pins it here.
+    layers: Literal["local", "modelopt"] | None = None
+    # Mixture of experts: None is a dense MLP; else experts per MoE layer, each token routed to ``moe_router_topk``.
+    num_moe_experts: int | None = None
+    moe_router_topk: int = 2
+    moe_router_pre_softmax: bool = False  # softmax over every expert before the top k (no renormalisation)
+    # Mamba-hybrid: megatron's hybrid_override_pattern, one character per layer (M Mamba, * attention, - MLP),
+    # built as megatron's MambaModel; None is a GPT.
+    hybrid_pattern: str | None = None
+    mamba_head_dim: int = 64
+    mamba_num_groups: int = 2
+    # Why no CPU worker can build it: such cases skip on CPU with the reason (harness.schedule).
+    gpu_only: str | None = None
+
+    def layout_errors(self, layout: Layout) -> list[str]:
+        """Why ``layout`` cannot shard this model (empty when it can)."""
+        tp, pp = layout.tp, layout.pp
+        if layout.ep > 1 and self.num_moe_experts is None:
+            return [f"ep={layout.ep} (expert parallel) needs a mixture-of-experts model; {self.name} is dense"]
+        if self.hybrid_pattern is not None and (layout.pp > 1 or layout.vpp > 1):
+            return [f"{self.name} is Mamba-hybrid: the harness builds its hybrid stack without pipeline stages"]
+        mamba = [("mamba_num_groups", self.mamba_num_groups, tp, "tp")] if self.hybrid_pattern else []
+        checks = [
+            *mamba,
+            ("num_moe_experts", self.num_moe_experts or layout.ep, layout.ep, "ep"),
+            ("num_attention_heads", self.num_attention_heads, tp, "tp"),
+            ("num_query_groups", self.num_query_groups or self.num_attention_heads, tp, "tp"),
+            ("vocab_size", self.vocab_size, tp, "tp"),
+            ("ffn_hidden_size", self.ffn_hidden_size, tp, "tp"),
+            ("num_layers", self.num_layers, pp * layout.vpp, "pp x vpp" if layout.vpp > 1 else "pp"),
+        ]
+        return [
+            f"{what} {value} of model {self.name} is not divisible by {axis}={size}"
+            for what, value, size, axis in checks
+            if size < 1 or value % size
+        ]
 
 
 class Direction(enum.StrEnum):

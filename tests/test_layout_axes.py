@@ -119,7 +119,8 @@ from harness.runtime.cpu_compat import apply_cpu_adaptations
 rank, port, model, folder = int(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4])
 apply_cpu_adaptations()
 dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + port, rank=rank, world_size=2)
-from harness.models.zoo import ZOO, build_gpt
+from harness.models.zoo import ZOO
+from harness.runtime.megatron import build_gpt
 from harness.records import Layout
 from harness.runtime.distributed import model_parallel
 from harness.runtime.forward import fixed_tokens, forward_logits

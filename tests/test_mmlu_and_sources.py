@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from harness.data.corpus import MarkovCorpus
+from harness.data.multiple_choice import LETTERS, McItem
 from harness.data.text import TextSourceError, read_documents, token_rows
 from harness.data.tokenizer import WordTokenizer
-from harness.evals.mmlu import LETTERS, McItem, McScores, MmluError, format_prompt, letter_ids, load_mmlu, load_with_shots, write_mmlu
+from harness.evals.mmlu import McScores, MmluError, format_prompt, letter_ids, load_mmlu, load_with_shots, write_mmlu
 from harness.records import Layout
 from harness.schedule import skip_reason
 from harness.suites.expand import Resources, expand

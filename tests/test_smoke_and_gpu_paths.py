@@ -48,7 +48,8 @@ def test_the_gpu_layer_spec_is_transformer_engines(monkeypatch: pytest.MonkeyPat
     from megatron.core.post_training.modelopt.layers import Norm
     from megatron.core.transformer import TransformerConfig
 
-    from harness.models.zoo import ZOO, layer_spec
+    from harness.models.zoo import ZOO
+    from harness.runtime.megatron import layer_spec
 
     for module in ("megatron.core.transformer.transformer_block", "megatron.core.post_training.modelopt.gpt.model_specs"):
         monkeypatch.setattr(f"{module}.get_num_layers_to_build", lambda config, *args, **kwargs: config.num_layers)

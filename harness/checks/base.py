@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, PositiveInt
 from harness.records import DEVICE_MEMORY, INFORMATIONAL, PEAK_MEMORY, Budget, Case, Layout, Tolerance
 
 if TYPE_CHECKING:
-    from harness.models.zoo import ModelSpec
+    from harness.records import ModelSpec
 
 
 class StrictModel(BaseModel):

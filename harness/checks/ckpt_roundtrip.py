@@ -31,11 +31,11 @@ def run(ctx: CheckContext) -> dict[str, float]:
     import torch.distributed as dist
 
     from harness.evals.parity import bound, parity_metrics
-    from harness.models.zoo import build_gpt
     from harness.optimizations import get_optimization
     from harness.runtime.checkpoint import load_checkpoint, save_checkpoint
     from harness.runtime.distributed import model_parallel
     from harness.runtime.forward import fixed_tokens, forward_logits, greedy_decode
+    from harness.runtime.megatron import build_gpt
     from harness.runtime.quantizers import quantizer_census
     from harness.runtime.subject import build_model
 

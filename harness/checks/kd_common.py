@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, PositiveFloat, PositiveInt
 
 from harness.checks.base import CheckContext, StrictModel
-from harness.models.zoo import ZOO, ModelSpec
-from harness.records import Layout
+from harness.models.zoo import ZOO
+from harness.records import Layout, ModelSpec
 
 if TYPE_CHECKING:
     import torch
@@ -115,9 +115,9 @@ def save_student(ctx: CheckContext, student: torch.nn.Module) -> None:
 def distillation_under_layout(ctx: CheckContext, teacher: ModelSpec) -> torch.nn.Module:
     """Student (from the saved checkpoint) + teacher in modelopt's distillation model, in training
     mode, for the current parallel state."""
-    from harness.models.zoo import build_gpt
     from harness.runtime.checkpoint import load_checkpoint
     from harness.runtime.distill import KdSettings, distillation_model
+    from harness.runtime.megatron import build_gpt
     from harness.runtime.subject import build_model
 
     kd: KdConfigModel = ctx.params.kd

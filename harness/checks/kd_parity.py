@@ -23,8 +23,7 @@ from harness.checks.kd_common import (
     teacher_of,
     token_batch,
 )
-from harness.models.zoo import ModelSpec
-from harness.records import INFORMATIONAL, Budget, Layout, Tolerance
+from harness.records import INFORMATIONAL, Budget, Layout, ModelSpec, Tolerance
 
 COMPONENTS = ("kd_loss", "logits_loss", "intermediate_loss", "lm_loss")
 PARITY_STREAM = 6  # corpus stream of the batch, disjoint from training and evaluation

@@ -20,8 +20,7 @@ from pydantic import PositiveFloat, PositiveInt
 
 from harness.checks.base import Check, CheckContext, LayoutModel, MetricSpec, SecondLayout
 from harness.checks.kd_common import KdParams, case_problems, distillation_under_layout, save_student, subjects, teacher_of, token_batch
-from harness.models.zoo import ModelSpec
-from harness.records import INFORMATIONAL, Budget, Layout, Tolerance
+from harness.records import INFORMATIONAL, Budget, Layout, ModelSpec, Tolerance
 
 TRAIN_STREAM = 7  # corpus stream of the training batches
 TAIL = 5  # steps averaged for the final loss

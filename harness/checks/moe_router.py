@@ -15,7 +15,7 @@ from harness.checks.base import Check, CheckContext, MetricSpec, StrictModel
 from harness.records import Budget, Layout, Tolerance
 
 if TYPE_CHECKING:
-    from harness.models.zoo import ModelSpec
+    from harness.records import ModelSpec
 
 ADAPTATION = "moe-router-without-te"
 

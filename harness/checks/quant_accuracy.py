@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import NonNegativeInt, PositiveInt
 
 from harness.checks.base import Check, CheckContext, LayoutModel, MetricSpec, SecondLayout, StrictModel
-from harness.data.files import stamp
+from harness.data.files import expand_path, stamp
+from harness.data.multiple_choice import McItem
 from harness.data.text import CORPUS, TextSourceError, read_documents, token_rows
-from harness.evals.mmlu import McItem, McScores, MmluError, load_with_shots, write_mmlu
-from harness.models.sources import expand_path
+from harness.evals.mmlu import McScores, MmluError, load_with_shots, write_mmlu
 from harness.records import INFORMATIONAL, Budget, Layout, Tolerance
 from harness.stats import mcnemar_exact
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import torch
 
     from harness.data.corpus import MarkovCorpus
-    from harness.models.zoo import ModelSpec
+    from harness.records import ModelSpec
 
 CALIB_STREAM, EVAL_STREAM, MMLU_STREAM, MMLU_DEV_STREAM = 1, 2, 4, 5  # corpus streams, disjoint from training
 

@@ -18,11 +18,10 @@ from typing import Any, Literal
 from pydantic import NonNegativeInt, PositiveInt
 
 from harness.checks.base import Check, CheckContext, MetricSpec, StrictModel
-from harness.data.files import stamp
+from harness.data.files import expand_path, stamp
 from harness.data.text import CORPUS, TextSourceError
 from harness.evals.mtbench import prompts, read_questions
 from harness.evals.timing import PairingPlan
-from harness.models.sources import expand_path
 from harness.models.subjects import HeadsName
 from harness.models.zoo import ZOO
 from harness.records import INFORMATIONAL, Budget, Case, Direction, Layout, Tolerance

@@ -15,8 +15,8 @@ from functools import cached_property
 
 import numpy as np
 
+from harness.data.multiple_choice import LETTERS, McItem
 from harness.data.tokenizer import corpus_word
-from harness.evals.mmlu import LETTERS, McItem
 
 SUCCESSOR_PROBS = (0.6, 0.25, 0.1, 0.05)
 _MC_TAG = 7  # separates multiple-choice draws from plain samples of the same stream

@@ -4,6 +4,7 @@ Windows tools write one), and anything else named with its file line instead of 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -27,3 +28,8 @@ def stamp(source: str) -> tuple[tuple[str, int, int], ...]:
     root = Path(source)
     files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root] if root.is_file() else []
     return tuple((str(p), (st := p.stat()).st_mtime_ns, st.st_size) for p in files)
+
+
+def expand_path(path: str) -> str:
+    """``$VARS`` and ``~`` expanded, so suites name checkpoints relative to a machine's model store."""
+    return os.path.expanduser(os.path.expandvars(path))

@@ -14,10 +14,9 @@ from typing import Any
 import numpy as np
 
 from harness.data.corpus import MarkovCorpus
-from harness.data.files import read_utf8
+from harness.data.files import expand_path, read_utf8
+from harness.data.multiple_choice import Tokenizer
 from harness.data.tokenizer import corpus_word
-from harness.evals.mmlu import Tokenizer
-from harness.models.sources import expand_path
 
 CORPUS = "corpus"
 

@@ -16,30 +16,18 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from harness.data.files import read_utf8
+from harness.data.multiple_choice import LETTERS, McItem, Tokenizer, format_prompt
 
 if TYPE_CHECKING:
     import torch
 
-LETTERS = ("A", "B", "C", "D")
 
 
 class MmluError(ValueError):
     """A data set that does not follow the MMLU layout; the message names the file and line."""
-
-
-class Tokenizer(Protocol):
-    def encode(self, text: str) -> list[int]: ...
-
-
-@dataclass(frozen=True)
-class McItem:
-    subject: str
-    question: str
-    choices: tuple[str, str, str, str]
-    answer: str  # one of LETTERS
 
 
 @dataclass(frozen=True)
@@ -151,17 +139,6 @@ def write_mmlu(root: str | os.PathLike[str], split: str, items: Sequence[McItem]
             for item in items:
                 if item.subject == subject:
                     writer.writerow([item.question, *item.choices, item.answer])
-
-
-def _render(item: McItem, with_answer: bool) -> str:
-    lines = [item.question, *(f"{letter}. {choice}" for letter, choice in zip(LETTERS, item.choices, strict=True))]
-    return "\n".join([*lines, f"Answer: {item.answer}" if with_answer else "Answer:"])
-
-
-def format_prompt(item: McItem, shots: Sequence[McItem] = ()) -> str:
-    """The MMLU prompt: header, ``shots`` answered examples, then the question ending in ``Answer:``."""
-    header = f"The following are multiple choice questions (with answers) about {item.subject.replace('_', ' ')}."
-    return "\n\n".join([header, *(_render(shot, True) for shot in shots), _render(item, False)])
 
 
 def letter_ids(tokenizer: Tokenizer) -> list[int]:

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.data.corpus import MarkovCorpus
+from harness.data.files import expand_path
+from harness.data.multiple_choice import Tokenizer
 from harness.data.text import CORPUS, TextSourceError, jsonl_objects, token_rows
-from harness.evals.mmlu import Tokenizer
-from harness.models.sources import expand_path
 
 PROMPT_STREAM = 4242  # corpus stream of the speculative-decoding prompts (training uses stream 0)
 

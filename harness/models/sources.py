@@ -8,12 +8,13 @@ judged before any worker starts. A path that is not on this machine makes the mo
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from harness.models.zoo import ZOO, ModelSpec
+from harness.data.files import expand_path
+from harness.models.zoo import ZOO
+from harness.records import ModelSpec
 
 # Hugging Face config keys that change the network but that the importer cannot express here.
 _UNSUPPORTED_HF = ("attention_bias", "mlp_bias")
@@ -27,11 +28,6 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.tx
 
 class ModelSourceError(ValueError):
     """A declared model whose checkpoint exists but cannot be described as a megatron GPT."""
-
-
-def expand_path(path: str) -> str:
-    """``$VARS`` and ``~`` expanded, so suites name checkpoints relative to a machine's model store."""
-    return os.path.expanduser(os.path.expandvars(path))
 
 
 def hf_spec(name: str, path: str) -> ModelSpec:

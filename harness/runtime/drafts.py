@@ -16,7 +16,7 @@ from packaging.version import Version
 if TYPE_CHECKING:
     import torch
 
-    from harness.models.zoo import ModelSpec
+    from harness.records import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def _eagle_modes(config_name: str) -> Callable[[int, ModelSpec], list[tuple[str,
         import modelopt.torch.speculative as mtsp
         import torch
 
-        from harness.models.zoo import torch_dtype
+        from harness.runtime.megatron import torch_dtype
 
         config = copy.deepcopy(getattr(mtsp, config_name)["config"])
         heads = base.num_attention_heads

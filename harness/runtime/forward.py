@@ -19,7 +19,7 @@ def device() -> torch.device:
 
 
 def chunks_of(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """This rank's model chunks: one, or one per virtual pipeline stage (``models.zoo.build_gpt``)."""
+    """This rank's model chunks: one, or one per virtual pipeline stage (``runtime.megatron.build_gpt``)."""
     return list(model) if isinstance(model, torch.nn.ModuleList) else [model]
 
 

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from harness.data.corpus import MarkovCorpus
-from harness.evals.mmlu import Tokenizer
-from harness.models.zoo import ModelSpec
+from harness.data.multiple_choice import Tokenizer
+from harness.records import ModelSpec
 from harness.runtime.drafts import DraftAlgorithm, HeadRecipe
 from harness.runtime.forward import device, on_device, positions
 

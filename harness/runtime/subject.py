@@ -10,11 +10,12 @@ from pathlib import Path
 
 import torch
 
+from harness.data.multiple_choice import Tokenizer
 from harness.data.tokenizer import WordTokenizer
-from harness.evals.mmlu import Tokenizer
 from harness.models.subjects import SubjectError, manifest
-from harness.models.zoo import ModelSpec, build_gpt, torch_dtype
+from harness.records import ModelSpec
 from harness.runtime.checkpoint import load_checkpoint
+from harness.runtime.megatron import build_gpt, torch_dtype
 from harness.runtime.weights import load_whole
 
 

@@ -11,10 +11,11 @@ import numpy as np
 import torch
 
 from harness.data.corpus import MarkovCorpus
+from harness.data.multiple_choice import format_prompt
 from harness.data.tokenizer import WordTokenizer
-from harness.evals.mmlu import format_prompt
-from harness.models.zoo import ModelSpec, TrainRecipe, build_gpt
+from harness.records import ModelSpec, TrainRecipe
 from harness.runtime.forward import device
+from harness.runtime.megatron import build_gpt
 
 CORPUS_VOCAB = 1024  # the word vocabulary of the corpus when the model brings its own tokenizer
 RARE_WORDS = 128  # corpus words that never occur in text (multiple-choice distractors)

@@ -13,9 +13,9 @@ from pydantic import TypeAdapter, ValidationError
 from harness.checks import get_check
 from harness.checks.base import Check, LayoutModel
 from harness.models.sources import ModelSourceError, hf_spec, torch_dist_spec
-from harness.models.zoo import ZOO, ModelSpec
+from harness.models.zoo import ZOO
 from harness.optimizations import get_optimization
-from harness.records import Dtype, Platform, metric_family
+from harness.records import Dtype, ModelSpec, Platform, metric_family
 from harness.suites.schema import SuiteModel
 from harness.suites.yaml_lines import LineMap, Path_, SuiteError, load_yaml_with_lines
 

@@ -1,7 +1,7 @@
-"""``harness models build NAME``: train a subject once, under the pinned numerics, in a real worker,
-and ship its weights (harness.models.subjects). The training runs as a case of the internal
-``BUILD`` check below, so it gets the same warm-worker launch, timeouts and logs as any case.
-"""
+"""The internal check ``harness models build`` runs (harness.commands.models): train a subject once, under
+the pinned numerics, in a real worker, and write its whole tensors; or write a shipped model as a megatron
+torch_dist checkpoint. A case of it gets the same warm-worker launch, timeouts and logs as any case. Not a
+suite check: it is named by import path."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.checks.base import Check, CheckContext, StrictModel
-from harness.models.subjects import HeadsName, SubjectError, manifest
-from harness.models.zoo import ZOO, ModelSpec
-from harness.records import Case, CaseOutcome, Layout
+from harness.models.subjects import HeadsName, SubjectError
+from harness.models.zoo import ZOO
+from harness.records import Case, Layout, ModelSpec
 from harness.runtime.drafts import ALGORITHMS, HeadRecipe
 
 SUBJECT_FILE = "subject.safetensors"
@@ -26,7 +26,8 @@ class BuildParams(StrictModel):
     export_to: str | None = None  # instead of training: write the shipped model as a megatron torch_dist checkpoint here
 
 
-def _base(name: str) -> tuple[ModelSpec, HeadsName | None]:
+def split_name(name: str) -> tuple[ModelSpec, HeadsName | None]:
+    """The zoo model a subject name builds on, and its draft heads when it names some."""
     heads = HeadsName.parse(name)
     spec = ZOO.get(heads.base if heads else name)
     if spec is None or spec.recipe is None:
@@ -39,7 +40,7 @@ def _base(name: str) -> tuple[ModelSpec, HeadsName | None]:
 
 
 def recipe_of(name: str) -> dict[str, Any]:
-    spec, heads = _base(name)
+    spec, heads = split_name(name)
     return asdict(HeadRecipe(steps=heads.train_steps)) if heads else asdict(spec.recipe)
 
 
@@ -50,7 +51,7 @@ def _run(ctx: CheckContext) -> dict[str, float]:
     from harness.runtime.weights import save_whole, whole_tensors
 
     name = ctx.params.subject
-    spec, heads = _base(name)
+    spec, heads = split_name(name)
     start = time.perf_counter()
     with model_parallel(Layout(1, 1), BUILD_SEED):
         if ctx.params.export_to is not None:
@@ -87,7 +88,7 @@ def _trained_heads(spec: ModelSpec, heads: HeadsName) -> Any:
 
 
 BUILD = Check(
-    name="harness.models.build:BUILD",
+    name="harness.checks.subject_build:BUILD",
     description="train a subject under the pinned numerics and write its whole tensors (safetensors)",
     params=BuildParams,
     metrics={},
@@ -96,43 +97,10 @@ BUILD = Check(
 
 
 def build_case(name: str, export_to: Path | None = None) -> Case:
-    spec, _ = _base(name)
+    spec, _ = split_name(name)
     params = {"subject": name} | ({"export_to": str(export_to.resolve())} if export_to else {})
     return Case(
         id=f"build/{name}", suite="build", check=BUILD.name, model=spec.name, spec=spec, layout=Layout(1, 1), optimization="none",
         params=params, platform="cpu", world_size=1, markers=("build",), tolerances={}, budgets={},
         timeout_s=BUILD_TIMEOUT_S, seed=BUILD_SEED, source="harness models build",
     )
-
-
-def _in_worker(case: Case, artifacts: Path) -> CaseOutcome:
-    from harness.launchers.local import LocalLauncher
-
-    launcher = LocalLauncher(artifacts)
-    try:
-        outcome = launcher.launch(case)
-    finally:
-        launcher.close()
-    if outcome.error is not None:
-        raise SubjectError(f"{case.id} failed:\n{outcome.error}")
-    return outcome
-
-
-def export(name: str, directory: Path, artifacts: Path) -> None:
-    """The shipped model ``name`` as a megatron torch_dist checkpoint (what real users load with ``torch_dist:``)."""
-    if HeadsName.parse(name):
-        raise SubjectError(f"{name} is draft heads: export a model subject")
-    manifest().verified_file(name)
-    _in_worker(build_case(name, directory), artifacts)
-
-
-def build(name: str, artifacts: Path, provenance: dict[str, Any]) -> tuple[str, dict[str, float]]:
-    """Train ``name`` in a fresh world-1 worker, ship its file and manifest entry; (sha256, metrics)."""
-    spec, heads = _base(name)
-    shipped = manifest()
-    requires = {spec.name: shipped.expected_hash(spec.name)} if heads else {}
-    outcome = _in_worker(build_case(name), artifacts)
-    keep = ("versions", "python", "cpu_model", "cpu_isa_flags", "cpu_pins", "environments", "commit", "date")
-    info = {"kind": "draft-heads" if heads else "model", "recipe": recipe_of(name), "requires": requires,
-            "built": {**{k: provenance[k] for k in keep if k in provenance}, **{k: round(v, 3) for k, v in outcome.metrics.items()}}}
-    return shipped.record(name, Path(outcome.artifacts) / SUBJECT_FILE, info), outcome.metrics
