@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from harness.checks.subject_build import SUBJECT_FILE, build_case, recipe_of, split_name
+from harness.exit_codes import EXIT_FAILED, EXIT_USAGE
 from harness.launchers.local import LocalLauncher
 from harness.models.subjects import HeadsName, SubjectError, manifest
 from harness.provenance import provenance
 from harness.records import Case, CaseOutcome
-
-EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

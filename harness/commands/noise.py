@@ -11,6 +11,7 @@ from pathlib import Path
 
 from harness.baselines import BaselineStore
 from harness.environment import fingerprint
+from harness.exit_codes import EXIT_USAGE
 from harness.launchers.local import LocalLauncher
 from harness.noise import DEFAULT_VARIATIONS, REFERENCE, REPEAT, VARIATIONS, CaseNoise, Variation, noise_path, write_case_noise
 from harness.pipeline import launch, with_reference
@@ -19,7 +20,6 @@ from harness.schedule import Scheduled
 from harness.selection import ExpressionError
 from harness.suites.yaml_lines import SuiteError
 
-EXIT_USAGE = 2
 SHOWN = 5  # metrics printed per case, the most moved first
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from harness.atomic import write_json_atomic, write_text_atomic
 from harness.baselines import BaselineStore, compare
+from harness.exit_codes import EXIT_FAILED, EXIT_USAGE
 from harness.launchers.common import MUTATION_VARIABLE
 from harness.launchers.local import LocalLauncher
 from harness.mutations import MUTATIONS
@@ -22,7 +23,6 @@ from harness.provenance import provenance
 from harness.records import Case, CaseResult, MetricResult, Verdict
 from harness.schedule import Scheduled, skip_reason
 
-EXIT_FAILED, EXIT_USAGE = 1, 2
 REQUIRED_SCORE = 0.9  # share of the defects a full run must catch with a portable metric
 REPORT = "sensitivity.json"
 

@@ -8,14 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from harness.launchers.batch import Backend, BatchLauncher
 from harness.launchers.container import ContainerBackend
 from harness.launchers.local import LocalLauncher
 from harness.launchers.settings import LaunchSettings
 from harness.launchers.slurm import SlurmBackend
-from harness.pipeline import Launcher
-from harness.records import Case
+from harness.records import Case, CaseOutcome
+
+
+class Launcher(Protocol):
+    def launch(self, case: Case) -> CaseOutcome: ...
+
+    def close(self) -> None: ...
 
 
 def _local(settings: LaunchSettings, upcoming: list[Case]) -> Launcher:
