@@ -114,7 +114,7 @@ def case_subjects(case: Case) -> dict[str, str]:
     """sha256 of every shipped subject ``case`` runs on (its model, a KD teacher, trained draft heads)."""
     from harness.checks import get_check
 
-    names = ([case.model] if case.spec.recipe is not None else []) + get_check(case.check).subjects(case.params, case.model)
+    names = ([case.model] if case.model_spec.recipe is not None else []) + get_check(case.check).subjects(case.params, case.model)
     shipped = manifest()
     return {name: shipped.expected_hash(name) for name in names}
 

@@ -266,7 +266,7 @@ class Case:
     suite: str
     check: str
     model: str
-    spec: ModelSpec  # what ``model`` names: architecture and where its weights come from
+    model_spec: ModelSpec  # what ``model`` names: architecture and where its weights come from
     layout: Layout
     optimization: str
     params: dict[str, Any]

@@ -115,7 +115,7 @@ def test_an_environment_without_baselines_judges_invariants_only(tmp_path: Path)
 
 def test_baselines_live_per_environment_and_record_the_subjects(tmp_path: Path) -> None:
     here = {"cpu": "cpu-x86_64-avx2"}
-    case = replace(make_case(), model="tiny-gpt-trained", spec=ZOO["tiny-gpt-trained"])
+    case = replace(make_case(), model="tiny-gpt-trained", model_spec=ZOO["tiny-gpt-trained"])
     store = BaselineStore(tmp_path, here)
     compare(CaseOutcome(case, {"x": 1.0}, None, 1.0, "/a"), store, update=True, provenance={"cpu_model": "test"})
     saved = json.loads((tmp_path / "cpu-x86_64-avx2" / "s.json").read_text())

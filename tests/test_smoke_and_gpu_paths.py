@@ -32,11 +32,11 @@ def test_every_smoke_id_is_a_gpu_case_and_the_expression_selects_exactly_them() 
 
 def test_gpu_cases_build_the_modelopt_spec_and_cpu_cases_the_local_one() -> None:
     cases = collect(SUITES, TWO_GPUS)
-    layers = {(case.platform, case.spec.layers) for case in cases if case.model != "tiny-gpt-layernorm"}
+    layers = {(case.platform, case.model_spec.layers) for case in cases if case.model != "tiny-gpt-layernorm"}
     assert layers == {("cpu", "local"), ("gpu", "modelopt")}
     # the LayerNorm model's subject is torch's LayerNorm, on every platform
-    assert {case.spec.layers for case in cases if case.model == "tiny-gpt-layernorm"} == {"local"}
-    assert {case.spec.dtype for case in cases} == {"fp32", "bf16"}
+    assert {case.model_spec.layers for case in cases if case.model == "tiny-gpt-layernorm"} == {"local"}
+    assert {case.model_spec.dtype for case in cases} == {"fp32", "bf16"}
 
 
 def test_the_gpu_layer_spec_is_transformer_engines(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,11 +8,11 @@ validate suites and must stay fast.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, PositiveInt
+from pydantic import BaseModel, ConfigDict, PositiveInt, create_model
 
 from harness.records import DEVICE_MEMORY, INFORMATIONAL, PEAK_MEMORY, Budget, Case, Layout, Tolerance
 
@@ -24,16 +24,15 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class LayoutModel(StrictModel):
-    tp: PositiveInt = 1
-    pp: PositiveInt = 1
-    ep: PositiveInt = 1
-    sp: bool = False
-    vpp: PositiveInt = 1
-    cp: PositiveInt = 1
-
+class _LayoutFields(StrictModel):
     def layout(self) -> Layout:
-        return Layout(self.tp, self.pp, self.ep, self.sp, self.vpp, self.cp)
+        return Layout(**self.model_dump())
+
+
+# A layout as suites write it ({tp: 2, pp: 1, sp: true}): records.Layout's own fields, each size at least 1;
+# declared once, there, so a new axis is one field of Layout.
+LayoutModel = create_model("LayoutModel", __base__=_LayoutFields,
+                           **{f.name: (PositiveInt if f.type in (int, "int") else f.type, f.default) for f in fields(Layout)})
 
 
 @dataclass(frozen=True)

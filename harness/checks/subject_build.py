@@ -100,7 +100,7 @@ def build_case(name: str, export_to: Path | None = None) -> Case:
     spec, _ = split_name(name)
     params = {"subject": name} | ({"export_to": str(export_to.resolve())} if export_to else {})
     return Case(
-        id=f"build/{name}", suite="build", check=BUILD.name, model=spec.name, spec=spec, layout=Layout(1, 1), optimization="none",
+        id=f"build/{name}", suite="build", check=BUILD.name, model=spec.name, model_spec=spec, layout=Layout(1, 1), optimization="none",
         params=params, platform="cpu", world_size=1, markers=("build",), tolerances={}, budgets={},
         timeout_s=BUILD_TIMEOUT_S, seed=BUILD_SEED, source="harness models build",
     )

@@ -102,7 +102,7 @@ def run_task(task: Task, rank: int) -> RankReply:
         check = get_check(task.case.check)
         context = CheckContext(
             case=task.case,
-            model=task.case.spec,
+            model=task.case.model_spec,
             params=check.params.model_validate(task.case.params),
             artifacts=Path(task.artifacts),
         )

@@ -69,10 +69,10 @@ def _value_token(value: Any) -> str:
 
 def _limits(suite: Suite, overrides: list[OverrideModel]) -> tuple[dict[str, Tolerance], dict[str, Budget]]:
     """Tolerances and budgets: check defaults < suite < the case's overrides."""
-    tolerances = {name: spec.tolerance for name, spec in suite.check.metrics.items()}
-    tolerances.update({name: t.tolerance() for name, t in suite.spec.tolerances.items()})
-    budgets = {name: spec.budget for name, spec in suite.check.metrics.items() if spec.budget is not None}
-    budgets.update({name: b.budget() for name, b in suite.spec.budgets.items()})
+    tolerances = {name: metric.tolerance for name, metric in suite.check.metrics.items()}
+    tolerances.update({name: t.tolerance() for name, t in suite.declared.tolerances.items()})
+    budgets = {name: metric.budget for name, metric in suite.check.metrics.items() if metric.budget is not None}
+    budgets.update({name: b.budget() for name, b in suite.declared.budgets.items()})
     for override in overrides:
         tolerances.update({name: t.tolerance() for name, t in override.tolerances.items()})
         budgets.update({name: b.budget() for name, b in override.budgets.items()})
@@ -80,20 +80,20 @@ def _limits(suite: Suite, overrides: list[OverrideModel]) -> tuple[dict[str, Tol
 
 
 def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platform: str, resources: Resources) -> tuple[Case | None, list[str]]:
-    spec, check, lines = suite.spec, suite.check, suite.lines
+    declared, check, lines = suite.declared, suite.check, suite.lines
     layout: Layout = chosen["layout"].layout()
     check_params = {k: v for k, v in chosen.items() if k not in CORE_AXES}
     try:
-        params = check.params.model_validate({**spec.params, **check_params})
+        params = check.params.model_validate({**declared.params, **check_params})
     except ValidationError as err:
         return None, [lines.problem(where.get(str(e["loc"][0]), ("params",)) if e["loc"] else ("params",), e["msg"]) for e in err.errors()]
     params = check.normalize(layout, params)
     matched = {**chosen, "platform": platform}
-    if any(_matches(suite, entry, matched, layout, params) for entry in spec.exclude):
+    if any(_matches(suite, entry, matched, layout, params) for entry in declared.exclude):
         return None, []
     # The overrides that name this case, decided once on the case as the matrix made it (an override's
     # params never decide which other overrides apply).
-    overrides = [o for o in spec.overrides if _matches(suite, o.when, matched, layout, params)]
+    overrides = [o for o in declared.overrides if _matches(suite, o.when, matched, layout, params)]
     for override in (o for o in overrides if o.params):
         try:
             params = check.normalize(layout, check.params.model_validate({**params.model_dump(), **override.params}))
@@ -127,16 +127,16 @@ def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platfor
     extra = [f"{k}={_value_token(suite.canonical(k, getattr(params, k)))}" for k in check_params if k not in check.label_params]
     # fp32 is implicit in ids, so the ids (and baselines) of fp32 cases did not change with the dtype axis.
     dtype = [] if chosen["dtype"] == "fp32" else [chosen["dtype"]]
-    case_id = "/".join([spec.suite, chosen["model"], check.label(layout, params), chosen["optimization"], *dtype, *extra])
+    case_id = "/".join([declared.suite, chosen["model"], check.label(layout, params), chosen["optimization"], *dtype, *extra])
     parallel = set().union(*(each.markers for each in layouts.values()))
-    markers = (*spec.markers, check.name, chosen["model"], chosen["optimization"], chosen["dtype"], platform, *sorted(parallel),
-               *(("slow",) if spec.slow or any(o.slow for o in overrides) else ()))
+    markers = (*declared.markers, check.name, chosen["model"], chosen["optimization"], chosen["dtype"], platform, *sorted(parallel),
+               *(("slow",) if declared.slow or any(o.slow for o in overrides) else ()))
     return Case(
         id=case_id,
-        suite=spec.suite,
-        check=spec.check,
+        suite=declared.suite,
+        check=declared.check,
         model=chosen["model"],
-        spec=model,
+        model_spec=model,
         layout=layout,
         optimization=chosen["optimization"],
         params=params.model_dump(mode="json"),
@@ -145,12 +145,12 @@ def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platfor
         markers=tuple(dict.fromkeys(markers)),
         tolerances=tolerances,
         budgets=budgets,
-        timeout_s=spec.timeout_s,
-        seed=spec.seed,
+        timeout_s=declared.timeout_s,
+        seed=declared.seed,
         source=f"{suite.path}:{lines.line(('matrix',))}",
 
         known_defect=next((KnownDefect(k.defect, {name: b.budget() for name, b in k.symptom.items()}, k.id, k.upstream, tuple(k.affects))
-                           for k in spec.known_defects if _matches(suite, k.when, matched, layout, params) and installed_within(k.versions)),
+                           for k in declared.known_defects if _matches(suite, k.when, matched, layout, params) and installed_within(k.versions)),
                           None),
     ), []
 
@@ -171,11 +171,11 @@ def expand_suite(suite: Suite, resources: Resources) -> list[Case]:
     names = list(suite.axes)
     cases: dict[str, Case] = {}
     problems: list[str] = list(suite.problems)
-    for platform in suite.spec.platforms:
+    for platform in suite.declared.platforms:
         for indices in itertools.product(*(range(len(suite.axes[n])) for n in names)):
             chosen = {n: suite.axes[n][i] for n, i in zip(names, indices, strict=True)}
             where = {n: ("matrix", n, i) for n, i in zip(names, indices, strict=True)}
-            where.update({k: ("params", k) for k in suite.spec.params})
+            where.update({k: ("params", k) for k in suite.declared.params})
             case, found = _case(suite, chosen, where, platform, resources)
             problems.extend(p for p in found if p not in problems)
             if case is None:

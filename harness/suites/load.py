@@ -26,7 +26,7 @@ MATCH_KEYS = (*CORE_AXES, "platform")  # what an exclude/when entry may name bes
 @dataclass(frozen=True)
 class Suite:
     path: str
-    spec: SuiteModel
+    declared: SuiteModel  # the file as validated
     check: Check
     lines: LineMap
     axes: dict[str, list[Any]]  # every matrix axis with its validated values, in declaration order
@@ -35,7 +35,7 @@ class Suite:
 
     def canonical(self, axis: str, value: Any) -> Any:
         """A comparable form of an axis value (for exclude and overrides)."""
-        adapter = _adapter(self.spec.check, axis)
+        adapter = _adapter(self.declared.check, axis)
         return adapter.dump_python(adapter.validate_python(value), mode="json")
 
 
@@ -263,9 +263,9 @@ def load_suites(paths: list[str | Path]) -> list[Suite]:
             problems.extend(err.problems)
     names: dict[str, str] = {}
     for suite in suites:
-        if suite.spec.suite in names:
-            problems.append(suite.lines.problem(("suite",), f"suite name {suite.spec.suite!r} is also used by {names[suite.spec.suite]}"))
-        names[suite.spec.suite] = suite.path
+        if suite.declared.suite in names:
+            problems.append(suite.lines.problem(("suite",), f"suite name {suite.declared.suite!r} is also used by {names[suite.declared.suite]}"))
+        names[suite.declared.suite] = suite.path
     if problems:
         raise SuiteError([*problems, *(line for suite in suites for line in suite.problems)])
     return suites
