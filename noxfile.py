@@ -41,7 +41,7 @@ def tests(session: nox.Session) -> None:
 def unit(session: nox.Session) -> None:
     """The inner loop: the harness's own tests that start no worker (seconds each)."""
     install_cpu(session)
-    session.run("pytest", "-m", "not e2e", "tests", *session.posargs)
+    session.run("pytest", "tests/unit", *session.posargs)
 
 
 @nox.session

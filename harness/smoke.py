@@ -1,7 +1,7 @@
 """The GPU smoke selection: one representative GPU case of every check and of every GPU-only path,
 small enough to run, record and report on one GPU in a few minutes (``nox -s gpu_smoke``, the single
 command of a short borrowed GPU session). Cases needing two GPUs skip with the reason on one.
-tests/test_smoke.py keeps every id here a real case of the suites."""
+tests/unit/test_gpu_paths.py keeps every id here a real case of the suites."""
 
 from __future__ import annotations
 

@@ -239,7 +239,7 @@ _ONE_SIDED = Tolerance(direction=Direction.HIGHER_IS_BETTER)  # a drop fails (by
 # for its baseline to be re-recorded. Never tighter than the ratio's measured noise nor its interval's.
 _DRAFT_COST = Tolerance(rel=0.1, direction=Direction.LOWER_IS_BETTER, refresh_rel=0.2)
 # One-sided: a drop of more than 5% fails. The interval budget keeps the median's own noise well inside
-# that, so a 10% slower speculative path fails (tests/test_spec_speed.py) and a healthy one passes.
+# that, so a 10% slower speculative path fails (tests/e2e/test_spec_speed.py) and a healthy one passes.
 _TIME = Tolerance(rel=0.05, direction=Direction.HIGHER_IS_BETTER, refresh_rel=0.2)
 
 CHECK = Check(

@@ -18,7 +18,7 @@ from harness.reports.history import History
 from harness.reports.html import html
 from harness.reports.render import markdown
 from harness.reports.trends import Analysis, Settings, analyse
-from tests.test_baselines_and_select import make_case
+from tests.support.cases import make_case
 
 STABLE, FLAKY, DRIFTING = "s/tiny-gpt/tp1pp1/none", "s/tiny-gpt/tp2pp1/none", "s/tiny-gpt/tp1pp2/none"
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT
+
 WORKER_CODE = ("harness/runtime", "harness/checks", "harness/evals")
 FACTORIES = {"empty", "zeros", "ones", "full", "tensor", "arange", "randint", "randn", "rand", "eye", "linspace"}
 HOST_SIDE = {

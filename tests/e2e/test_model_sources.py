@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from tests.hf_fixtures import write_tiny_llama, write_tiny_qwen3_moe
+from tests.support.hf_fixtures import write_tiny_llama, write_tiny_qwen3_moe
 
 pytestmark = pytest.mark.e2e
 

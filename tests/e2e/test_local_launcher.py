@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 
 from harness.cli import EXIT_FAILED, main
-from tests.conftest import CPU_ENV
-from tests.fault_checks import fault_suite
+from tests.conftest import CPU_ENV, ROOT
+from tests.support.fault_checks import fault_suite
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
 
 

@@ -1,5 +1,5 @@
 """Checks that misbehave on purpose, named by import path from test suites
-(``check: tests.fault_checks:SLEEPS``): the launcher must survive them."""
+(``check: tests.support.fault_checks:SLEEPS``): the launcher must survive them."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ FILLS = Check("fills", "writes params.kib KiB into the case's artifacts", FillPa
 
 def fault_suite(name: str, check: str, seconds: float, timeout_s: float) -> str:
     """A TP=2 suite running one of these checks (``check`` names it: SLEEPS, CRASHES, RAISES)."""
-    return (f"suite: {name}\ncheck: tests.fault_checks:{check}\ntimeout_s: {timeout_s}\n"
+    return (f"suite: {name}\ncheck: tests.support.fault_checks:{check}\ntimeout_s: {timeout_s}\n"
             f"params: {{seconds: {seconds}}}\nmatrix:\n  model: [tiny-gpt]\n  layout: [{{tp: 2, pp: 1}}]\n")
 
 

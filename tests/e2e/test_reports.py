@@ -19,9 +19,8 @@ import pytest
 
 from harness.cli import EXIT_FAILED, main
 from harness.reports.history import History
-from tests.conftest import CPU_ENV, wait_for
+from tests.conftest import CPU_ENV, ROOT, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 CKPT_CASE = "ckpt/tiny-gpt/tp1pp1/none"
 ONLY_TP1 = "tp1pp1 and none and not tp2pp1 and not tp1pp2 and not bf16"
 pytestmark = pytest.mark.e2e
@@ -29,7 +28,7 @@ pytestmark = pytest.mark.e2e
 
 def emits_suite(folder: Path, value: float) -> Path:
     path = folder / "emits.yaml"
-    path.write_text(f"suite: emits\ncheck: tests.fault_checks:EMITS\nparams: {{value: {value}}}\nmatrix:\n  model: [tiny-gpt]\n")
+    path.write_text(f"suite: emits\ncheck: tests.support.fault_checks:EMITS\nparams: {{value: {value}}}\nmatrix:\n  model: [tiny-gpt]\n")
     return path
 
 
@@ -88,7 +87,7 @@ def recorded_cases(history: Path) -> list[tuple[str, str]]:
 
 def start_run(tmp_path: Path, write_suite: Callable[[str, str], Path], seconds: list[float]) -> tuple[subprocess.Popen, Path]:
     """``harness run`` in its own process: one quick sleeping case per entry of ``seconds``, in order."""
-    suites = [write_suite(f"suite: s{i}\ncheck: tests.fault_checks:SLEEPS\ntimeout_s: 300\nparams: {{seconds: {s}}}\n"
+    suites = [write_suite(f"suite: s{i}\ncheck: tests.support.fault_checks:SLEEPS\ntimeout_s: 300\nparams: {{seconds: {s}}}\n"
                           "matrix:\n  model: [tiny-gpt]\n", f"s{i}.yaml") for i, s in enumerate(seconds)]
     history = tmp_path / "history.sqlite"
     command = [sys.executable, "-m", "harness.cli", "run", *map(str, suites), "--baselines", str(tmp_path / "none"),
@@ -140,7 +139,7 @@ def test_a_terminal_shows_the_progress_bar(tmp_path: Path, write_suite) -> None:
     import pty
     import re
 
-    suite = write_suite("suite: bar\ncheck: tests.fault_checks:SLEEPS\nparams: {seconds: 0.1}\nbudgets: {slept_s: {max: 0.01}}\n"
+    suite = write_suite("suite: bar\ncheck: tests.support.fault_checks:SLEEPS\nparams: {seconds: 0.1}\nbudgets: {slept_s: {max: 0.01}}\n"
                         "matrix:\n  model: [tiny-gpt]\n", "bar.yaml")
     leader, follower = pty.openpty()
     command = [sys.executable, "-m", "harness.cli", "run", str(suite), "--baselines", str(tmp_path / "none"),

@@ -21,8 +21,8 @@ from harness.launchers.settings import LaunchSettings
 from harness.launchers.slurm import Shape, SlurmBackend, batch_script, sbatch_command, shape, srun_command, time_limit
 from harness.pipeline import collect
 from harness.suites.expand import Resources
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 NGC = "nvcr.io#nvidia/pytorch:25.10-py3"
 
 

@@ -12,7 +12,7 @@ from harness.cli import main
 from harness.records import Budget, CaseOutcome, CaseResult, KnownDefect
 from harness.reports.history import History
 from harness.reports.junit import junit_xml
-from tests.test_baselines_and_select import make_case
+from tests.support.cases import make_case
 
 
 def results(tmp_path: Path, x: float) -> CaseResult:

@@ -17,7 +17,7 @@ from harness.reports.history import History
 
 pytestmark = pytest.mark.e2e
 
-FILL_SUITE = ("suite: fills\ncheck: tests.fault_checks:FILLS\ntimeout_s: 120\n"
+FILL_SUITE = ("suite: fills\ncheck: tests.support.fault_checks:FILLS\ntimeout_s: 120\n"
               "matrix:\n  model: [tiny-gpt]\n  kib: [256, 4096, 128]\n")
 
 

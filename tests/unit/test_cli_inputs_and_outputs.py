@@ -14,10 +14,9 @@ from harness.baselines import BaselineStore, compare
 from harness.cli import EXIT_USAGE, main
 from harness.outputs import ResultStores
 from harness.reports.history import History
-from tests.conftest import CPU_ENV
-from tests.test_baselines_and_select import make_case
+from tests.conftest import CPU_ENV, ROOT
+from tests.support.cases import make_case
 
-ROOT = Path(__file__).resolve().parent.parent
 CKPT = str(ROOT / "suites" / "ckpt.yaml")
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from harness.cli import EXIT_FAILED, main
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
 
 

@@ -10,6 +10,7 @@ import pytest
 from harness.suites.expand import Resources, expand
 from harness.suites.load import load_suites
 from harness.suites.yaml_lines import SuiteError
+from tests.conftest import ROOT
 
 TWO_RANKS = Resources(cpu_ranks=2, gpus=0)
 
@@ -152,8 +153,7 @@ def test_an_override_sets_params_of_the_cases_it_names_and_no_id_changes(write_s
 
 
 def test_real_suites_are_valid() -> None:
-    root = Path(__file__).resolve().parent.parent
-    cases = expand(load_suites(sorted((root / "suites").glob("*.yaml"))), TWO_RANKS)
+    cases = expand(load_suites(sorted((ROOT / "suites").glob("*.yaml"))), TWO_RANKS)
     ckpt = [c for c in cases if c.suite == "ckpt" and c.platform == "cpu"]
     assert len(ckpt) >= 8
     tokens = {c.id.split("/")[2] for c in ckpt}
@@ -172,7 +172,7 @@ def test_cli_reports_suite_errors_without_traceback(write_suite, capsys) -> None
 
 
 def test_quant_suite_covers_formats_and_layouts() -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     cases = expand(load_suites([root / "suites" / "quant.yaml"]), TWO_RANKS)
     runnable = [c for c in cases if c.platform == "cpu" and c.optimization != "nvfp4"]
     assert len(runnable) >= 8

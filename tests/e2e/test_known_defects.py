@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from harness.cli import EXIT_FAILED, main
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
 DEFECTIVE = "ckpt-layernorm/tiny-gpt-layernorm/tp1pp1/int8_sq"
 WORKAROUND = "ckpt-layernorm/tiny-gpt-layernorm/tp1pp1/int8_sq+skip_layernorm"

@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 
 from harness.cli import EXIT_FAILED, main
-from tests.conftest import CPU_ENV, measured_cases, wait_for
-from tests.fault_checks import fault_suite
-from tests.slurm_cluster import local_cluster, missing, queued
+from tests.conftest import CPU_ENV, ROOT, measured_cases, wait_for
+from tests.support.fault_checks import fault_suite
+from tests.support.slurm_cluster import local_cluster, missing, queued
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
 REQUIRED = bool(os.environ.get("HARNESS_REQUIRE_SLURM"))
 

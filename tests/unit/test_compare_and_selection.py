@@ -9,17 +9,10 @@ from pathlib import Path
 import pytest
 
 from harness.baselines import BaselineStore, compare
-from harness.models.zoo import ZOO
-from harness.records import Case, CaseOutcome, CaseResult, Direction, Layout, Tolerance, Verdict
+from harness.records import Budget, CaseOutcome, CaseResult, Direction, Tolerance, Verdict
 from harness.report import summary
 from harness.selection import ExpressionError, compile_expression, select
-
-
-def make_case(case_id: str = "s/tiny-gpt/tp1pp1/none", markers: tuple[str, ...] = ("s", "cpu")) -> Case:
-    return Case(id=case_id, suite="s", check="ckpt_roundtrip", model="tiny-gpt", model_spec=ZOO["tiny-gpt"], layout=Layout(), optimization="none",
-                params={}, platform="cpu", world_size=1, markers=markers,
-                tolerances={"x": Tolerance(abs=0.1), "speed": Tolerance(rel=0.1, direction=Direction.HIGHER_IS_BETTER)},
-                budgets={}, timeout_s=10, seed=1, source="s.yaml:1")
+from tests.support.cases import make_case
 
 
 @pytest.mark.parametrize(
@@ -193,3 +186,15 @@ def test_select_by_keyword_and_marker() -> None:
              make_case("s/m/tp1pp2->tp1pp1/none", ("none", "pp2"))]
     assert [c.id for c in select(cases, keyword="tp1pp1")] == ["s/m/tp1pp1/fp8", "s/m/tp1pp2->tp1pp1/none"]
     assert [c.id for c in select(cases, markexpr="fp8 and not tp2")] == ["s/m/tp1pp1/fp8"]
+
+
+def test_budget_fails_whatever_the_baseline(tmp_path: Path) -> None:
+    case = make_case()
+    case = type(case)(**{**case.__dict__, "budgets": {"x": Budget(min=-0.5)}})
+    store = BaselineStore(tmp_path)
+    outcome = CaseOutcome(case, {"x": -0.7, "speed": 1.0}, None, 1.0, "/a")
+    result = compare(outcome, store, update=True, provenance={})
+    assert result.verdict is Verdict.FAIL  # recording cannot launder a budget breach
+    assert "x: measured -0.7, baseline none, tolerance abs 0.1, budget [-0.5, inf] -> fail" in result.message()
+    ok = CaseOutcome(case, {"x": -0.2, "speed": 1.0}, None, 1.0, "/a")
+    assert compare(ok, store, update=True, provenance={}).verdict is Verdict.UPDATED

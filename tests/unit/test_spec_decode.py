@@ -45,7 +45,7 @@ def test_mtbench_scores_every_question_first_turn_only(tmp_path: Path) -> None:
 def test_mtbench_goes_through_the_chat_template_of_a_tokenizer_that_has_one(tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    from tests.hf_fixtures import write_tiny_llama
+    from tests.support.hf_fixtures import write_tiny_llama
 
     tokenizer = AutoTokenizer.from_pretrained(write_tiny_llama(tmp_path / "llama"))
     path = write_questions(tmp_path / "question.jsonl", [{"question_id": 1, "category": "math", "turns": ["w5 w6"]}])

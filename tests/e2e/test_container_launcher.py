@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from harness.cli import EXIT_USAGE, main
-from tests.conftest import TP2_CASES, measured_cases
+from tests.conftest import ROOT, TP2_CASES, measured_cases
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
 REQUIRED = bool(os.environ.get("HARNESS_REQUIRE_CONTAINER"))
 IMAGE_INPUTS = ("harness/**/*.py", "pyproject.toml", "containers/Containerfile.cpu", "containers/build-cpu-image.sh")

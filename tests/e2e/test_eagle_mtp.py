@@ -1,21 +1,16 @@
-"""modelopt's Megatron EAGLE on CPU: where its Transformer Engine stand-ins apply, and the MTP defect the
-harness works around (``drafts._reuse_base_config``), shown on the installed modelopt in a real rank."""
-
+"""modelopt's Megatron EAGLE-MTP on CPU, end to end: the defect its reuse of the base decoder hits (config fields
+missing) and the workaround that drafts."""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from harness.launchers.local import free_port
-from harness.runtime import drafts
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
-
-# One gloo rank: the tiny GPT converted by mtsp.convert with EAGLE_MTP's config, without and with the workaround.
 _CONVERT_MTP = """
 import json, sys, torch.distributed as dist
 from harness.runtime.cpu_compat import apply_cpu_adaptations
@@ -28,6 +23,7 @@ from harness.runtime.distributed import model_parallel
 from harness.runtime.drafts import ALGORITHMS
 from harness.runtime.speculative import with_drafts
 from harness.runtime.subject import build_model
+from tests.conftest import ROOT
 spec, mtp = ZOO["tiny-gpt"], ALGORITHMS["eagle_mtp"]
 with model_parallel(Layout(1, 1), 1234):
     try:
@@ -40,15 +36,6 @@ with model_parallel(Layout(1, 1), 1234):
     base, drafts = model.pseudo_speculative_generate(torch.arange(1, 9).unsqueeze(0), steps=2)
 print(json.dumps({"applied": applied, "unpatched": unpatched, "drafts": list(drafts.shape)}))
 """
-
-
-
-def test_eagle_runs_on_cpu_only_on_the_modelopt_its_stand_ins_were_verified_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert drafts.eagle_blocker() is None  # the pinned modelopt
-    monkeypatch.setattr(drafts, "version", lambda package: "0.46.1")
-    reason = drafts.ALGORITHMS["eagle3"].cpu_blocker()
-    assert reason is not None and "verified on nvidia-modelopt [0.47.0, 0.48.0), not 0.46.1" in reason
-    assert drafts.ALGORITHMS["medusa"].cpu_blocker() is None
 
 
 @pytest.mark.e2e
