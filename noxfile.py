@@ -57,6 +57,7 @@ def docs(session: nox.Session) -> None:
     """Regenerate docs/measured/ from what is recorded (tests fail while a generated page is stale)."""
     install_cpu(session)
     session.run("harness", "baselines", "--markdown", "docs/measured/baselines.md")
+    session.run("harness", "models", "list", "--markdown", "docs/measured/subjects.md")
 
 
 @nox.session

@@ -8,18 +8,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness.atomic import write_text_atomic
 from harness.checks.subject_build import SUBJECT_FILE, build_case, recipe_of, split_name
 from harness.exit_codes import EXIT_FAILED, EXIT_USAGE
 from harness.launchers.local import LocalLauncher
 from harness.models.subjects import HeadsName, SubjectError, manifest
 from harness.provenance import provenance
 from harness.records import Case, CaseOutcome
+from harness.reports.measured import subjects_markdown
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     models = sub.add_parser("models", help="shipped subjects: the trained weights cases load (see README: Environments)")
     models_sub = models.add_subparsers(dest="models_command", required=True)
-    models_sub.add_parser("list", help="every shipped subject with its sha256, size and recipe")
+    listing = models_sub.add_parser("list", help="every shipped subject with its sha256, size and recipe")
+    listing.add_argument("--markdown", type=Path, metavar="FILE", help="write the table to FILE instead (docs/measured/subjects.md)")
     models_sub.add_parser("verify", help="check every shipped file against its manifest hash (exit 1 on a mismatch)")
     build = models_sub.add_parser("build", help="train a subject under the pinned numerics, ship it, print its new hash")
     build.add_argument("name", help="tiny-gpt-trained, or draft heads on it: tiny-gpt-trained+medusa-k2-t150")
@@ -73,6 +76,10 @@ def main(args: argparse.Namespace) -> int:
         if args.models_command == "export":
             export(args.name, args.directory, args.artifacts)
             print(f"{args.name}: torch_dist checkpoint written to {args.directory}")
+            return 0
+        if args.models_command == "list" and args.markdown is not None:
+            write_text_atomic(args.markdown, subjects_markdown(shipped.entries()))
+            print(f"written: {args.markdown}")
             return 0
         problems = shipped.problems()
     except SubjectError as err:

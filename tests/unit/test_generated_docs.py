@@ -10,10 +10,12 @@ import pytest
 from tests.conftest import ROOT
 
 
-def test_the_recorded_baselines_page_is_current(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("page", "command"), [("baselines.md", ["baselines", "--markdown"]),
+                                              ("subjects.md", ["models", "list", "--markdown"])])
+def test_a_generated_page_is_current(page: str, command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from harness.cli import main
 
     monkeypatch.chdir(ROOT)
-    assert main(["baselines", "--markdown", str(tmp_path / "baselines.md")]) == 0
-    committed = ROOT / "docs" / "measured" / "baselines.md"
-    assert committed.read_text() == (tmp_path / "baselines.md").read_text(), "docs/measured/baselines.md is stale: run `nox -s docs`"
+    assert main([*command, str(tmp_path / page)]) == 0
+    committed = ROOT / "docs" / "measured" / page
+    assert committed.read_text() == (tmp_path / page).read_text(), f"docs/measured/{page} is stale: run `nox -s docs`"
