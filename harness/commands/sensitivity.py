@@ -55,14 +55,33 @@ class CaseRun:
     error: str | None = None
     skipped: str | None = None
     catches: tuple[Catch, ...] = ()
+    broken: bool = False  # the error was raised by the mutation's own code: the self-test is wrong, nothing was caught
 
     @property
     def caught(self) -> bool:
-        return self.error is not None or bool(self.catches)
+        return (self.error is not None and not self.broken) or bool(self.catches)
 
     @property
     def caught_portably(self) -> bool:
-        return self.error is not None or any(c.portable for c in self.catches)
+        return (self.error is not None and not self.broken) or any(c.portable for c in self.catches)
+
+
+def _traceback(error: str) -> list[str]:
+    """The worker's traceback: the case error's lines before the log tail the launcher appends."""
+    lines = error.strip().splitlines()
+    tail = next((i for i, line in enumerate(lines) if line.startswith("--- rank")), len(lines))
+    return [line for line in lines[:tail] if line.strip()]
+
+
+def _raised(error: str) -> str:
+    """The exception a mutated case ended with (its traceback's last line)."""
+    lines = _traceback(error)
+    return (lines[-1] if lines else error.strip())[:300]
+
+
+def _in_mutation(error: str) -> bool:
+    frames = [line for line in _traceback(error) if line.lstrip().startswith('File "')]
+    return bool(frames) and "harness/mutations/" in frames[-1]
 
 
 @dataclass
@@ -87,7 +106,7 @@ def run_case(mutation: Mutation, case: Case, launcher: LocalLauncher, store: Bas
         return CaseRun(mutation.name, case.key, case.check, skipped=skip)
     outcome = launch(with_reference(Scheduled(case, None), store, update=False), launcher, artifacts)
     if outcome.error is not None:
-        return CaseRun(mutation.name, case.key, case.check, error=outcome.error.strip().splitlines()[-1][:300])
+        return CaseRun(mutation.name, case.key, case.check, error=_raised(outcome.error), broken=_in_mutation(outcome.error))
     applied = [a for pool in launcher.pools.values() for a in pool.adaptations if a.startswith(f"MUTATION {mutation.name}:")]
     if not applied:
         return CaseRun(mutation.name, case.key, case.check, skipped="the workers did not report the mutation applied")
@@ -140,7 +159,7 @@ def markdown(runs: list[CaseRun], total: Score, table: dict[str, Score]) -> str:
         if run.skipped is not None:
             found = f"skipped: {run.skipped}"
         elif run.error is not None:
-            found = f"error: {run.error}"
+            found = f"{'**broken mutation**' if run.broken else 'error'}: {run.error}"
         else:
             portable = [c for c in run.catches if c.portable]
             shown = (portable or list(run.catches))[:4]
@@ -180,7 +199,7 @@ def main(args: argparse.Namespace) -> int:
                 for key in mutation.cases:
                     run = run_case(mutation, cases[key], launcher, store, info, args.artifacts, skip_reason(cases[key], resources))
                     runs.append(run)
-                    verdict = ("skipped" if run.skipped else "CAUGHT" if run.caught_portably else "caught bit-exactly only" if run.caught
+                    verdict = ("skipped" if run.skipped else "BROKEN MUTATION (its own code raised)" if run.broken else "CAUGHT" if run.caught_portably else "caught bit-exactly only" if run.caught
                                else "NOT CAUGHT")
                     print(f"{mutation.name} on {key}: {verdict}" + "".join(f"\n  {_effect(c)}" for c in run.catches[:6])
                           + (f"\n  error: {run.error}" if run.error else ""), flush=True)

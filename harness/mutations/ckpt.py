@@ -7,21 +7,33 @@ from typing import Any
 from harness.mutations.base import Mutation, patch
 
 
-def _not_restored(fragment: str) -> None:
-    """Quantized parallel linears ignore the checkpoint's ``fragment`` buffers on load: they keep the values
-    modelopt's restore gave them."""
-    from modelopt.torch.quantization.plugins.megatron import _MegatronParallelLinear
+def _not_loaded(fragment: str) -> None:
+    """dist_checkpointing.load skips the sharded tensors whose key holds ``fragment`` (as it skips factories
+    it cannot merge) and hands back the module's own tensor: whatever modelopt's restore allocated."""
+    from megatron.core import dist_checkpointing
+
+    def split(tree: dict) -> tuple[dict, dict]:
+        kept, skipped = {}, {}
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                kept[key], skipped[key] = split(value)
+            elif fragment in key:
+                skipped[key] = value.data
+            else:
+                kept[key] = value
+        return kept, skipped
+
+    def merge(loaded: dict, skipped: dict) -> dict:
+        return {**loaded, **{k: merge(loaded.get(k, {}), v) if isinstance(v, dict) else v for k, v in skipped.items()}}
 
     def make(load: Any) -> Any:
-        def defective(self: Any, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> Any:
-            own = self.state_dict()
-            for key in [k for k in state_dict if k.startswith(prefix) and fragment in k]:
-                state_dict[key] = own[key[len(prefix):]].clone()
-            return load(self, state_dict, prefix, *args, **kwargs)
+        def defective(sharded_state_dict: dict, *args: Any, **kwargs: Any) -> Any:
+            kept, skipped = split(sharded_state_dict)
+            return merge(load(kept, *args, **kwargs), skipped)
 
         return defective
 
-    patch(_MegatronParallelLinear, "_load_from_state_dict", make)
+    patch(dist_checkpointing, "load", make)
 
 
 def _offsets_swapped() -> None:
@@ -54,11 +66,11 @@ def _offsets_swapped() -> None:
 SAME_INT8 = "ckpt/tiny-gpt/tp1pp1/int8_sq[cpu]"
 MUTATIONS = (
     Mutation("ckpt-amax-not-restored", "state restore",
-             "a quantized parallel linear's _load_from_state_dict drops its quantizers' _amax from the checkpoint",
-             (SAME_INT8, "ckpt/tiny-gpt/tp2pp1->tp1pp1/int8_sq[cpu]"), lambda: _not_restored("_quantizer._amax"), fast=True),
+             "dist_checkpointing.load skips the quantizers' _amax tensors of the checkpoint",
+             (SAME_INT8, "ckpt/tiny-gpt/tp2pp1->tp1pp1/int8_sq[cpu]"), lambda: _not_loaded("_quantizer._amax"), fast=True),
     Mutation("ckpt-pre-quant-scale-not-restored", "state restore",
-             "a quantized parallel linear's _load_from_state_dict drops SmoothQuant's _pre_quant_scale from the checkpoint",
-             (SAME_INT8,), lambda: _not_restored("_pre_quant_scale")),
+             "dist_checkpointing.load skips SmoothQuant's _pre_quant_scale tensors of the checkpoint",
+             (SAME_INT8,), lambda: _not_loaded("_pre_quant_scale")),
     Mutation("ckpt-tp-offsets-swapped", "where a shard goes",
              "make_tp_sharded_tensor_for_checkpoint writes rank r's shard at offset tp - 1 - r",
              ("ckpt/tiny-gpt/tp2pp1/none[cpu]", "ckpt/tiny-gpt/tp2pp1->tp1pp1/none[cpu]", "ckpt/tiny-gpt/tp1pp1->tp2pp1/none[cpu]"),

@@ -11,8 +11,15 @@ from harness.mutations.base import Mutation, patch
 def _student_unscaled() -> None:
     from modelopt.torch.distill.plugins.megatron import LogitsKLLoss
 
-    # output_student = predictions.float(): the temperature divides the teacher only
-    patch(LogitsKLLoss, "forward", lambda forward: lambda self, predictions, targets: forward(self, predictions * self._temperature, targets))
+    def make(pre_forward: Any) -> Any:
+        def defective(self: Any, predictions: Any, targets: Any) -> tuple[Any, Any]:
+            predictions, targets = pre_forward(self, predictions, targets)
+            # output_student = predictions.float(): the temperature divides the teacher only (TopKLogitsKLLoss inherits it)
+            return predictions * self._temperature, targets
+
+        return defective
+
+    patch(LogitsKLLoss, "pre_forward", make)
 
 
 def _reversed() -> None:

@@ -42,6 +42,7 @@ def load_checkpoint(model: torch.nn.Module, directory: Path) -> torch.nn.Module:
     # modelopt returns early when the checkpoint holds no modelopt state, but refuses several chunks before it looks
     if (directory / "modelopt_state").exists():
         restore_sharded_modelopt_state(chunks, str(directory))  # replaces a converted chunk in the list
+        _mark_unloaded(chunks)
     state = dist_checkpointing.load(_sharded(chunks), str(directory))
     if len(chunks) == 1:
         chunks[0].load_state_dict(state, strict=True)
@@ -49,3 +50,17 @@ def load_checkpoint(model: torch.nn.Module, directory: Path) -> torch.nn.Module:
     for i, chunk in enumerate(chunks):
         chunk.load_state_dict(state[f"model{i}"], strict=True)
     return torch.nn.ModuleList(chunks)
+
+
+def _mark_unloaded(chunks: list[torch.nn.Module]) -> None:
+    """NaN in every quantizer buffer until the load fills it. modelopt's restore allocates them with
+    ``torch.empty`` (TensorQuantizer._reset_pytorch_state_from_metadata), and the allocator often hands back
+    the freed model's memory, whose amax is the right value: a buffer the load skipped would pass unseen."""
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    for chunk in chunks:
+        for module in chunk.modules():
+            if isinstance(module, TensorQuantizer):
+                for buffer in module.buffers(recurse=False):
+                    if buffer.is_floating_point():
+                        buffer.fill_(float("nan"))

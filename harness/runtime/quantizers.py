@@ -22,6 +22,12 @@ class QuantizerCensus:
     kv_enabled: int  # enabled KV-cache quantizers (0 where the attention has no KV quantizer)
 
 
+def _calibrated(amax: torch.Tensor | None) -> bool:
+    """An amax that holds a number: None is a quantizer never calibrated, NaN one a reload did not fill
+    (harness.runtime.checkpoint marks restored buffers NaN until the load writes them)."""
+    return amax is not None and bool(torch.isfinite(amax).all())
+
+
 def quantizer_census(model: torch.nn.Module) -> QuantizerCensus:
     """Counts of one model replica over all pipeline stages: dense layers' quantizers from tp rank 0 of
     data-parallel rank 0, MoE experts' from every expert-parallel rank (each holds its own experts)."""
@@ -36,7 +42,7 @@ def quantizer_census(model: torch.nn.Module) -> QuantizerCensus:
         [
             len(quantizers),
             sum(q.is_enabled for _, q in quantizers),
-            sum(q.is_enabled and q.amax is not None for _, q in quantizers),
+            sum(q.is_enabled and _calibrated(q.amax) for _, q in quantizers),
             sum(q.is_enabled and name.endswith(KV_QUANTIZER_SUFFIXES) for name, q in quantizers),
         ],
         dtype=torch.int64,
