@@ -78,7 +78,10 @@ def require_gpu(session: nox.Session) -> None:
     except (nox.command.CommandFailed, ValueError):
         gpus = 0
     if gpus == 0:
-        reason = f"no GPU here (or no preinstalled torch): {session.name} runs inside an NGC PyTorch container on a GPU machine"
+        reason = (
+            f"no GPU here (or no preinstalled torch): {session.name} runs inside an NGC PyTorch container "
+            "on a GPU machine"
+        )
         if "--allow-no-gpu" in session.posargs:
             session.skip(reason)
         session.error(reason)
@@ -104,8 +107,17 @@ def gpu_smoke(session: nox.Session) -> None:
 
     require_gpu(session)
     install_in_image(session)
-    run_then_report(session, GPU_SMOKE_DIR, f"{GPU_SMOKE_DIR}/run", f"{GPU_SMOKE_DIR}/junit.xml",
-                    "--platform", "gpu", "-k", smoke_expression(), "--update-baselines")
+    run_then_report(
+        session,
+        GPU_SMOKE_DIR,
+        f"{GPU_SMOKE_DIR}/run",
+        f"{GPU_SMOKE_DIR}/junit.xml",
+        "--platform",
+        "gpu",
+        "-k",
+        smoke_expression(),
+        "--update-baselines",
+    )
 
 
 def install_in_image(session: nox.Session) -> None:
@@ -114,7 +126,9 @@ def install_in_image(session: nox.Session) -> None:
 
     problems = constraint_conflicts(Path("pyproject.toml"))
     if problems:
-        session.error("the image's pip constraints (PIP_CONSTRAINT) exclude what the harness needs:\n" + "\n".join(problems))
+        session.error(
+            "the image's pip constraints (PIP_CONSTRAINT) exclude what the harness needs:\n" + "\n".join(problems)
+        )
     session.install("-e", ".")
 
 
@@ -126,14 +140,28 @@ MATRIX = "artifacts/matrix"
 VERSION_MATRIX = [("0.16.1", "0.47.0"), ("0.19.2", "0.47.0"), ("0.16.1", "0.46.1")]
 
 
-def run_then_report(session: nox.Session, folder: str, artifacts: str, junit: str, *run_args: str, report_args: tuple[str, ...] = ()) -> None:
+def run_then_report(
+    session: nox.Session, folder: str, artifacts: str, junit: str, *run_args: str, report_args: tuple[str, ...] = ()
+) -> None:
     """`harness run` appending to <folder>/history.sqlite, then `harness report` into <folder>/report,
     written even when cases fail (the session still fails then)."""
     try:
-        session.run("harness", "run", *run_args, "--artifacts", artifacts, "--history", f"{folder}/history.sqlite", "--junit", junit,
-                    *session.posargs)
+        session.run(
+            "harness",
+            "run",
+            *run_args,
+            "--artifacts",
+            artifacts,
+            "--history",
+            f"{folder}/history.sqlite",
+            "--junit",
+            junit,
+            *session.posargs,
+        )
     finally:
-        session.run("harness", "report", "--history", f"{folder}/history.sqlite", "--out", f"{folder}/report", *report_args)
+        session.run(
+            "harness", "report", "--history", f"{folder}/history.sqlite", "--out", f"{folder}/report", *report_args
+        )
 
 
 @nox.session
@@ -166,13 +194,23 @@ def nightly(session: nox.Session) -> None:
         weak = False
     except nox.command.CommandFailed:
         weak = True
-    run_then_report(session, NIGHTLY, f"{NIGHTLY}/run", f"{NIGHTLY}/junit.xml", "--benchmark-storage", f"{NIGHTLY}/benchmarks",
-                    report_args=("--sensitivity", f"{NIGHTLY}/sensitivity/sensitivity.json"))
+    run_then_report(
+        session,
+        NIGHTLY,
+        f"{NIGHTLY}/run",
+        f"{NIGHTLY}/junit.xml",
+        "--benchmark-storage",
+        f"{NIGHTLY}/benchmarks",
+        report_args=("--sensitivity", f"{NIGHTLY}/sensitivity/sensitivity.json"),
+    )
     if weak:
-        session.error("the mutation self-test caught fewer than 90% of its defects with a portable metric (see the report)")
+        session.error(
+            "the mutation self-test caught fewer than 90% of its defects with a portable metric (see the report)"
+        )
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", "harness", "tests", "noxfile.py")
+    session.run("ruff", "format", "--check", "harness", "tests", "noxfile.py")

@@ -24,7 +24,16 @@ from harness.atomic import write_json_atomic
 from harness.environment import fingerprint
 from harness.models.subjects import manifest
 from harness.noise import CaseNoise, NoiseError, noise_path, read_noise_file
-from harness.records import INFORMATIONAL, Case, CaseOutcome, CaseResult, MetricResult, Tolerance, Verdict, metric_family
+from harness.records import (
+    INFORMATIONAL,
+    Case,
+    CaseOutcome,
+    CaseResult,
+    MetricResult,
+    Tolerance,
+    Verdict,
+    metric_family,
+)
 
 if TYPE_CHECKING:
     from harness.checks.base import MetricSpec
@@ -43,12 +52,14 @@ def read_baseline_file(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise BaselineError(f"{path}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno}); "
-                            "restore it from git (git checkout -- FILE) or re-record it") from None
+        raise BaselineError(
+            f"{path}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno}); "
+            "restore it from git (git checkout -- FILE) or re-record it"
+        ) from None
     except (OSError, UnicodeDecodeError) as err:
         raise BaselineError(f"{path}:1: cannot read: {getattr(err, 'strerror', None) or err}") from None
     if not isinstance(data, dict) or not isinstance(data.get("cases"), dict):
-        raise BaselineError(f"{path}:1: not a baseline file (expected an object with \"format\" and \"cases\")")
+        raise BaselineError(f'{path}:1: not a baseline file (expected an object with "format" and "cases")')
     if data.get("format") != FORMAT:
         raise BaselineError(f"{path}:1: baseline format {data.get('format')!r}, this harness reads {FORMAT}")
     return data
@@ -104,9 +115,16 @@ class BaselineStore:
         data = read_baseline_file(path)
         data.update({"suite": case.suite, "platform": case.platform, "environment": self.environment(case.platform)})
         # the case's params too: what the numbers were measured with (a draft configuration, prompts, batch sizes)
-        data["cases"][case.id] = {"metrics": outcome.metrics, "provenance": {
-            **provenance, "platform": case.platform, "environment": self.environment(case.platform), "subjects": case_subjects(case),
-            "params": case.params}} | ({"reference": outcome.kept} if outcome.kept else {})
+        data["cases"][case.id] = {
+            "metrics": outcome.metrics,
+            "provenance": {
+                **provenance,
+                "platform": case.platform,
+                "environment": self.environment(case.platform),
+                "subjects": case_subjects(case),
+                "params": case.params,
+            },
+        } | ({"reference": outcome.kept} if outcome.kept else {})
         write_json_atomic(path, data)
 
 
@@ -114,7 +132,9 @@ def case_subjects(case: Case) -> dict[str, str]:
     """sha256 of every shipped subject ``case`` runs on (its model, a KD teacher, trained draft heads)."""
     from harness.checks import get_check
 
-    names = ([case.model] if case.model_spec.recipe is not None else []) + get_check(case.check).subjects(case.params, case.model)
+    names = ([case.model] if case.model_spec.recipe is not None else []) + get_check(case.check).subjects(
+        case.params, case.model
+    )
     shipped = manifest()
     return {name: shipped.expected_hash(name) for name in names}
 
@@ -123,12 +143,18 @@ def _other_subjects(case: Case, recorded: dict[str, str], path: Path) -> str | N
     """Why the baseline cannot judge this case: it was measured on other weights than the shipped ones."""
     for name, digest in case_subjects(case).items():
         if recorded.get(name, digest) != digest:
-            return (f"the baseline in {path} was measured on subject {name} sha256 {recorded[name][:16]}..., the shipped {name} is "
-                    f"{digest[:16]}...: it belongs to other weights. Re-record it (--update-baselines) in a commit that says why")
+            return (
+                f"the baseline in {path} was measured on subject {name} sha256 {recorded[name][:16]}..., the shipped "
+                f"{name} is "
+                f"{digest[:16]}...: it belongs to other weights. Re-record it (--update-baselines) in a commit that "
+                "says why"
+            )
     return None
 
 
-def _interval_band(spec: MetricSpec | None, measured: float, baseline: float, outcome: dict[str, float], recorded: dict[str, float]) -> float:
+def _interval_band(
+    spec: MetricSpec | None, measured: float, baseline: float, outcome: dict[str, float], recorded: dict[str, float]
+) -> float:
     """For a metric with an in-run interval: the 95% band of the difference of the measured and the recorded
     estimate (each interval's half-width is ~1.96 sigma of its estimate; the difference's is their hypot)."""
     if spec is None or spec.interval is None:
@@ -137,8 +163,17 @@ def _interval_band(spec: MetricSpec | None, measured: float, baseline: float, ou
     return math.hypot(now * abs(measured), then * abs(baseline)) if math.isfinite(now) else math.inf
 
 
-def _judge(name: str, measured: float, baseline: float | None, case: Case, noise: CaseNoise | None, across: bool,
-           update: bool, outcome: dict[str, float], recorded: dict[str, float]) -> MetricResult:
+def _judge(
+    name: str,
+    measured: float,
+    baseline: float | None,
+    case: Case,
+    noise: CaseNoise | None,
+    across: bool,
+    update: bool,
+    outcome: dict[str, float],
+    recorded: dict[str, float],
+) -> MetricResult:
     """One metric's verdict. Budgets first (invariants, on every machine); then the baseline, within the
     case's tolerance widened to the metric's measured noise (harness.noise) and, for a timed median, to the
     band its own interval and the baseline's give; a step-exact golden only where the run has the baseline's
@@ -151,7 +186,9 @@ def _judge(name: str, measured: float, baseline: float | None, case: Case, noise
     if budget is not None and not budget.allows(measured):
         return MetricResult(name, measured, baseline, tolerance, Verdict.FAIL, budget)  # no baseline can excuse it
     if update:
-        return MetricResult(name, measured, baseline, tolerance, Verdict.PASS if baseline == measured else Verdict.UPDATED, budget)
+        return MetricResult(
+            name, measured, baseline, tolerance, Verdict.PASS if baseline == measured else Verdict.UPDATED, budget
+        )
     if baseline is None:
         # An invariant is judged by its budget alone; an informational metric (a timing, memory) is
         # never judged against a baseline, so lacking one is no verdict either.
@@ -160,8 +197,15 @@ def _judge(name: str, measured: float, baseline: float | None, case: Case, noise
     if tolerance == INFORMATIONAL:
         return MetricResult(name, measured, baseline, tolerance, Verdict.PASS, budget)
     if across and spec is not None and spec.fingerprint_bound:
-        return MetricResult(name, measured, baseline, INFORMATIONAL, Verdict.PASS, budget,
-                            "step-exact golden, judged only on its recording fingerprint")
+        return MetricResult(
+            name,
+            measured,
+            baseline,
+            INFORMATIONAL,
+            Verdict.PASS,
+            budget,
+            "step-exact golden, judged only on its recording fingerprint",
+        )
     spread = None if noise is None else noise.metrics.get(name)
     if spread is None:
         note = "no noise record: judged as declared"
@@ -179,8 +223,13 @@ def _judge(name: str, measured: float, baseline: float | None, case: Case, noise
     return MetricResult(name, measured, baseline, tolerance, verdict, budget, note)
 
 
-def compare(outcome: CaseOutcome, store: BaselineStore, update: bool, provenance: dict[str, Any],
-            across_machines: bool | None = None) -> CaseResult:
+def compare(
+    outcome: CaseOutcome,
+    store: BaselineStore,
+    update: bool,
+    provenance: dict[str, Any],
+    across_machines: bool | None = None,
+) -> CaseResult:
     """Judge each measured metric against the recorded value (or record it, with ``update``).
     ``across_machines``: judge as on another machine than the baseline's (default: whether this run's
     fingerprint differs from the baseline's)."""
@@ -193,14 +242,34 @@ def compare(outcome: CaseOutcome, store: BaselineStore, update: bool, provenance
         noise = None if update else store.noise(case.platform, case.suite, case.id)
     except (BaselineError, NoiseError) as err:
         return CaseResult(replace(outcome, error=f"cannot compare: {err}"), environment=environment)
-    stale = None if update else _other_subjects(case, entry.get("provenance", {}).get("subjects", {}), store.path(case.platform, case.suite))
+    stale = (
+        None
+        if update
+        else _other_subjects(
+            case, entry.get("provenance", {}).get("subjects", {}), store.path(case.platform, case.suite)
+        )
+    )
     if stale is not None:
         return CaseResult(replace(outcome, error=stale), environment=environment)
     recorded = entry.get("metrics", {})
     if across_machines is None:
-        across_machines = bool(entry) and fingerprint(entry["provenance"], case.platform) != fingerprint(provenance, case.platform)
-    results = [_judge(name, outcome.metrics.get(name, math.nan), recorded.get(name), case, noise, across_machines, update,
-                      outcome.metrics, recorded) for name in sorted(set(outcome.metrics) | set(recorded))]
+        across_machines = bool(entry) and fingerprint(entry["provenance"], case.platform) != fingerprint(
+            provenance, case.platform
+        )
+    results = [
+        _judge(
+            name,
+            outcome.metrics.get(name, math.nan),
+            recorded.get(name),
+            case,
+            noise,
+            across_machines,
+            update,
+            outcome.metrics,
+            recorded,
+        )
+        for name in sorted(set(outcome.metrics) | set(recorded))
+    ]
     if update:
         store.record(outcome, provenance)
     return CaseResult(outcome, tuple(results), environment=environment, new_environment=not known and not update)

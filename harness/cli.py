@@ -10,15 +10,26 @@ from harness.commands import baselines, history, models, noise, report, run, sen
 from harness.exit_codes import EXIT_FAILED, EXIT_NO_GPU, EXIT_USAGE
 
 __all__ = ["EXIT_FAILED", "EXIT_NO_GPU", "EXIT_USAGE", "main"]
-COMMANDS = {"list": run, "run": run, "history": history, "report": report, "models": models, "baselines": baselines, "noise": noise,
-            "sensitivity": sensitivity}
+COMMANDS = {
+    "list": run,
+    "run": run,
+    "history": history,
+    "report": report,
+    "models": models,
+    "baselines": baselines,
+    "noise": noise,
+    "sensitivity": sensitivity,
+}
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description="Post-training regression harness for Megatron-Core + ModelOpt",
-                                     epilog="exit codes: 0 passed (or skipped, or no-baseline in a new environment); 1 a failure, error "
-                                            "or unwritable output; 2 bad input found before any worker started; 3 --platform gpu "
-                                            "without a GPU")
+    parser = argparse.ArgumentParser(
+        prog="harness",
+        description="Post-training regression harness for Megatron-Core + ModelOpt",
+        epilog="exit codes: 0 passed (or skipped, or no-baseline in a new environment); 1 a failure, error "
+        "or unwritable output; 2 bad input found before any worker started; 3 --platform gpu "
+        "without a GPU",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for command in dict.fromkeys(COMMANDS.values()):
         command.add_parser(sub)

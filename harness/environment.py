@@ -40,15 +40,31 @@ THREADS_PER_WORLD = 2
 
 # Applied to every CPU rank on x86-64 hosts with AVX2 (torch reads them when it loads its libraries).
 X86_PINS: tuple[Pin, ...] = (
-    Pin("ATEN_CPU_CAPABILITY", PINNED_ISA,
-        "ATen's vectorised kernels (softmax, norms, reductions, elementwise, RNG fills) take the AVX2 path, not AVX-512 where the host has it"),
+    Pin(
+        "ATEN_CPU_CAPABILITY",
+        PINNED_ISA,
+        "ATen's vectorised kernels (softmax, norms, reductions, elementwise, RNG fills) take the AVX2 path, not "
+        "AVX-512 where the host has it",
+    ),
     # AVX2 was pinned first: MKL honours it on Intel only and falls back to its AUTO branch elsewhere
     # (MKL_VERBOSE prints "CNR:AUTO" on an AMD EPYC), so an INT8 reshard measured 4.8e-7 there against
     # 7.8e-3 on a pinned Xeon. COMPATIBLE is the branch MKL documents as identical on Intel and others.
-    Pin("MKL_CBWR", "COMPATIBLE", "MKL conditional numerical reproducibility: GEMMs run MKL's vendor-neutral code path, bit-identical "
-        "on Intel and AMD CPUs (the AVX2 branch is honoured on Intel only)"),
-    Pin("ONEDNN_MAX_CPU_ISA", "AVX2", "oneDNN kernels (mkldnn matmul, bf16 paths) no wider than AVX2: no AVX-512 or AMX kernels"),
-    Pin("MKL_DYNAMIC", "FALSE", "MKL may not lower its thread count at run time under load (that would change the reduction split)"),
+    Pin(
+        "MKL_CBWR",
+        "COMPATIBLE",
+        "MKL conditional numerical reproducibility: GEMMs run MKL's vendor-neutral code path, bit-identical "
+        "on Intel and AMD CPUs (the AVX2 branch is honoured on Intel only)",
+    ),
+    Pin(
+        "ONEDNN_MAX_CPU_ISA",
+        "AVX2",
+        "oneDNN kernels (mkldnn matmul, bf16 paths) no wider than AVX2: no AVX-512 or AMX kernels",
+    ),
+    Pin(
+        "MKL_DYNAMIC",
+        "FALSE",
+        "MKL may not lower its thread count at run time under load (that would change the reduction split)",
+    ),
     Pin("OMP_DYNAMIC", "FALSE", "nor may OpenMP"),
 )
 
@@ -58,7 +74,11 @@ X86_PINS: tuple[Pin, ...] = (
 # as KD parity's 1e-5 cannot hold under it. The policy is "off" everywhere; bf16 cases are the
 # low-precision coverage, and the pins are in every GPU baseline's provenance.
 GPU_PINS: tuple[Pin, ...] = (
-    Pin("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "0", "NGC images set it to 1, forcing TF32 cuBLAS matmuls over torch's allow_tf32=False"),
+    Pin(
+        "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE",
+        "0",
+        "NGC images set it to 1, forcing TF32 cuBLAS matmuls over torch's allow_tf32=False",
+    ),
     Pin("NVIDIA_TF32_OVERRIDE", "0", "no library (cuBLAS, cuDNN) may use TF32 for fp32 math"),
 )
 TF32_POLICY = "off"
@@ -124,8 +144,24 @@ def environment(platform_name: str, gpu_name: str | None) -> str:
 
 # x86 features that decide which kernels an unpinned torch would pick (recorded, so a baseline says
 # what it was recorded on even where the pins make them irrelevant).
-ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
-             "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve", "sve2")
+ISA_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "sve",
+    "sve2",
+)
 
 
 def numerics_provenance(gpu_name: str | None) -> dict[str, object]:
@@ -146,7 +182,13 @@ def numerics_provenance(gpu_name: str | None) -> dict[str, object]:
 # instruction set, the pins and thread counts, and torch (whose kernels do the work). Two results of
 # one fingerprint repeat bit for bit on CPUs; the libraries on top (megatron-core, modelopt) are left
 # out on purpose, because their changes are what the harness is there to catch.
-CPU_FINGERPRINT = ("cpu_model", "cpu_isa_flags", "cpu_pins", "cpu_threads_per_rank", "variation")  # variation: harness.noise
+CPU_FINGERPRINT = (
+    "cpu_model",
+    "cpu_isa_flags",
+    "cpu_pins",
+    "cpu_threads_per_rank",
+    "variation",
+)  # variation: harness.noise
 GPU_FINGERPRINT = ("gpus", "driver", "gpu_pins", "gpu_tf32", "container")
 
 

@@ -34,8 +34,10 @@ FORMAT = 1
 MULTIPLIER = 2.0
 REFERENCE = "reference"  # the pinned environment, the run the others are measured against
 REPEAT = "repeat"  # the pinned environment again: run-to-run noise (timers; GPU nondeterminism)
-RULE = (f"band = {MULTIPLIER:g} x max |sample - reference|: over the pinned repeats on the baseline's fingerprint, "
-        "over every variation elsewhere; tolerance = max(declared, band)")
+RULE = (
+    f"band = {MULTIPLIER:g} x max |sample - reference|: over the pinned repeats on the baseline's fingerprint, "
+    "over every variation elsewhere; tolerance = max(declared, band)"
+)
 
 
 class NoiseError(ValueError):
@@ -68,19 +70,42 @@ def _other_threads(world_size: int) -> dict[str, str | None]:
     return {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-VARIATIONS: dict[str, Variation] = {v.name: v for v in (
-    Variation(REPEAT, "the pinned environment again (run-to-run noise: timers, nondeterministic kernels)", lambda world: {}),
-    Variation("unpinned", "no ISA or MKL pins: the kernels an unpinned host of this model picks (AVX-512, AMX, MKL's auto branch)",
-              lambda world: {"ATEN_CPU_CAPABILITY": None, "MKL_CBWR": None, "ONEDNN_MAX_CPU_ISA": None}),
-    Variation("threads", f"one thread per rank where {THREADS_PER_WORLD} per world are pinned: reductions split differently",
-              _other_threads),
-    Variation("isa-avx512", "ATen's AVX-512 kernels (softmax, norms, reductions) instead of the pinned AVX2 ones",
-              lambda world: {"ATEN_CPU_CAPABILITY": "avx512"}, frozenset({"avx512f", "avx512bw"})),
-    Variation("onednn-native", "oneDNN at the host's widest ISA (AVX-512, bf16 and AMX kernels where present)",
-              lambda world: {"ONEDNN_MAX_CPU_ISA": None}),
-    Variation("mkl-auto", "MKL's automatic code path per processor instead of its vendor-neutral one",
-              lambda world: {"MKL_CBWR": None}),
-)}
+VARIATIONS: dict[str, Variation] = {
+    v.name: v
+    for v in (
+        Variation(
+            REPEAT,
+            "the pinned environment again (run-to-run noise: timers, nondeterministic kernels)",
+            lambda world: {},
+        ),
+        Variation(
+            "unpinned",
+            "no ISA or MKL pins: the kernels an unpinned host of this model picks (AVX-512, AMX, MKL's auto branch)",
+            lambda world: {"ATEN_CPU_CAPABILITY": None, "MKL_CBWR": None, "ONEDNN_MAX_CPU_ISA": None},
+        ),
+        Variation(
+            "threads",
+            f"one thread per rank where {THREADS_PER_WORLD} per world are pinned: reductions split differently",
+            _other_threads,
+        ),
+        Variation(
+            "isa-avx512",
+            "ATen's AVX-512 kernels (softmax, norms, reductions) instead of the pinned AVX2 ones",
+            lambda world: {"ATEN_CPU_CAPABILITY": "avx512"},
+            frozenset({"avx512f", "avx512bw"}),
+        ),
+        Variation(
+            "onednn-native",
+            "oneDNN at the host's widest ISA (AVX-512, bf16 and AMX kernels where present)",
+            lambda world: {"ONEDNN_MAX_CPU_ISA": None},
+        ),
+        Variation(
+            "mkl-auto",
+            "MKL's automatic code path per processor instead of its vendor-neutral one",
+            lambda world: {"MKL_CBWR": None},
+        ),
+    )
+}
 DEFAULT_VARIATIONS = (REPEAT, "unpinned", "threads")
 
 
@@ -98,8 +123,11 @@ class MetricNoise:
         """The largest distance of a sample from the reference: of the pinned repeats only, or of every
         variation (``across_machines``). A NaN sample is an infinite deviation."""
         reference = self.samples.get(REFERENCE, math.nan)
-        chosen = [v for label, v in self.samples.items()
-                  if label != REFERENCE and (across_machines or label.startswith(REPEAT))]
+        chosen = [
+            v
+            for label, v in self.samples.items()
+            if label != REFERENCE and (across_machines or label.startswith(REPEAT))
+        ]
         return max((_finite(abs(v - reference)) for v in chosen), default=0.0)
 
     def band(self, across_machines: bool) -> float:
@@ -109,9 +137,15 @@ class MetricNoise:
         values = [v for v in self.samples.values() if math.isfinite(v)]
         if not values:
             return {"n": 0}
-        return {"n": len(values), "min": min(values), "max": max(values), "mean": statistics.fmean(values),
-                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                "deviation_repeat": self.deviation(False), "deviation_all": self.deviation(True)}
+        return {
+            "n": len(values),
+            "min": min(values),
+            "max": max(values),
+            "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "deviation_repeat": self.deviation(False),
+            "deviation_all": self.deviation(True),
+        }
 
 
 @dataclass(frozen=True)
@@ -124,11 +158,14 @@ class CaseNoise:
     provenance: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_samples(cls, runs: Mapping[str, Mapping[str, float]], errors: Mapping[str, str],
-                     provenance: dict[str, Any]) -> CaseNoise:
+    def from_samples(
+        cls, runs: Mapping[str, Mapping[str, float]], errors: Mapping[str, str], provenance: dict[str, Any]
+    ) -> CaseNoise:
         """``runs``: label -> that run's metrics (the ``reference`` run among them)."""
         names = sorted({name for metrics in runs.values() for name in metrics})
-        metrics = {name: MetricNoise({label: float(m.get(name, math.nan)) for label, m in runs.items()}) for name in names}
+        metrics = {
+            name: MetricNoise({label: float(m.get(name, math.nan)) for label, m in runs.items()}) for name in names
+        }
         return cls(metrics, tuple(runs), dict(errors), provenance)
 
     def to_json(self) -> dict[str, Any]:
@@ -141,7 +178,10 @@ class CaseNoise:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CaseNoise:
-        metrics = {name: MetricNoise({k: float(v) for k, v in entry["samples"].items()}) for name, entry in data["metrics"].items()}
+        metrics = {
+            name: MetricNoise({k: float(v) for k, v in entry["samples"].items()})
+            for name, entry in data["metrics"].items()
+        }
         return cls(metrics, tuple(data["variations"]), dict(data.get("errors", {})), dict(data.get("provenance", {})))
 
 
@@ -160,7 +200,9 @@ def read_noise_file(path: Path) -> dict[str, CaseNoise]:
             raise NoiseError(f"{path}:1: noise format {data.get('format')!r}, this harness reads {FORMAT}")
         return {case_id: CaseNoise.from_json(entry) for case_id, entry in data["cases"].items()}
     except json.JSONDecodeError as err:
-        raise NoiseError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); restore it from git or rerun `harness noise`") from None
+        raise NoiseError(
+            f"{path}:{err.lineno}: not valid JSON ({err.msg}); restore it from git or rerun `harness noise`"
+        ) from None
     except (OSError, UnicodeDecodeError) as err:
         raise NoiseError(f"{path}:1: cannot read: {getattr(err, 'strerror', None) or err}") from None
     except (KeyError, TypeError, ValueError, AttributeError) as err:
@@ -171,5 +213,13 @@ def write_case_noise(path: Path, suite: str, environment: str, case_id: str, rec
     """Replace one case's record in ``path``, atomically (the other cases' records stay)."""
     cases = {case_id: entry.to_json() for case_id, entry in read_noise_file(path).items()}
     cases[case_id] = record.to_json()
-    write_json_atomic(path, {"format": FORMAT, "suite": suite, "environment": environment, "rule": RULE,
-                             "cases": dict(sorted(cases.items()))})
+    write_json_atomic(
+        path,
+        {
+            "format": FORMAT,
+            "suite": suite,
+            "environment": environment,
+            "rule": RULE,
+            "cases": dict(sorted(cases.items())),
+        },
+    )

@@ -98,4 +98,6 @@ class ResultStores:
         if not self.failures:
             return None
         lost = "; ".join(self.failures.values())
-        return f"output problems: {lost}. {len(self.results)} finished case(s) were kept in the store(s) that still worked"
+        return (
+            f"output problems: {lost}. {len(self.results)} finished case(s) were kept in the store(s) that still worked"
+        )

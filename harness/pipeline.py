@@ -47,10 +47,14 @@ class RunOptions:
     baselines: Path
     artifacts: Path
     update_baselines: bool = False
-    environments: dict[str, str] = field(default_factory=dict)  # platform -> baseline environment (Resources.environments)
+    environments: dict[str, str] = field(
+        default_factory=dict
+    )  # platform -> baseline environment (Resources.environments)
 
 
-def collect(paths: list[str | Path], resources: Resources, keyword: str | None = None, markexpr: str | None = None) -> list[Case]:
+def collect(
+    paths: list[str | Path], resources: Resources, keyword: str | None = None, markexpr: str | None = None
+) -> list[Case]:
     return select(expand(load_suites(paths), resources), keyword, markexpr)
 
 
@@ -62,7 +66,9 @@ def launch(item: Scheduled, launcher: Launcher, artifacts: Path) -> CaseOutcome:
     try:
         outcome = launcher.launch(item.case)
     except OSError as err:
-        outcome = CaseOutcome(item.case, {}, f"the launcher could not write {err.filename or artifacts}: {err.strerror or err}", 0.0, "")
+        outcome = CaseOutcome(
+            item.case, {}, f"the launcher could not write {err.filename or artifacts}: {err.strerror or err}", 0.0, ""
+        )
     if outcome.error is not None and (storage := unwritable(artifacts)) is not None:
         outcome = replace(outcome, error=f"artifacts folder unusable: {storage}\n{outcome.error}")
     return outcome
@@ -106,15 +112,21 @@ def preflight(plan: list[Scheduled], store: BaselineStore, update: bool = False)
         if store.has_environment(platform):
             continue
         if update:
-            notes.append(f"note: recording the first baselines of environment {store.environment(platform)} under {store.root}/")
+            notes.append(
+                f"note: recording the first baselines of environment {store.environment(platform)} under {store.root}/"
+            )
         else:
-            notes.append(f"note: no baselines for environment {store.environment(platform)} under {store.root}/ yet: budgets "
-                         "(invariants) are judged, every other metric reads no-baseline without failing the run; "
-                         "--update-baselines records this environment's set")
+            notes.append(
+                f"note: no baselines for environment {store.environment(platform)} under {store.root}/ yet: budgets "
+                "(invariants) are judged, every other metric reads no-baseline without failing the run; "
+                "--update-baselines records this environment's set"
+            )
     return list(dict.fromkeys(problems)) + notes
 
 
-def run_plan(plan: list[Scheduled], launcher: Launcher, options: RunOptions, provenance: dict[str, Any]) -> Iterator[CaseResult]:
+def run_plan(
+    plan: list[Scheduled], launcher: Launcher, options: RunOptions, provenance: dict[str, Any]
+) -> Iterator[CaseResult]:
     for item in plan:
         yield run_case(item, launcher, options, provenance)
 
@@ -190,10 +202,15 @@ def select_cases(cases: list[Case], request: Request) -> list[Case] | int:
         return _refuse(str(err))
     if chosen:
         return chosen
-    asked = " ".join(f"{flag} {value!r}" for flag, value in (("-k", request.keyword), ("-m", request.markexpr), ("--platform", request.platform))
-                     if value)
-    return _refuse(f"{asked or 'the suites'} select(s) no case of {', '.join(map(str, request.paths)) or 'no suite file'}; "
-                   "`harness list` prints every case id")
+    asked = " ".join(
+        f"{flag} {value!r}"
+        for flag, value in (("-k", request.keyword), ("-m", request.markexpr), ("--platform", request.platform))
+        if value
+    )
+    return _refuse(
+        f"{asked or 'the suites'} select(s) no case of {', '.join(map(str, request.paths)) or 'no suite file'}; "
+        "`harness list` prints every case id"
+    )
 
 
 def schedule_cases(cases: list[Case], request: Request) -> list[Scheduled]:
@@ -227,15 +244,20 @@ def check_before_start(plan: list[Scheduled], request: Request) -> list[Schedule
         return _refuse(f"{len(problems)} problem(s) before start; nothing was run")
     variation = request.variation
     if variation is not None and (request.launch.launcher != "local" or variation.unavailable()):
-        return _refuse(f"--variation {variation.name}: " + (variation.unavailable() or "runs with the local launcher only"))
+        return _refuse(
+            f"--variation {variation.name}: " + (variation.unavailable() or "runs with the local launcher only")
+        )
     return plan
 
 
 def open_launcher(plan: list[Scheduled], request: Request) -> Launched | int:
     variation = request.variation
     try:
-        launcher = (LocalLauncher(request.artifacts, variation.environment) if variation is not None
-                    else make_launcher(request.launch, [item.case for item in plan if item.skip is None]))
+        launcher = (
+            LocalLauncher(request.artifacts, variation.environment)
+            if variation is not None
+            else make_launcher(request.launch, [item.case for item in plan if item.skip is None])
+        )
     except LauncherError as err:
         return _refuse(str(err))
     storage = unwritable(request.artifacts)
@@ -258,7 +280,9 @@ def run_cases(launched: Launched, request: Request) -> Finished:
     """launch -> compare every case, each kept as it finishes (history first, then results.json), until the plan is
     done or the driver is interrupted; then the run's other outputs."""
     plan, launcher, options = launched.plan, launched.launcher, request.options
-    info = provenance(Path.cwd(), request.resources.gpu_name) | ({"variation": request.variation.name} if request.variation else {})
+    info = provenance(Path.cwd(), request.resources.gpu_name) | (
+        {"variation": request.variation.name} if request.variation else {}
+    )
     stores = ResultStores(request.history or request.artifacts / HISTORY_FILE, request.artifacts / "results.json", info)
     say(stores.start())
     results = stores.results
@@ -283,8 +307,12 @@ def run_cases(launched: Launched, request: Request) -> Finished:
             _also_write(stores, "JUnit XML", junit, lambda: write_junit(junit, results))
         if any(r.outcome.timings for r in results):
             document = benchmark_document(results, info)
-            _also_write(stores, "benchmark file", request.artifacts / BENCHMARKS,
-                        lambda: write_json_atomic(request.artifacts / BENCHMARKS, document))
+            _also_write(
+                stores,
+                "benchmark file",
+                request.artifacts / BENCHMARKS,
+                lambda: write_json_atomic(request.artifacts / BENCHMARKS, document),
+            )
             if request.benchmark_storage is not None:
                 storage = request.benchmark_storage
                 _also_write(stores, "benchmark storage", storage, lambda: save_to_storage(storage, document))
@@ -296,14 +324,26 @@ def tell(finished: Finished, request: Request) -> int:
         return EXIT_FAILED
     print(summary(finished.results))
     if request.update_baselines:
-        print(f"baselines written under {request.baselines}/ ({sum(r.verdict is Verdict.UPDATED for r in finished.results)} cases changed)")
+        print(
+            f"baselines written under {request.baselines}/ "
+            f"({sum(r.verdict is Verdict.UPDATED for r in finished.results)} cases changed)"
+        )
     if finished.lost is not None:
         print(f"harness: {finished.lost}", file=sys.stderr)
     return 0 if all(r.ok for r in finished.results) and finished.lost is None else EXIT_FAILED
 
 
-RUN: tuple[Step, ...] = (read_suites, expand_cases, select_cases, schedule_cases, list_cases, check_before_start, open_launcher, run_cases,
-                         tell)
+RUN: tuple[Step, ...] = (
+    read_suites,
+    expand_cases,
+    select_cases,
+    schedule_cases,
+    list_cases,
+    check_before_start,
+    open_launcher,
+    run_cases,
+    tell,
+)
 
 
 def execute(steps: Sequence[Step], request: Request) -> int:

@@ -15,8 +15,15 @@ from harness.records import CaseResult
 @contextmanager
 def case_progress(total: int) -> Iterator[Callable[[CaseResult], None]]:
     console = Console(stderr=True)
-    columns = (TextColumn("cases"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[failures]} failing"),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    columns = (
+        TextColumn("cases"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failures]} failing"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
         task = progress.add_task("cases", total=total, failures=0)
         failures = 0

@@ -17,7 +17,12 @@ from harness.environment import numerics_provenance
 
 PACKAGES = ("torch", "megatron-core", "nvidia-modelopt", "transformer-engine")
 # What NGC PyTorch images and enroot/pyxis set; the first one present names the container.
-CONTAINER_VARIABLES = ("HARNESS_CONTAINER_IMAGE", "NVIDIA_PYTORCH_VERSION", "PYTORCH_BUILD_VERSION", "SLURM_CONTAINER_IMAGE")
+CONTAINER_VARIABLES = (
+    "HARNESS_CONTAINER_IMAGE",
+    "NVIDIA_PYTORCH_VERSION",
+    "PYTORCH_BUILD_VERSION",
+    "SLURM_CONTAINER_IMAGE",
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -32,7 +37,9 @@ def package_versions() -> dict[str, str]:
 
 def git_commit(where: Path) -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False)
+        out = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None
@@ -53,7 +60,10 @@ def gpu_facts() -> dict[str, Any]:
         return {
             "driver": pynvml.nvmlSystemGetDriverVersion(),
             "cuda_driver": f"{cuda // 1000}.{cuda % 1000 // 10}",
-            "gpus": [pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(pynvml.nvmlDeviceGetCount())],
+            "gpus": [
+                pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
+                for i in range(pynvml.nvmlDeviceGetCount())
+            ],
         }
     finally:
         pynvml.nvmlShutdown()

@@ -45,7 +45,9 @@ class HarnessSession:
         )
         self.provenance = provenance(root, self.resources.gpu_name)
         history = config.getoption("harness_history") or self.options.artifacts / "history.sqlite"
-        self.stores = ResultStores(history, self.options.artifacts / "results.json", self.provenance)  # opened at the first case
+        self.stores = ResultStores(
+            history, self.options.artifacts / "results.json", self.provenance
+        )  # opened at the first case
         self._launcher: LocalLauncher | None = None
         self.interrupted = False
 
@@ -70,10 +72,19 @@ class HarnessSession:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("posttrain-harness")
-    group.addoption("--harness-baselines", type=Path, default=None, help="baseline folder (default: <rootdir>/baselines)")
-    group.addoption("--harness-artifacts", type=Path, default=None, help="artifact folder (default: <rootdir>/artifacts)")
+    group.addoption(
+        "--harness-baselines", type=Path, default=None, help="baseline folder (default: <rootdir>/baselines)"
+    )
+    group.addoption(
+        "--harness-artifacts", type=Path, default=None, help="artifact folder (default: <rootdir>/artifacts)"
+    )
     group.addoption("--harness-update-baselines", action="store_true", help="record measured values as baselines")
-    group.addoption("--harness-history", type=Path, default=None, help="run history to append to (default: <artifacts>/history.sqlite)")
+    group.addoption(
+        "--harness-history",
+        type=Path,
+        default=None,
+        help="run history to append to (default: <artifacts>/history.sqlite)",
+    )
 
 
 def _session(config: pytest.Config) -> HarnessSession:
@@ -129,8 +140,11 @@ class CaseItem(pytest.Item):
         if skip is not None:
             pytest.skip(skip)
         item = Scheduled(self.case, None)
-        problems = [line for line in preflight([item], BaselineStore(session.options.baselines, session.options.environments))
-                    if not line.startswith("note:")]
+        problems = [
+            line
+            for line in preflight([item], BaselineStore(session.options.baselines, session.options.environments))
+            if not line.startswith("note:")
+        ]
         if problems:
             raise CaseFailed("\n".join(problems))
         result = run_case(item, session.launcher, session.options, session.provenance)

@@ -50,12 +50,18 @@ class Layout:
     @property
     def token(self) -> str:
         """``tp2pp1`` (the ids before the new axes), then ``vpp2``, ``cp2``, ``ep2`` and ``sp`` when used."""
-        return (f"tp{self.tp}pp{self.pp}" + (f"vpp{self.vpp}" if self.vpp > 1 else "") + (f"cp{self.cp}" if self.cp > 1 else "")
-                + (f"ep{self.ep}" if self.ep > 1 else "") + ("sp" if self.sp else ""))
+        return (
+            f"tp{self.tp}pp{self.pp}"
+            + (f"vpp{self.vpp}" if self.vpp > 1 else "")
+            + (f"cp{self.cp}" if self.cp > 1 else "")
+            + (f"ep{self.ep}" if self.ep > 1 else "")
+            + ("sp" if self.sp else "")
+        )
 
     @property
     def markers(self) -> set[str]:
-        """``tp2``, ``pp2``, ``vpp2``, ``cp2``, ``ep2``, ``sp``: the parallel dimensions a case uses, for ``pytest -m``."""
+        """``tp2``, ``pp2``, ``vpp2``, ``cp2``, ``ep2``, ``sp``: the parallel dimensions a case uses, for ``pytest
+        -m``."""
         sizes = {"tp": self.tp, "pp": self.pp, "vpp": self.vpp, "cp": self.cp, "ep": self.ep}
         return {f"{axis}{size}" for axis, size in sizes.items() if size > 1} | ({"sp"} if self.sp else set())
 
@@ -63,9 +69,14 @@ class Layout:
         """What megatron refuses in the layout itself, whatever the model."""
         problems = []
         if self.sp and self.tp == 1:
-            problems.append("sp (sequence parallel) needs tp > 1: it splits the sequence over the tensor-parallel ranks")
+            problems.append(
+                "sp (sequence parallel) needs tp > 1: it splits the sequence over the tensor-parallel ranks"
+            )
         if self.vpp > 1 and self.pp == 1:
-            problems.append(f"vpp={self.vpp} (virtual pipeline stages) needs pp > 1: it interleaves model chunks over the pipeline ranks")
+            problems.append(
+                f"vpp={self.vpp} (virtual pipeline stages) needs pp > 1: it interleaves model chunks over the "
+                "pipeline ranks"
+            )
         return problems
 
 
@@ -216,7 +227,12 @@ class Tolerance:
 
     @classmethod
     def from_json(cls, fields: dict[str, Any]) -> Tolerance:
-        return cls(float(fields["abs"]), float(fields["rel"]), Direction(fields["direction"]), float(fields.get("refresh_rel", 0.0)))
+        return cls(
+            float(fields["abs"]),
+            float(fields["rel"]),
+            Direction(fields["direction"]),
+            float(fields.get("refresh_rel", 0.0)),
+        )
 
 
 INFORMATIONAL = Tolerance(abs=math.inf)  # recorded and shown, never a failure (timings, for one)
@@ -230,10 +246,16 @@ class Budget:
     max: float | None = None
 
     def allows(self, value: float) -> bool:
-        return not math.isnan(value) and (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+        return (
+            not math.isnan(value)
+            and (self.min is None or value >= self.min)
+            and (self.max is None or value <= self.max)
+        )
 
     def describe(self) -> str:
-        return f"budget [{'-inf' if self.min is None else f'{self.min:g}'}, {'inf' if self.max is None else f'{self.max:g}'}]"
+        low = "-inf" if self.min is None else f"{self.min:g}"
+        high = "inf" if self.max is None else f"{self.max:g}"
+        return f"budget [{low}, {high}]"
 
 
 @dataclass(frozen=True)
@@ -257,7 +279,8 @@ class KnownDefect:
     def describe(self) -> str:
         head = f"{self.id}: " if self.id else ""
         where = f" (upstream: {self.upstream})" if self.upstream else ""
-        return f"{head}{self.description}{where} [symptom: {', '.join(f'{n} in {b.describe()[7:]}' for n, b in self.symptom.items())}]"
+        symptom = ", ".join(f"{n} in {b.describe()[7:]}" for n, b in self.symptom.items())
+        return f"{head}{self.description}{where} [symptom: {symptom}]"
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,9 @@ def _no_gpu(case: Case, resources: Resources) -> str | None:
         return None
     if resources.gpus == 0:
         return "GPU case: no CUDA device on this machine (torch.cuda.device_count() == 0)"
-    return f"needs {case.world_size} GPUs, this machine has {resources.gpus}" if case.world_size > resources.gpus else None
+    return (
+        f"needs {case.world_size} GPUs, this machine has {resources.gpus}" if case.world_size > resources.gpus else None
+    )
 
 
 def _model_unavailable(case: Case, resources: Resources) -> str | None:
@@ -30,14 +32,20 @@ def _model_unavailable(case: Case, resources: Resources) -> str | None:
 
 
 def _model_gpu_only(case: Case, resources: Resources) -> str | None:
-    return f"GPU only: model {case.model}: {case.model_spec.gpu_only}" if case.platform == "cpu" and case.model_spec.gpu_only else None
+    return (
+        f"GPU only: model {case.model}: {case.model_spec.gpu_only}"
+        if case.platform == "cpu" and case.model_spec.gpu_only
+        else None
+    )
 
 
 def _context_parallel_on_cpu(case: Case, resources: Resources) -> str | None:
     if case.platform != "cpu" or not any(marker.startswith("cp") and marker[2:].isdigit() for marker in case.markers):
         return None
-    return ("GPU only: context parallelism runs in Transformer Engine's attention alone (megatron's own "
-            "DotProductAttention asserts context_parallel_size == 1; TE needs CUDA)")
+    return (
+        "GPU only: context parallelism runs in Transformer Engine's attention alone (megatron's own "
+        "DotProductAttention asserts context_parallel_size == 1; TE needs CUDA)"
+    )
 
 
 def _optimization_gpu_only(case: Case, resources: Resources) -> str | None:
@@ -52,7 +60,13 @@ def _check_cpu_blocker(case: Case, resources: Resources) -> str | None:
 
 # Every reason a case cannot run on this machine, in the order they are said: the one place they live.
 SKIP_REASONS: tuple[Callable[[Case, Resources], str | None], ...] = (
-    _no_gpu, _model_unavailable, _model_gpu_only, _context_parallel_on_cpu, _optimization_gpu_only, _check_cpu_blocker)
+    _no_gpu,
+    _model_unavailable,
+    _model_gpu_only,
+    _context_parallel_on_cpu,
+    _optimization_gpu_only,
+    _check_cpu_blocker,
+)
 
 
 def skip_reason(case: Case, resources: Resources) -> str | None:

@@ -22,8 +22,9 @@ class Estimate:
     high: float
 
 
-def cluster_bootstrap(values: np.ndarray, statistic: Callable[[np.ndarray, np.ndarray], np.ndarray], seed: int,
-                      resamples: int = RESAMPLES) -> Estimate:
+def cluster_bootstrap(
+    values: np.ndarray, statistic: Callable[[np.ndarray, np.ndarray], np.ndarray], seed: int, resamples: int = RESAMPLES
+) -> Estimate:
     """``statistic(sums, counts)`` over rows of ``values`` ([rows, per_row]) with a percentile interval
     from resampling whole rows: tokens of one sequence are not independent, sequences are.
 

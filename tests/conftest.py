@@ -14,6 +14,8 @@ pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU_ENV = cpu_environment()  # the baseline set this machine's CPU cases read and write
+
+
 def wait_for(condition: str, check: Callable[[], bool], timeout_s: float = 240, poll_s: float = 0.5) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
@@ -28,8 +30,10 @@ def measured_cases(results: Path) -> dict[str, tuple[str, dict[str, float]]]:
     """Each case of a ``results.json``: its verdict and every value its arithmetic computed (memory
     figures are the process's, which differ between launchers, and are left out)."""
     cases = json.loads(results.read_text())["cases"]
-    return {c["id"]: (c["verdict"], {m["name"]: m["measured"] for m in c["metrics"] if m["name"] not in WORKER_MEMORY})
-            for c in cases}
+    return {
+        c["id"]: (c["verdict"], {m["name"]: m["measured"] for m in c["metrics"] if m["name"] not in WORKER_MEMORY})
+        for c in cases
+    }
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +42,21 @@ def local_tp2(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, 
     from harness.cli import main
 
     artifacts = tmp_path_factory.mktemp("local-tp2")
-    assert main(["run", str(ROOT / "suites" / "ckpt.yaml"), "--platform", "cpu", "-k", TP2_CASES, "--artifacts", str(artifacts)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(ROOT / "suites" / "ckpt.yaml"),
+                "--platform",
+                "cpu",
+                "-k",
+                TP2_CASES,
+                "--artifacts",
+                str(artifacts),
+            ]
+        )
+        == 0
+    )
     return measured_cases(artifacts / "results.json")
 
 

@@ -16,8 +16,9 @@ from harness.checks.moe_router import CHECK as MOE_ROUTER
 from harness.checks.quant_accuracy import CHECK as QUANT_ACCURACY
 from harness.checks.spec_decode import CHECK as SPEC_DECODE
 
-CHECKS: dict[str, Check] = {check.name: check for check in (CKPT_ROUNDTRIP, QUANT_ACCURACY, KD_PARITY, KD_TRAJECTORY, SPEC_DECODE,
-                                                       MOE_ROUTER)}
+CHECKS: dict[str, Check] = {
+    check.name: check for check in (CKPT_ROUNDTRIP, QUANT_ACCURACY, KD_PARITY, KD_TRAJECTORY, SPEC_DECODE, MOE_ROUTER)
+}
 
 
 def get_check(name: str) -> Check:

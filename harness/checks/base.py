@@ -31,8 +31,11 @@ class _LayoutFields(StrictModel):
 
 # A layout as suites write it ({tp: 2, pp: 1, sp: true}): records.Layout's own fields, each size at least 1;
 # declared once, there, so a new axis is one field of Layout.
-LayoutModel = create_model("LayoutModel", __base__=_LayoutFields,
-                           **{f.name: (PositiveInt if f.type in (int, "int") else f.type, f.default) for f in fields(Layout)})
+LayoutModel = create_model(
+    "LayoutModel",
+    __base__=_LayoutFields,
+    **{f.name: (PositiveInt if f.type in (int, "int") else f.type, f.default) for f in fields(Layout)},
+)
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,9 @@ class MetricSpec:
 # Memory varies with the allocator and the machine: recorded for trends, bounded only by a suite's
 # budget (a real-model suite states what must fit on its GPUs).
 WORKER_METRICS = {
-    PEAK_MEMORY: MetricSpec("peak memory of the case's largest rank (MiB): CUDA allocator peak on GPU, resident set on CPU",
-                                  INFORMATIONAL),
+    PEAK_MEMORY: MetricSpec(
+        "peak memory of the case's largest rank (MiB): CUDA allocator peak on GPU, resident set on CPU", INFORMATIONAL
+    ),
     DEVICE_MEMORY: MetricSpec("GPU memory in use at the case's end, as NVML reports it (MiB; GPU only)", INFORMATIONAL),
 }
 
@@ -139,4 +143,9 @@ class SecondLayout:
 
     def hooks(self) -> dict[str, Any]:
         """Keyword arguments for ``Check``."""
-        return {"layouts": self.layouts, "label": self.label, "label_params": (self.field,), "normalize": self.normalize}
+        return {
+            "layouts": self.layouts,
+            "label": self.label,
+            "label_params": (self.field,),
+            "normalize": self.normalize,
+        }

@@ -72,9 +72,15 @@ def run(ctx: CheckContext) -> dict[str, float]:
         "quantizers_enabled_lost": float(census_before.enabled - census_after.enabled),
         "quantizers_calibration_lost": float(census_before.calibrated - census_after.calibrated),
         "quantizers_enabled": float(census_after.enabled),
-        # a reshard changes the reduction order, so its logits obey the parity bound; the same layout must be bit-identical
-        **(parity_metrics("logit_", logits_after, logits_before, bound(spec.num_layers, spec.dtype, optimization.epsilon))
-           if RELOAD.other(ctx.case.layout, params) else {}),
+        # a reshard changes the reduction order, so its logits obey the parity bound; the same layout must be
+        # bit-identical
+        **(
+            parity_metrics(
+                "logit_", logits_after, logits_before, bound(spec.num_layers, spec.dtype, optimization.epsilon)
+            )
+            if RELOAD.other(ctx.case.layout, params)
+            else {}
+        ),
     }
 
 
@@ -91,19 +97,34 @@ CHECK = Check(
     metrics={
         "max_abs_logit_diff": MetricSpec("max |logits after reload - logits before save| on fixed inputs", _EXACT),
         "logit_rel_error": MetricSpec("||logits after reload - before save||_F / ||before||_F", _EXACT),
-        "logit_rel_error_bound": MetricSpec("the parity bound K sqrt(4L+1) eps of the path (harness.evals.parity)", INFORMATIONAL),
-        "logit_rel_error_control": MetricSpec("the same error against the logits one position off (negative control)", INFORMATIONAL),
-        "logit_error_to_bound": MetricSpec("logit_rel_error / its bound: a reload changes rounding only", INFORMATIONAL, _WITHIN_BOUND),
-        "logit_control_to_bound": MetricSpec("negative control / bound: the bound tells a wrong reload from a right one",
-                                             INFORMATIONAL, _ABOVE_BOUND),
+        "logit_rel_error_bound": MetricSpec(
+            "the parity bound K sqrt(4L+1) eps of the path (harness.evals.parity)", INFORMATIONAL
+        ),
+        "logit_rel_error_control": MetricSpec(
+            "the same error against the logits one position off (negative control)", INFORMATIONAL
+        ),
+        "logit_error_to_bound": MetricSpec(
+            "logit_rel_error / its bound: a reload changes rounding only", INFORMATIONAL, _WITHIN_BOUND
+        ),
+        "logit_control_to_bound": MetricSpec(
+            "negative control / bound: the bound tells a wrong reload from a right one", INFORMATIONAL, _ABOVE_BOUND
+        ),
         "greedy_token_mismatches": MetricSpec("greedy-decoded tokens that differ after reload", _EXACT, _NONE),
         "quantizers_enabled_lost": MetricSpec("enabled quantizers before save minus after reload", _EXACT, _NONE),
-        "quantizers_calibration_lost": MetricSpec("calibrated (amax-holding) quantizers lost by the reload", _EXACT, _NONE),
+        "quantizers_calibration_lost": MetricSpec(
+            "calibrated (amax-holding) quantizers lost by the reload", _EXACT, _NONE
+        ),
         "quantizers_enabled": MetricSpec("enabled quantizers after reload (structure of the restored model)", _EXACT),
     },
     run=run,
     virtual_pipeline=True,
-    headline=("max_abs_logit_diff", "logit_error_to_bound", "logit_control_to_bound", "greedy_token_mismatches", "quantizers_enabled",
-              "quantizers_calibration_lost"),
+    headline=(
+        "max_abs_logit_diff",
+        "logit_error_to_bound",
+        "logit_control_to_bound",
+        "greedy_token_mismatches",
+        "quantizers_enabled",
+        "quantizers_calibration_lost",
+    ),
     **RELOAD.hooks(),
 )

@@ -50,8 +50,10 @@ def _layer_problems(name: str, spec: ModelSpec, role: str, layout: Layout) -> li
         return [f"{name}: the {role} {spec.name} has {layers} layers (0..{layers - 1})"]
     per_stage = layers // layout.pp
     if index < layers - per_stage:
-        return [f"{name}: layer {index} of the {role} is on pipeline stage {index // per_stage} of {layout.pp}; "
-                "KD intermediate layers must be on the last stage"]
+        return [
+            f"{name}: layer {index} of the {role} is on pipeline stage {index // per_stage} of {layout.pp}; "
+            "KD intermediate layers must be on the last stage"
+        ]
     return []
 
 
@@ -62,8 +64,13 @@ def case_problems(layout: Layout, params: KdParams, student: ModelSpec) -> list[
         return [("teacher", f"unknown teacher {params.teacher!r}; known: {', '.join(ZOO)}")]
     problems = []
     if teacher.vocab_size != student.vocab_size:
-        problems.append(("teacher", f"teacher {teacher.name} has vocabulary {teacher.vocab_size}, student {student.name} "
-                                    f"{student.vocab_size}: logits distillation needs one vocabulary"))
+        problems.append(
+            (
+                "teacher",
+                f"teacher {teacher.name} has vocabulary {teacher.vocab_size}, student {student.name} "
+                f"{student.vocab_size}: logits distillation needs one vocabulary",
+            )
+        )
     if params.kd.top_k is not None and params.kd.top_k > student.vocab_size:
         problems.append(("kd", f"top_k {params.kd.top_k} exceeds the vocabulary ({student.vocab_size})"))
     for pair in params.kd.intermediate:
@@ -74,8 +81,10 @@ def case_problems(layout: Layout, params: KdParams, student: ModelSpec) -> list[
 
 def require_module(model: Any, name: str, role: str) -> None:
     if name not in dict(model.named_modules()):
-        raise ValueError(f"kd.intermediate: the {role} has no module {name!r} (e.g. decoder.final_layernorm, "
-                         "decoder.layers.<i>.input_layernorm)")
+        raise ValueError(
+            f"kd.intermediate: the {role} has no module {name!r} (e.g. decoder.final_layernorm, "
+            "decoder.layers.<i>.input_layernorm)"
+        )
 
 
 def label(layout: Layout, params: KdParams) -> str:
@@ -100,7 +109,9 @@ def token_batch(teacher: ModelSpec, params: KdParams, stream: tuple[int, ...]) -
     from harness.runtime.forward import device
     from harness.runtime.train import corpus_of
 
-    rows = torch.from_numpy(corpus_of(teacher).sample(params.batch_size, params.seq_len + 1, stream_seed=stream)).to(device())
+    rows = torch.from_numpy(corpus_of(teacher).sample(params.batch_size, params.seq_len + 1, stream_seed=stream)).to(
+        device()
+    )
     return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
 
 
@@ -121,9 +132,17 @@ def distillation_under_layout(ctx: CheckContext, teacher: ModelSpec) -> torch.nn
     from harness.runtime.subject import build_model
 
     kd: KdConfigModel = ctx.params.kd
-    settings = KdSettings(tuple(tuple(pair) for pair in kd.intermediate), kd.skip_lm_loss, kd.kd_loss_scale, kd.temperature, kd.top_k,
-                          kd.lm_loss_on_copy)
-    student = load_checkpoint(build_gpt(ctx.model, seed=ctx.case.seed, parallel_output=True), ctx.artifacts / STUDENT_CHECKPOINT)
+    settings = KdSettings(
+        tuple(tuple(pair) for pair in kd.intermediate),
+        kd.skip_lm_loss,
+        kd.kd_loss_scale,
+        kd.temperature,
+        kd.top_k,
+        kd.lm_loss_on_copy,
+    )
+    student = load_checkpoint(
+        build_gpt(ctx.model, seed=ctx.case.seed, parallel_output=True), ctx.artifacts / STUDENT_CHECKPOINT
+    )
     model = distillation_model(student, build_model(teacher, seed=ctx.case.seed, parallel_output=True), settings)
     model.train()  # DistillationModel.train returns None, not the model; training mode applies skip_lm_loss
     return model

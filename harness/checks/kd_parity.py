@@ -28,7 +28,10 @@ from harness.records import INFORMATIONAL, Budget, Layout, ModelSpec, Tolerance
 COMPONENTS = ("kd_loss", "logits_loss", "intermediate_loss", "lm_loss")
 PARITY_STREAM = 6  # corpus stream of the batch, disjoint from training and evaluation
 
-def _reference(ctx: CheckContext, teacher_spec: ModelSpec, tokens: Any, labels: Any) -> tuple[dict[str, float], dict[str, float]]:
+
+def _reference(
+    ctx: CheckContext, teacher_spec: ModelSpec, tokens: Any, labels: Any
+) -> tuple[dict[str, float], dict[str, float]]:
     """Full-vocabulary logits and full hidden states at TP1/PP1 (every rank a replica), losses in
     float64; the student built here is the one saved for the case's layout. Also the same losses with
     the teacher's outputs and the labels one position later: the parity bound's negative control."""
@@ -52,15 +55,20 @@ def _reference(ctx: CheckContext, teacher_spec: ModelSpec, tokens: Any, labels: 
         for role, model in (("student", student), ("teacher", teacher)):
             for name in {pair[0 if role == "student" else 1] for pair in names}:
                 require_module(model, name, role)
-                model.get_submodule(name).register_forward_hook(lambda m, i, o, role=role, name=name: capture(role, name, m, i, o))
+                model.get_submodule(name).register_forward_hook(
+                    lambda m, i, o, role=role, name=name: capture(role, name, m, i, o)
+                )
         student_logits = forward_logits(student, tokens, ctx.model.vocab_size)
         teacher_logits = forward_logits(teacher, tokens, teacher_spec.vocab_size)
 
     def losses(shift: Callable[[Any], Any]) -> dict[str, float]:
         logits = float(ref.logits_kl(student_logits, shift(teacher_logits), kd.temperature, kd.top_k))
         pair_losses = [
-            float((ref.mse_loss if len(pair) == 3 and pair[2] == "mse" else ref.cosine_loss)(captured[("student", pair[0])],
-                                                                                             shift(captured[("teacher", pair[1])])))
+            float(
+                (ref.mse_loss if len(pair) == 3 and pair[2] == "mse" else ref.cosine_loss)(
+                    captured[("student", pair[0])], shift(captured[("teacher", pair[1])])
+                )
+            )
             for pair in kd.intermediate
         ]
         lm = 0.0 if kd.skip_lm_loss else float(ref.lm_loss(student_logits, shift(labels)))
@@ -109,18 +117,38 @@ CHECK = Check(
     description="modelopt Megatron KD losses (logits KL, top-k, intermediates, balancer) vs a plain-torch reference",
     params=KdParams,
     metrics={
-        **{f"modelopt_{name}": MetricSpec(f"{name} as modelopt's Megatron plugin computes it", _EXACT) for name in COMPONENTS},
+        **{
+            f"modelopt_{name}": MetricSpec(f"{name} as modelopt's Megatron plugin computes it", _EXACT)
+            for name in COMPONENTS
+        },
         **{f"reference_{name}": MetricSpec(f"{name} from harness.evals.kd_reference", _EXACT) for name in COMPONENTS},
         **{f"{name}_rel_gap": MetricSpec("relative gap, modelopt vs reference", _EXACT) for name in COMPONENTS},
         # modelopt under any layout differs from the float64 reference by rounding only: the gap stays within the
         # parity bound K sqrt(4L+1) eps(dtype), and the gap to the reference with the teacher one position off above it.
-        **{f"{name}_gap_to_bound": MetricSpec(f"{name}_rel_gap / the parity bound (harness.evals.parity)", INFORMATIONAL,
-                                              Budget(max=1.0)) for name in COMPONENTS},
-        **{f"{name}_control_to_bound": MetricSpec("gap to the reference with the teacher's outputs and labels one position off, "
-                                                  "/ the bound (negative control)", INFORMATIONAL, Budget(min=1.0)) for name in COMPONENTS},
+        **{
+            f"{name}_gap_to_bound": MetricSpec(
+                f"{name}_rel_gap / the parity bound (harness.evals.parity)", INFORMATIONAL, Budget(max=1.0)
+            )
+            for name in COMPONENTS
+        },
+        **{
+            f"{name}_control_to_bound": MetricSpec(
+                "gap to the reference with the teacher's outputs and labels one position off, "
+                "/ the bound (negative control)",
+                INFORMATIONAL,
+                Budget(min=1.0),
+            )
+            for name in COMPONENTS
+        },
     },
     run=run,
-    headline=("kd_loss_rel_gap", "logits_loss_rel_gap", "intermediate_loss_rel_gap", "lm_loss_rel_gap", "logits_loss_gap_to_bound"),
+    headline=(
+        "kd_loss_rel_gap",
+        "logits_loss_rel_gap",
+        "intermediate_loss_rel_gap",
+        "lm_loss_rel_gap",
+        "logits_loss_gap_to_bound",
+    ),
     label=label,
     label_params=("kd",),
     case_problems=case_problems,

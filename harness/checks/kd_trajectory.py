@@ -19,7 +19,15 @@ from typing import Literal
 from pydantic import PositiveFloat, PositiveInt
 
 from harness.checks.base import Check, CheckContext, LayoutModel, MetricSpec, SecondLayout
-from harness.checks.kd_common import KdParams, case_problems, distillation_under_layout, save_student, subjects, teacher_of, token_batch
+from harness.checks.kd_common import (
+    KdParams,
+    case_problems,
+    distillation_under_layout,
+    save_student,
+    subjects,
+    teacher_of,
+    token_batch,
+)
 from harness.records import INFORMATIONAL, Budget, Layout, ModelSpec, Tolerance
 
 TRAIN_STREAM = 7  # corpus stream of the training batches
@@ -93,27 +101,50 @@ _EXACT = Tolerance()  # widened to the metric's measured noise (harness.noise)
 
 CHECK = Check(
     name="kd_trajectory",
-    description="per-step losses of a short modelopt Megatron distillation run (golden values), and TP parity of the run",
+    description=(
+        "per-step losses of a short modelopt Megatron distillation run (golden values), and TP parity of the run"
+    ),
     params=TrajectoryParams,
     metrics={
         "kd_loss@*": MetricSpec("total distillation loss at each optimizer step", _EXACT, fingerprint_bound=True),
         "logits_loss@*": MetricSpec("logits KL at each step", _EXACT, fingerprint_bound=True),
-        "intermediate_loss@*": MetricSpec("mean intermediate loss at each step (configs with intermediates)", _EXACT, fingerprint_bound=True),
+        "intermediate_loss@*": MetricSpec(
+            "mean intermediate loss at each step (configs with intermediates)", _EXACT, fingerprint_bound=True
+        ),
         "lm_loss@*": MetricSpec("student LM loss at each step (skip_lm_loss: false)", _EXACT, fingerprint_bound=True),
         "kd_loss_first": MetricSpec("kd_loss at step 1", _EXACT),
-        **{f"{name}_last": MetricSpec(f"mean {name} of the last {TAIL} steps", _EXACT)
-           for name in ("kd_loss", "logits_loss", "intermediate_loss", "lm_loss")},
-        "kd_loss_decrease_pct": MetricSpec("how much the student's kd_loss fell, first step to the last ones (%)", _EXACT),
-        "parity_max_rel_diff": MetricSpec("max relative difference of any step's loss, here vs under parity_layout", _EXACT),
-        "parity_first_step_rel_diff": MetricSpec("max relative difference of the first step's losses (one forward of the same weights)",
-                                                 _EXACT),
-        "parity_first_step_to_bound": MetricSpec("parity_first_step_rel_diff / the layout-parity bound (harness.evals.parity)",
-                                                 INFORMATIONAL, Budget(max=1.0)),
+        **{
+            f"{name}_last": MetricSpec(f"mean {name} of the last {TAIL} steps", _EXACT)
+            for name in ("kd_loss", "logits_loss", "intermediate_loss", "lm_loss")
+        },
+        "kd_loss_decrease_pct": MetricSpec(
+            "how much the student's kd_loss fell, first step to the last ones (%)", _EXACT
+        ),
+        "parity_max_rel_diff": MetricSpec(
+            "max relative difference of any step's loss, here vs under parity_layout", _EXACT
+        ),
+        "parity_first_step_rel_diff": MetricSpec(
+            "max relative difference of the first step's losses (one forward of the same weights)", _EXACT
+        ),
+        "parity_first_step_to_bound": MetricSpec(
+            "parity_first_step_rel_diff / the layout-parity bound (harness.evals.parity)",
+            INFORMATIONAL,
+            Budget(max=1.0),
+        ),
     },
     run=run,
-    headline=("kd_loss_first", "kd_loss_last", "kd_loss_decrease_pct", "parity_max_rel_diff", "parity_first_step_to_bound"),
+    headline=(
+        "kd_loss_first",
+        "kd_loss_last",
+        "kd_loss_decrease_pct",
+        "parity_max_rel_diff",
+        "parity_first_step_to_bound",
+    ),
     case_problems=case_problems,
     subjects=subjects,
-    **{**PARITY.hooks(), "label": lambda layout, params: f"{PARITY.label(layout, params)}/{params.kd.name}",
-       "label_params": ("kd", "parity_layout")},
+    **{
+        **PARITY.hooks(),
+        "label": lambda layout, params: f"{PARITY.label(layout, params)}/{params.kd.name}",
+        "label_params": ("kd", "parity_layout"),
+    },
 )

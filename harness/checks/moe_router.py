@@ -54,7 +54,12 @@ def _problems(layout: Layout, params: RouterParams, model: ModelSpec) -> list[tu
     if model.num_moe_experts is None:
         return [("model", f"{model.name} is dense: the router check needs a mixture-of-experts model")]
     if layout.pp > 1:
-        return [("layout", "the router check runs without pipeline stages: a stage that raises would leave the next one waiting")]
+        return [
+            (
+                "layout",
+                "the router check runs without pipeline stages: a stage that raises would leave the next one waiting",
+            )
+        ]
     return []
 
 
@@ -63,10 +68,16 @@ CHECK = Check(
     description="megatron-core's MoE router forward with the moe-router-without-te CPU adaptation withdrawn",
     params=RouterParams,
     metrics={
-        "unadapted_forward_failed": MetricSpec("1 when the router's forward raises NameError on te_general_gemm without the "
-                                               "adaptation, else 0", Tolerance(abs=0.0), Budget(max=0.0)),
-        "unadapted_max_abs_logit_diff": MetricSpec("max |logits without the adaptation - logits with it| (only when the "
-                                                   "forward runs: both take torch.mm)", Tolerance(abs=0.0), Budget(max=0.0)),
+        "unadapted_forward_failed": MetricSpec(
+            "1 when the router's forward raises NameError on te_general_gemm without the adaptation, else 0",
+            Tolerance(abs=0.0),
+            Budget(max=0.0),
+        ),
+        "unadapted_max_abs_logit_diff": MetricSpec(
+            "max |logits without the adaptation - logits with it| (only when the forward runs: both take torch.mm)",
+            Tolerance(abs=0.0),
+            Budget(max=0.0),
+        ),
     },
     run=run,
     case_problems=_problems,

@@ -66,7 +66,9 @@ class QuantParams(StrictModel):
 PARITY = SecondLayout("parity_layout", sentinel="none", separator="~")
 
 
-def _mmlu_sets(params: QuantParams, corpus: MarkovCorpus, artifacts: Path) -> tuple[list[McItem], dict[str, list[McItem]]]:
+def _mmlu_sets(
+    params: QuantParams, corpus: MarkovCorpus, artifacts: Path
+) -> tuple[list[McItem], dict[str, list[McItem]]]:
     """Questions and few-shot examples; the corpus set is written in the MMLU layout and read back
     through the same loader users' directories go through."""
     import torch.distributed as dist
@@ -75,15 +77,18 @@ def _mmlu_sets(params: QuantParams, corpus: MarkovCorpus, artifacts: Path) -> tu
     if params.mmlu == CORPUS:
         root = artifacts / "mmlu"
         if dist.get_rank() == 0:
-            write_mmlu(root, params.mmlu_split, corpus.multiple_choice(params.mmlu_corpus_items, stream_seed=MMLU_STREAM))
+            write_mmlu(
+                root, params.mmlu_split, corpus.multiple_choice(params.mmlu_corpus_items, stream_seed=MMLU_STREAM)
+            )
             write_mmlu(root, "dev", corpus.multiple_choice(max(1, params.mmlu_shots), stream_seed=MMLU_DEV_STREAM))
         dist.barrier()
     return load_with_shots(root, params.mmlu_split, params.mmlu_shots, params.mmlu_limit)
 
 
 @functools.cache
-def _data_problems(mmlu: str, split: str, shots: int, limit: int, texts: tuple[tuple[str, str], ...],
-                   stamps: tuple[object, ...]) -> tuple[tuple[str, str], ...]:
+def _data_problems(
+    mmlu: str, split: str, shots: int, limit: int, texts: tuple[tuple[str, str], ...], stamps: tuple[object, ...]
+) -> tuple[tuple[str, str], ...]:
     """Every problem of the data files a case reads, found before any worker starts (cached per
     version of the files: ``stamps``)."""
     problems: list[tuple[str, str]] = []
@@ -152,22 +157,42 @@ def run(ctx: CheckContext) -> dict[str, float]:
             forward_logits(model, batch, spec.vocab_size)
 
     def mc(model: torch.nn.Module) -> McScores | None:
-        return None if mmlu is None else score_mc(model, tokenizer, mmlu[0], spec.vocab_size, shots=mmlu[1], max_len=spec.max_seq_len,
-                                                 batch_size=params.mmlu_batch_size)
+        return (
+            None
+            if mmlu is None
+            else score_mc(
+                model,
+                tokenizer,
+                mmlu[0],
+                spec.vocab_size,
+                shots=mmlu[1],
+                max_len=spec.max_seq_len,
+                batch_size=params.mmlu_batch_size,
+            )
+        )
 
     metrics: dict[str, float] = {}
     with model_parallel(ctx.case.layout, seed):
         model = build_model(spec, seed=seed)
         base, base_mc = score_lm(model, evals, spec.vocab_size), mc(model)
-        base_logprobs, base_layers = next_token_logprobs(model, compared, spec.vocab_size), layer_outputs(model, probe, spec.vocab_size)
+        base_logprobs, base_layers = (
+            next_token_logprobs(model, compared, spec.vocab_size),
+            layer_outputs(model, probe, spec.vocab_size),
+        )
         if params.hf_reference and spec.hf_path is not None:
-            metrics["hf_import_max_abs_logit_diff"] = _hf_logit_diff(spec.hf_path, forward_logits(model, probe, spec.vocab_size), probe)
+            metrics["hf_import_max_abs_logit_diff"] = _hf_logit_diff(
+                spec.hf_path, forward_logits(model, probe, spec.vocab_size), probe
+            )
         start = time.perf_counter()
         model = optimization.apply(model, calibrate)
         calibration_s = time.perf_counter() - start
         quant, quant_mc = score_lm(model, evals, spec.vocab_size), mc(model)
-        divergence = divergence_metrics(base_logprobs, next_token_logprobs(model, compared, spec.vocab_size),
-                                        [batch[:, 1:] for batch in compared], seed)
+        divergence = divergence_metrics(
+            base_logprobs,
+            next_token_logprobs(model, compared, spec.vocab_size),
+            [batch[:, 1:] for batch in compared],
+            seed,
+        )
         sqnr = layer_sqnr_db(base_layers, layer_outputs(model, probe, spec.vocab_size))
         del base_logprobs, base_layers
         probe_logits = forward_logits(model, probe, spec.vocab_size)
@@ -179,7 +204,8 @@ def run(ctx: CheckContext) -> dict[str, float]:
         "base_accuracy_pct": 100 * base.accuracy,
         "quant_accuracy_pct": 100 * quant.accuracy,
         "accuracy_delta_pts": 100 * (quant.accuracy - base.accuracy),
-        "delta_significance_z": (quant.accuracy - base.accuracy) / max(1e-12, math.hypot(base.accuracy_stderr, quant.accuracy_stderr)),
+        "delta_significance_z": (quant.accuracy - base.accuracy)
+        / max(1e-12, math.hypot(base.accuracy_stderr, quant.accuracy_stderr)),
         "base_perplexity": base.perplexity,
         "quant_perplexity": quant.perplexity,
         "calibration_s": calibration_s,
@@ -205,11 +231,18 @@ def run(ctx: CheckContext) -> dict[str, float]:
             "mmlu_macro_delta_pts": 100 * (quant_mc.macro_accuracy - base_mc.macro_accuracy),
         }
         lost, gained = base_mc.flips(quant_mc)
-        metrics |= {"mmlu_flips_lost": float(lost), "mmlu_flips_gained": float(gained), "mmlu_mcnemar_p": mcnemar_exact(lost, gained)}
+        metrics |= {
+            "mmlu_flips_lost": float(lost),
+            "mmlu_flips_gained": float(gained),
+            "mmlu_mcnemar_p": mcnemar_exact(lost, gained),
+        }
         for subject in base_mc.by_subject:
             base_pct, quant_pct = 100 * base_mc.subject_accuracy(subject), 100 * quant_mc.subject_accuracy(subject)
-            metrics |= {f"subject_base_pct@{subject}": base_pct, f"subject_quant_pct@{subject}": quant_pct,
-                        f"subject_delta_pts@{subject}": quant_pct - base_pct}
+            metrics |= {
+                f"subject_base_pct@{subject}": base_pct,
+                f"subject_quant_pct@{subject}": quant_pct,
+                f"subject_delta_pts@{subject}": quant_pct - base_pct,
+            }
     other = PARITY.other(ctx.case.layout, params)
     if other is not None:
         with model_parallel(other, seed):
@@ -219,9 +252,13 @@ def run(ctx: CheckContext) -> dict[str, float]:
             if experts is not None:
                 # calibration statistics of the unquantized model: the two layouts may differ by its rounding only
                 metrics["parity_expert_amax_max_rel_diff"] = amax_disagreement(experts, expert_amaxes(twin))
-                metrics["parity_expert_amax_to_bound"] = metrics["parity_expert_amax_max_rel_diff"] / bound(spec.num_layers, spec.dtype)
+                metrics["parity_expert_amax_to_bound"] = metrics["parity_expert_amax_max_rel_diff"] / bound(
+                    spec.num_layers, spec.dtype
+                )
         metrics["parity_max_abs_logit_diff"] = float((twin_logits - probe_logits).abs().max())
-        metrics |= parity_metrics("parity_logit_", probe_logits, twin_logits, bound(spec.num_layers, spec.dtype, optimization.epsilon))
+        metrics |= parity_metrics(
+            "parity_logit_", probe_logits, twin_logits, bound(spec.num_layers, spec.dtype, optimization.epsilon)
+        )
         metrics["parity_accuracy_delta_pts"] = 100 * (quant.accuracy - twin_quant.accuracy)
     return metrics
 
@@ -234,10 +271,15 @@ _DISTRIBUTION = {
     "kld_p99": MetricSpec("99th percentile of the per-token KL (nats)", _EXACT),
     "kld_max": MetricSpec("largest per-token KL (nats)", _EXACT),
     "top1_agreement_pct": MetricSpec("tokens (%) whose most likely next token is the same for both models", _EXACT),
-    "dp_correct_mean_pct": MetricSpec("mean change of the correct token's probability, quantized minus base (points)", _EXACT),
+    "dp_correct_mean_pct": MetricSpec(
+        "mean change of the correct token's probability, quantized minus base (points)", _EXACT
+    ),
     "dp_correct_rms_pct": MetricSpec("RMS change of the correct token's probability (points)", _EXACT),
-    **{f"{name}_ci_{end}": MetricSpec(f"95% bootstrap interval of {name} over sequences, {end} end", INFORMATIONAL)
-       for name in ("kld_mean", "top1_agreement_pct", "dp_correct_mean_pct", "dp_correct_rms_pct") for end in ("low", "high")},
+    **{
+        f"{name}_ci_{end}": MetricSpec(f"95% bootstrap interval of {name} over sequences, {end} end", INFORMATIONAL)
+        for name in ("kld_mean", "top1_agreement_pct", "dp_correct_mean_pct", "dp_correct_rms_pct")
+        for end in ("low", "high")
+    },
 }
 
 CHECK = Check(
@@ -248,7 +290,9 @@ CHECK = Check(
         "base_accuracy_pct": MetricSpec("next-token accuracy (%) of the unquantized model", _EXACT),
         "quant_accuracy_pct": MetricSpec("next-token accuracy (%) after quantization", _EXACT),
         "accuracy_delta_pts": MetricSpec("quantized minus base accuracy, in points (negative: lost)", _EXACT),
-        "delta_significance_z": MetricSpec("delta / sqrt(se_base^2 + se_quant^2): |z| < 2 is within noise", INFORMATIONAL),
+        "delta_significance_z": MetricSpec(
+            "delta / sqrt(se_base^2 + se_quant^2): |z| < 2 is within noise", INFORMATIONAL
+        ),
         "base_perplexity": MetricSpec("held-out perplexity before quantization", _EXACT),
         "quant_perplexity": MetricSpec("held-out perplexity after quantization", _EXACT),
         "accuracy_ceiling_pct": MetricSpec("best accuracy any model can reach on the corpus", _EXACT),
@@ -256,47 +300,88 @@ CHECK = Check(
         "quantizers_enabled": MetricSpec("enabled quantizers (one tensor-parallel replica)", _EXACT),
         "kv_quantizers_enabled": MetricSpec("enabled KV-cache quantizers (0: the KV format changed nothing)", _EXACT),
         "expert_quantizers": MetricSpec("enabled quantizers of MoE experts, over all expert-parallel ranks", _EXACT),
-        "expert_quantizers_uncalibrated": MetricSpec("enabled expert quantizers holding no amax: experts no calibration token reached",
-                                                     _EXACT, Budget(max=0)),
+        "expert_quantizers_uncalibrated": MetricSpec(
+            "enabled expert quantizers holding no amax: experts no calibration token reached", _EXACT, Budget(max=0)
+        ),
         "mmlu_items": MetricSpec("multiple-choice questions scored", _EXACT),
         "base_mmlu_pct": MetricSpec("multiple-choice accuracy (%) of the unquantized model (chance: 25)", _EXACT),
         "quant_mmlu_pct": MetricSpec("multiple-choice accuracy (%) after quantization", _EXACT),
         "mmlu_delta_pts": MetricSpec("quantized minus base multiple-choice accuracy, in points", _EXACT),
-        "base_mmlu_macro_pct": MetricSpec("mean of the subjects' accuracies (%), unquantized (every subject weighs the same)", _EXACT),
+        "base_mmlu_macro_pct": MetricSpec(
+            "mean of the subjects' accuracies (%), unquantized (every subject weighs the same)", _EXACT
+        ),
         "quant_mmlu_macro_pct": MetricSpec("mean of the subjects' accuracies (%) after quantization", _EXACT),
         "mmlu_macro_delta_pts": MetricSpec("quantized minus base macro accuracy, in points", _EXACT),
         "subject_base_pct@*": MetricSpec("one subject's multiple-choice accuracy (%), unquantized (@subject)", _EXACT),
-        "subject_quant_pct@*": MetricSpec("one subject's multiple-choice accuracy (%) after quantization (@subject)", _EXACT),
+        "subject_quant_pct@*": MetricSpec(
+            "one subject's multiple-choice accuracy (%) after quantization (@subject)", _EXACT
+        ),
         "subject_delta_pts@*": MetricSpec("one subject's quantized minus base accuracy, in points (@subject)", _EXACT),
         **_DISTRIBUTION,
-        "mmlu_flips_lost": MetricSpec("questions the base model answers right and the quantized one wrong (paired)", _EXACT),
-        "mmlu_flips_gained": MetricSpec("questions the quantized model answers right and the base one wrong (paired)", _EXACT),
-        "mmlu_mcnemar_p": MetricSpec("McNemar's exact p-value of the paired flips (small: the quantized model answers differently "
-                                     "beyond chance)", _EXACT),
-        "layer_sqnr_db@*": MetricSpec("signal-to-quantization-noise ratio (dB) of a decoder layer's output, quantized vs base, on "
-                                      "fixed tokens (@layer number): a drop names the layer", _EXACT),
+        "mmlu_flips_lost": MetricSpec(
+            "questions the base model answers right and the quantized one wrong (paired)", _EXACT
+        ),
+        "mmlu_flips_gained": MetricSpec(
+            "questions the quantized model answers right and the base one wrong (paired)", _EXACT
+        ),
+        "mmlu_mcnemar_p": MetricSpec(
+            "McNemar's exact p-value of the paired flips (small: the quantized model answers differently "
+            "beyond chance)",
+            _EXACT,
+        ),
+        "layer_sqnr_db@*": MetricSpec(
+            "signal-to-quantization-noise ratio (dB) of a decoder layer's output, quantized vs base, on "
+            "fixed tokens (@layer number): a drop names the layer",
+            _EXACT,
+        ),
         "layer_sqnr_min_db": MetricSpec("the lowest layer SQNR (dB)", _EXACT),
-        "hf_import_max_abs_logit_diff": MetricSpec("max |logits| difference, imported megatron model vs transformers", _EXACT),
-        "parity_max_abs_logit_diff": MetricSpec("max |logits| difference, quantized here vs under parity_layout", _EXACT),
-        "parity_logit_rel_error": MetricSpec("||logits here - under parity_layout||_F / ||under parity_layout||_F", _EXACT),
-        "parity_logit_rel_error_bound": MetricSpec("the parity bound K sqrt(4L+1) eps of the quantized path (harness.evals.parity)",
-                                                   INFORMATIONAL),
-        "parity_logit_rel_error_control": MetricSpec("the same error against the twin's logits one position off (negative control)",
-                                                     INFORMATIONAL),
-        "parity_logit_error_to_bound": MetricSpec("parity_logit_rel_error / its bound: layouts differ by rounding only", INFORMATIONAL,
-                                                  Budget(max=1.0)),
-        "parity_logit_control_to_bound": MetricSpec("negative control / bound: the bound tells unsynchronised scales from rounding",
-                                                    INFORMATIONAL, Budget(min=1.0)),
+        "hf_import_max_abs_logit_diff": MetricSpec(
+            "max |logits| difference, imported megatron model vs transformers", _EXACT
+        ),
+        "parity_max_abs_logit_diff": MetricSpec(
+            "max |logits| difference, quantized here vs under parity_layout", _EXACT
+        ),
+        "parity_logit_rel_error": MetricSpec(
+            "||logits here - under parity_layout||_F / ||under parity_layout||_F", _EXACT
+        ),
+        "parity_logit_rel_error_bound": MetricSpec(
+            "the parity bound K sqrt(4L+1) eps of the quantized path (harness.evals.parity)", INFORMATIONAL
+        ),
+        "parity_logit_rel_error_control": MetricSpec(
+            "the same error against the twin's logits one position off (negative control)", INFORMATIONAL
+        ),
+        "parity_logit_error_to_bound": MetricSpec(
+            "parity_logit_rel_error / its bound: layouts differ by rounding only", INFORMATIONAL, Budget(max=1.0)
+        ),
+        "parity_logit_control_to_bound": MetricSpec(
+            "negative control / bound: the bound tells unsynchronised scales from rounding",
+            INFORMATIONAL,
+            Budget(min=1.0),
+        ),
         "parity_expert_amax_max_rel_diff": MetricSpec(
-            "largest relative difference of an expert quantizer's amax element, here vs under parity_layout (same tokens: "
-            "layouts must agree to rounding)", _EXACT),
-        "parity_expert_amax_to_bound": MetricSpec("parity_expert_amax_max_rel_diff / the layout-parity bound of the unquantized path",
-                                                  INFORMATIONAL, Budget(max=1.0)),
+            "largest relative difference of an expert quantizer's amax element, here vs under parity_layout (same "
+            "tokens: "
+            "layouts must agree to rounding)",
+            _EXACT,
+        ),
+        "parity_expert_amax_to_bound": MetricSpec(
+            "parity_expert_amax_max_rel_diff / the layout-parity bound of the unquantized path",
+            INFORMATIONAL,
+            Budget(max=1.0),
+        ),
         "parity_accuracy_delta_pts": MetricSpec("accuracy here minus under parity_layout, in points", _EXACT),
     },
     run=run,
     case_problems=_case_problems,
-    headline=("accuracy_delta_pts", "kld_mean", "top1_agreement_pct", "dp_correct_rms_pct", "layer_sqnr_min_db", "mmlu_delta_pts",
-              "mmlu_mcnemar_p", "parity_logit_error_to_bound"),
+    headline=(
+        "accuracy_delta_pts",
+        "kld_mean",
+        "top1_agreement_pct",
+        "dp_correct_rms_pct",
+        "layer_sqnr_min_db",
+        "mmlu_delta_pts",
+        "mmlu_mcnemar_p",
+        "parity_logit_error_to_bound",
+    ),
     **PARITY.hooks(),
 )

@@ -58,7 +58,9 @@ def heads_subject(base: str, params: SpecParams) -> str | None:
     spec = ZOO.get(base)
     if params.train_steps == 0 or not params.workaround or spec is None or spec.recipe is None:
         return None
-    return HeadsName(base, params.algorithm, ALGORITHMS[params.algorithm].heads_steps(params.draft_steps), params.train_steps).name
+    return HeadsName(
+        base, params.algorithm, ALGORITHMS[params.algorithm].heads_steps(params.draft_steps), params.train_steps
+    ).name
 
 
 def _subjects(params: dict[str, Any], model: str) -> list[str]:
@@ -87,7 +89,13 @@ def _questions_problem(source: str, version: tuple[object, ...]) -> str | None:
 def _case_problems(layout: Layout, params: SpecParams, model: Any) -> list[tuple[str, str]]:
     problems = []
     if layout.pp > 1:
-        problems.append(("layout", "speculative decoding runs without pipeline parallelism (modelopt's Medusa supports PP only for export)"))
+        problems.append(
+            (
+                "layout",
+                "speculative decoding runs without pipeline parallelism (modelopt's Medusa supports PP only for "
+                "export)",
+            )
+        )
     if (prompt_problem := _prompt_problem(params.prompts)) is not None:
         problems.append(("prompts", prompt_problem))
     return problems
@@ -109,7 +117,12 @@ def pairing_plan(params: SpecParams, case: Case) -> PairingPlan:
     needs +-2%, a 15% one +-5% (never looser than the half-width budget)."""
     budget = case.budgets.get("speedup_ci_half_width", Budget(max=SPEEDUP_BUDGET)).max or SPEEDUP_BUDGET
     rel = case.tolerances["speedup"].rel
-    return PairingPlan(params.timing_warmup, params.timing_min_pairs, params.timing_max_pairs, min(budget, TIGHTNESS * rel) if rel else budget)
+    return PairingPlan(
+        params.timing_warmup,
+        params.timing_min_pairs,
+        params.timing_max_pairs,
+        min(budget, TIGHTNESS * rel) if rel else budget,
+    )
 
 
 def draft_agreement(tokens: list[list[int]], reference: list[list[int]] | None) -> dict[str, float]:
@@ -118,10 +131,14 @@ def draft_agreement(tokens: list[list[int]], reference: list[list[int]] | None) 
     those acceptance never reaches. While recording, the run is its own reference (1.0)."""
     reference = tokens if reference is None else reference
     if [len(each) for each in reference] != [len(each) for each in tokens]:
-        raise ValueError(f"the recorded draft tokens have {[len(each) for each in reference]} per position, this run "
-                         f"{[len(each) for each in tokens]}: the case's prompts or draft steps changed; re-record its baseline")
-    return {f"draft_agreement@{j + 1}": sum(a == b for a, b in zip(mine, theirs, strict=True)) / max(1, len(mine))
-            for j, (mine, theirs) in enumerate(zip(tokens, reference, strict=True))}
+        raise ValueError(
+            f"the recorded draft tokens have {[len(each) for each in reference]} per position, this run "
+            f"{[len(each) for each in tokens]}: the case's prompts or draft steps changed; re-record its baseline"
+        )
+    return {
+        f"draft_agreement@{j + 1}": sum(a == b for a, b in zip(mine, theirs, strict=True)) / max(1, len(mine))
+        for j, (mine, theirs) in enumerate(zip(tokens, reference, strict=True))
+    }
 
 
 def _timer(fn: Callable[[], None]) -> Callable[[], float]:
@@ -161,7 +178,15 @@ def run(ctx: CheckContext) -> dict[str, float]:
     from harness.evals.timing import interleaved
     from harness.runtime.distributed import model_parallel
     from harness.runtime.forward import device
-    from harness.runtime.speculative import base_logits, greedy, load_heads, measure_acceptance, speculative, train_heads, with_drafts
+    from harness.runtime.speculative import (
+        base_logits,
+        greedy,
+        load_heads,
+        measure_acceptance,
+        speculative,
+        train_heads,
+        with_drafts,
+    )
     from harness.runtime.subject import build_model, tokenizer_for
     from harness.runtime.train import corpus_of
 
@@ -177,7 +202,10 @@ def run(ctx: CheckContext) -> dict[str, float]:
         elif params.train_steps:  # else the freshly initialised heads: the floor a trained head must beat
             train_heads(model, recipe, tokenizer, corpus)
         model.eval()
-        batch = [torch.tensor([ids], device=device()) for ids in prompts(params.prompts, tokenizer, corpus, params.num_prompts, params.prompt_len)]
+        batch = [
+            torch.tensor([ids], device=device())
+            for ids in prompts(params.prompts, tokenizer, corpus, params.num_prompts, params.prompt_len)
+        ]
         truths = [greedy(model, prompt, params.new_tokens) for prompt in batch]
         accepted = measure_acceptance(model, algorithm, truths, [p.shape[1] for p in batch], steps)
         outputs = [speculative(model, algorithm, prompt, params.new_tokens, steps) for prompt in batch]
@@ -244,40 +272,78 @@ _TIME = Tolerance(rel=0.05, direction=Direction.HIGHER_IS_BETTER, refresh_rel=0.
 
 CHECK = Check(
     name="spec_decode",
-    description="draft heads (modelopt speculative): acceptance length, losslessness and speedup over autoregressive decoding",
+    description=(
+        "draft heads (modelopt speculative): acceptance length, losslessness and speedup over autoregressive decoding"
+    ),
     params=SpecParams,
     metrics={
-        "acceptance_length": MetricSpec("tokens per draft-and-verify step against greedy ground truth (Megatron's AL)", _EXACT),
-        "acceptance_rate": MetricSpec("acceptance length / (draft steps + parallel draft step) (Megatron's AR)", _EXACT),
-        "position_acceptance@*": MetricSpec("share of draft steps reaching draft position N whose token N is accepted (conditional)",
-                                            _ONE_SIDED),
-        "position_joint_acceptance@*": MetricSpec("share of draft steps accepting positions 1..N (product of the conditional rates)",
-                                                  _ONE_SIDED),
-        "draft_accuracy@*": MetricSpec("draft token N equals greedy decoding's, from every ground-truth position (teacher-forced: "
-                                       "also the positions acceptance never reaches)", _EXACT),
-        "draft_agreement@*": MetricSpec("draft token N equals the one recorded with the baseline, from every ground-truth position "
-                                        "(a defect that changes only drafts acceptance never reaches still shows)", _ONE_SIDED),
-        "draft_cost_ratio": MetricSpec("median over interleaved pairs of one draft call's time / one plain base forward's", _DRAFT_COST,
-                                       interval="draft_cost_ci_half_width"),
-        "draft_overhead": MetricSpec("draft_cost_ratio - 1: the draft module's own cost, in base forwards", INFORMATIONAL),
+        "acceptance_length": MetricSpec(
+            "tokens per draft-and-verify step against greedy ground truth (Megatron's AL)", _EXACT
+        ),
+        "acceptance_rate": MetricSpec(
+            "acceptance length / (draft steps + parallel draft step) (Megatron's AR)", _EXACT
+        ),
+        "position_acceptance@*": MetricSpec(
+            "share of draft steps reaching draft position N whose token N is accepted (conditional)", _ONE_SIDED
+        ),
+        "position_joint_acceptance@*": MetricSpec(
+            "share of draft steps accepting positions 1..N (product of the conditional rates)", _ONE_SIDED
+        ),
+        "draft_accuracy@*": MetricSpec(
+            "draft token N equals greedy decoding's, from every ground-truth position (teacher-forced: "
+            "also the positions acceptance never reaches)",
+            _EXACT,
+        ),
+        "draft_agreement@*": MetricSpec(
+            "draft token N equals the one recorded with the baseline, from every ground-truth position "
+            "(a defect that changes only drafts acceptance never reaches still shows)",
+            _ONE_SIDED,
+        ),
+        "draft_cost_ratio": MetricSpec(
+            "median over interleaved pairs of one draft call's time / one plain base forward's",
+            _DRAFT_COST,
+            interval="draft_cost_ci_half_width",
+        ),
+        "draft_overhead": MetricSpec(
+            "draft_cost_ratio - 1: the draft module's own cost, in base forwards", INFORMATIONAL
+        ),
         "draft_cost_ci_half_width": MetricSpec("half the draft cost ratio's 95% interval / the ratio", INFORMATIONAL),
         # Greedy speculative decoding is lossless by construction, on every machine: any difference is a bug.
-        "lossless_mismatches": MetricSpec("tokens where speculative greedy output differs from autoregressive greedy", _EXACT,
-                                          Budget(max=0.0)),
-        "base_token_mismatches": MetricSpec("draft steps whose base token differs from greedy decoding", _EXACT, Budget(max=0.0)),
-        "speedup": MetricSpec("median over interleaved pairs of autoregressive time / speculative time (no KV cache either way)", _TIME,
-                              interval="speedup_ci_half_width"),
+        "lossless_mismatches": MetricSpec(
+            "tokens where speculative greedy output differs from autoregressive greedy", _EXACT, Budget(max=0.0)
+        ),
+        "base_token_mismatches": MetricSpec(
+            "draft steps whose base token differs from greedy decoding", _EXACT, Budget(max=0.0)
+        ),
+        "speedup": MetricSpec(
+            "median over interleaved pairs of autoregressive time / speculative time (no KV cache either way)",
+            _TIME,
+            interval="speedup_ci_half_width",
+        ),
         "speedup_ci_low": MetricSpec("95% bootstrap interval of the speedup median, low end", INFORMATIONAL),
         "speedup_ci_high": MetricSpec("95% bootstrap interval of the speedup median, high end", INFORMATIONAL),
-        "speedup_ci_half_width": MetricSpec("half the speedup interval's width / the speedup (the pairs stop once within budget)",
-                                            INFORMATIONAL, Budget(max=SPEEDUP_BUDGET)),
-        "timing_pairs": MetricSpec("interleaved pairs it took to reach the interval budget (or timing_max_pairs)", INFORMATIONAL),
+        "speedup_ci_half_width": MetricSpec(
+            "half the speedup interval's width / the speedup (the pairs stop once within budget)",
+            INFORMATIONAL,
+            Budget(max=SPEEDUP_BUDGET),
+        ),
+        "timing_pairs": MetricSpec(
+            "interleaved pairs it took to reach the interval budget (or timing_max_pairs)", INFORMATIONAL
+        ),
         "ar_tokens_per_s": MetricSpec("autoregressive decoding throughput (median)", INFORMATIONAL),
         "spec_tokens_per_s": MetricSpec("speculative decoding throughput (median)", INFORMATIONAL),
     },
     run=run,
-    headline=("acceptance_length", "position_acceptance@1", "position_acceptance@2", "draft_accuracy@1", "draft_accuracy@2",
-              "lossless_mismatches", "speedup", "draft_overhead"),
+    headline=(
+        "acceptance_length",
+        "position_acceptance@1",
+        "position_acceptance@2",
+        "draft_accuracy@1",
+        "draft_accuracy@2",
+        "lossless_mismatches",
+        "speedup",
+        "draft_overhead",
+    ),
     label=_label,
     label_params=("algorithm", "draft_steps", "train_steps"),
     case_problems=_case_problems,

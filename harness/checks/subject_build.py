@@ -23,7 +23,9 @@ BUILD_TIMEOUT_S = 3600.0
 
 class BuildParams(StrictModel):
     subject: str
-    export_to: str | None = None  # instead of training: write the shipped model as a megatron torch_dist checkpoint here
+    export_to: str | None = (
+        None  # instead of training: write the shipped model as a megatron torch_dist checkpoint here
+    )
 
 
 def split_name(name: str) -> tuple[ModelSpec, HeadsName | None]:
@@ -32,10 +34,14 @@ def split_name(name: str) -> tuple[ModelSpec, HeadsName | None]:
     spec = ZOO.get(heads.base if heads else name)
     if spec is None or spec.recipe is None:
         trainable = ", ".join(sorted(n for n, s in ZOO.items() if s.recipe)) or "none"
-        raise SubjectError(f"cannot build {name!r}: a subject is a zoo model with a training recipe ({trainable}) or draft heads "
-                           "on one, named BASE+ALGORITHM-kSTEPS-tTRAINSTEPS (e.g. tiny-gpt-trained+medusa-k2-t150)")
+        raise SubjectError(
+            f"cannot build {name!r}: a subject is a zoo model with a training recipe ({trainable}) or draft heads "
+            "on one, named BASE+ALGORITHM-kSTEPS-tTRAINSTEPS (e.g. tiny-gpt-trained+medusa-k2-t150)"
+        )
     if heads is not None and (heads.algorithm not in ALGORITHMS or heads.train_steps == 0):
-        raise SubjectError(f"cannot build {name!r}: algorithm must be one of {', '.join(ALGORITHMS)} and training steps > 0")
+        raise SubjectError(
+            f"cannot build {name!r}: algorithm must be one of {', '.join(ALGORITHMS)} and training steps > 0"
+        )
     return spec, heads
 
 
@@ -65,14 +71,20 @@ def _run(ctx: CheckContext) -> dict[str, float]:
 
             tensors = whole_tensors(train(spec))
         else:
-            # the draft module's tensors only (a converted base can change its own checkpoint keys: EAGLE makes them per layer)
+            # the draft module's tensors only (a converted base can change its own checkpoint keys: EAGLE makes them per
+            # layer)
             module = ALGORITHMS[heads.algorithm].heads_module + "."
-            tensors = {key: t for key, t in whole_tensors(_trained_heads(spec, heads)).items() if key.startswith(module)}
+            tensors = {
+                key: t for key, t in whole_tensors(_trained_heads(spec, heads)).items() if key.startswith(module)
+            }
     if dist.get_rank() == 0:
         save_whole(tensors, ctx.artifacts / SUBJECT_FILE, {"subject": name})
     dist.barrier()
-    return {"tensors": float(len(tensors)), "parameters": float(sum(t.numel() for t in tensors.values())),
-            "train_s": time.perf_counter() - start}
+    return {
+        "tensors": float(len(tensors)),
+        "parameters": float(sum(t.numel() for t in tensors.values())),
+        "train_s": time.perf_counter() - start,
+    }
 
 
 def _trained_heads(spec: ModelSpec, heads: HeadsName) -> Any:
@@ -100,7 +112,20 @@ def build_case(name: str, export_to: Path | None = None) -> Case:
     spec, _ = split_name(name)
     params = {"subject": name} | ({"export_to": str(export_to.resolve())} if export_to else {})
     return Case(
-        id=f"build/{name}", suite="build", check=BUILD.name, model=spec.name, model_spec=spec, layout=Layout(1, 1), optimization="none",
-        params=params, platform="cpu", world_size=1, markers=("build",), tolerances={}, budgets={},
-        timeout_s=BUILD_TIMEOUT_S, seed=BUILD_SEED, source="harness models build",
+        id=f"build/{name}",
+        suite="build",
+        check=BUILD.name,
+        model=spec.name,
+        model_spec=spec,
+        layout=Layout(1, 1),
+        optimization="none",
+        params=params,
+        platform="cpu",
+        world_size=1,
+        markers=("build",),
+        tolerances={},
+        budgets={},
+        timeout_s=BUILD_TIMEOUT_S,
+        seed=BUILD_SEED,
+        source="harness models build",
     )

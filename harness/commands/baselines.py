@@ -20,11 +20,20 @@ from harness.suites.yaml_lines import SuiteError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    baselines = sub.add_parser("baselines", help="the baseline environments and how many of this machine's cases each covers")
-    baselines.add_argument("--baselines", type=Path, default=Path("baselines"), help="baseline folder (default: baselines)")
+    baselines = sub.add_parser(
+        "baselines", help="the baseline environments and how many of this machine's cases each covers"
+    )
+    baselines.add_argument(
+        "--baselines", type=Path, default=Path("baselines"), help="baseline folder (default: baselines)"
+    )
     baselines.add_argument("suites", nargs="*", help="suite files (default: suites/*.yaml)")
-    baselines.add_argument("--markdown", type=Path, metavar="FILE", help="write every recorded value (headline metrics, noise bands) "
-                           "as Markdown to FILE instead (docs/measured/baselines.md: `nox -s docs`)")
+    baselines.add_argument(
+        "--markdown",
+        type=Path,
+        metavar="FILE",
+        help="write every recorded value (headline metrics, noise bands) "
+        "as Markdown to FILE instead (docs/measured/baselines.md: `nox -s docs`)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -52,7 +61,10 @@ def main(args: argparse.Namespace) -> int:
         mine = [c for c in cases if c.platform == platform]
         covered = sum((c.suite, c.id) in recorded for c in mine)
         tag = "  <- this machine" if here.get(platform) == folder.name else ""
-        print(f"{folder.name}: {len(recorded)} cases recorded, {covered} of the {len(mine)} {platform} cases of the suites{tag}")
+        print(
+            f"{folder.name}: {len(recorded)} cases recorded, {covered} of the {len(mine)} {platform} cases of the "
+            f"suites{tag}"
+        )
         suites = Counter(suite for suite, _ in recorded)
         print("  " + ", ".join(f"{suite} {n}" for suite, n in sorted(suites.items())))
     missing = sorted(set(here.values()) - {f.name for f in found} - {"gpu-none"})

@@ -16,7 +16,9 @@ DEFAULT_HISTORY = Path("artifacts") / "history.sqlite"
 def add_parser(sub: argparse._SubParsersAction) -> None:
     history = sub.add_parser("history", help="print a case's metrics over the recorded runs")
     history.add_argument("case", help="a case id or any part of one: tp2pp1->tp1pp1/int4_awq")
-    history.add_argument("--history", type=Path, default=DEFAULT_HISTORY, help=f"run history (default: {DEFAULT_HISTORY})")
+    history.add_argument(
+        "--history", type=Path, default=DEFAULT_HISTORY, help=f"run history (default: {DEFAULT_HISTORY})"
+    )
     history.add_argument("-n", type=int, default=10, help="last N runs (default: 10)")
 
 

@@ -19,17 +19,27 @@ from harness.reports.measured import subjects_markdown
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    models = sub.add_parser("models", help="shipped subjects: the trained weights cases load (see README: Environments)")
+    models = sub.add_parser(
+        "models", help="shipped subjects: the trained weights cases load (see README: Environments)"
+    )
     models_sub = models.add_subparsers(dest="models_command", required=True)
     listing = models_sub.add_parser("list", help="every shipped subject with its sha256, size and recipe")
-    listing.add_argument("--markdown", type=Path, metavar="FILE", help="write the table to FILE instead (docs/measured/subjects.md)")
+    listing.add_argument(
+        "--markdown", type=Path, metavar="FILE", help="write the table to FILE instead (docs/measured/subjects.md)"
+    )
     models_sub.add_parser("verify", help="check every shipped file against its manifest hash (exit 1 on a mismatch)")
-    build = models_sub.add_parser("build", help="train a subject under the pinned numerics, ship it, print its new hash")
+    build = models_sub.add_parser(
+        "build", help="train a subject under the pinned numerics, ship it, print its new hash"
+    )
     build.add_argument("name", help="tiny-gpt-trained, or draft heads on it: tiny-gpt-trained+medusa-k2-t150")
-    build.add_argument("--artifacts", type=Path, default=Path("artifacts") / "build", help="worker logs and the built file")
+    build.add_argument(
+        "--artifacts", type=Path, default=Path("artifacts") / "build", help="worker logs and the built file"
+    )
     export = models_sub.add_parser("export", help="write a shipped model as a megatron torch_dist checkpoint")
     export.add_argument("name", help="a model subject, e.g. tiny-gpt-trained")
-    export.add_argument("directory", type=Path, help="the checkpoint folder to write (a suite loads it with `torch_dist:`)")
+    export.add_argument(
+        "directory", type=Path, help="the checkpoint folder to write (a suite loads it with `torch_dist:`)"
+    )
     export.add_argument("--artifacts", type=Path, default=Path("artifacts") / "build", help="worker logs")
 
 
@@ -59,8 +69,12 @@ def build(name: str, artifacts: Path, info: dict[str, Any]) -> tuple[str, dict[s
     requires = {spec.name: shipped.expected_hash(spec.name)} if heads else {}
     outcome = _in_worker(build_case(name), artifacts)
     keep = ("versions", "python", "cpu_model", "cpu_isa_flags", "cpu_pins", "environments", "commit", "date")
-    info = {"kind": "draft-heads" if heads else "model", "recipe": recipe_of(name), "requires": requires,
-            "built": {**{k: info[k] for k in keep if k in info}, **{k: round(v, 3) for k, v in outcome.metrics.items()}}}
+    info = {
+        "kind": "draft-heads" if heads else "model",
+        "recipe": recipe_of(name),
+        "requires": requires,
+        "built": {**{k: info[k] for k in keep if k in info}, **{k: round(v, 3) for k, v in outcome.metrics.items()}},
+    }
     return shipped.record(name, Path(outcome.artifacts) / SUBJECT_FILE, info), outcome.metrics
 
 
@@ -70,8 +84,14 @@ def main(args: argparse.Namespace) -> int:
         if args.models_command == "build":
             digest, metrics = build(args.name, args.artifacts, provenance(Path.cwd()))
             print(f"{args.name}: sha256 {digest}")
-            print(f"  {', '.join(f'{k} {v:g}' for k, v in sorted(metrics.items()))}; written to {shipped.file(args.name)} and {shipped.path}")
-            print("  baselines measured on the previous file no longer judge cases that use it: re-record them (--update-baselines)")
+            print(
+                f"  {', '.join(f'{k} {v:g}' for k, v in sorted(metrics.items()))}; written to "
+                f"{shipped.file(args.name)} and {shipped.path}"
+            )
+            print(
+                "  baselines measured on the previous file no longer judge cases that use it: re-record them "
+                "(--update-baselines)"
+            )
             return 0
         if args.models_command == "export":
             export(args.name, args.directory, args.artifacts)
@@ -94,5 +114,3 @@ def main(args: argparse.Namespace) -> int:
     if args.models_command == "verify":
         print(f"{len(problems) - len(bad)} of {len(problems)} subjects match {shipped.path}")
     return EXIT_FAILED if bad else 0
-
-

@@ -13,7 +13,16 @@ from harness.baselines import BaselineStore
 from harness.environment import fingerprint
 from harness.exit_codes import EXIT_USAGE
 from harness.launchers.local import LocalLauncher
-from harness.noise import DEFAULT_VARIATIONS, REFERENCE, REPEAT, VARIATIONS, CaseNoise, Variation, noise_path, write_case_noise
+from harness.noise import (
+    DEFAULT_VARIATIONS,
+    REFERENCE,
+    REPEAT,
+    VARIATIONS,
+    CaseNoise,
+    Variation,
+    noise_path,
+    write_case_noise,
+)
 from harness.pipeline import launch, with_reference
 from harness.provenance import provenance
 from harness.schedule import Scheduled
@@ -24,18 +33,36 @@ SHOWN = 5  # metrics printed per case, the most moved first
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("noise", help="rerun cases under legitimate variations; record each metric's spread beside its baseline")
+    parser = sub.add_parser(
+        "noise", help="rerun cases under legitimate variations; record each metric's spread beside its baseline"
+    )
     parser.add_argument("suites", nargs="*", help="suite files (default: suites/*.yaml)")
     parser.add_argument("-k", dest="keyword", help="select by case id")
     parser.add_argument("-m", dest="markexpr", help="select by marker")
-    parser.add_argument("--variations", default=",".join(DEFAULT_VARIATIONS),
-                        help=f"comma-separated, of: {', '.join(VARIATIONS)} (default: {','.join(DEFAULT_VARIATIONS)})")
-    parser.add_argument("--reference", choices=("run", "baseline"), default="run",
-                        help="the pinned sample the others are measured against: a fresh run (default), or the recorded baseline "
-                             "where it has this machine's fingerprint (a run where it has not)")
-    parser.add_argument("--repeats", type=int, default=1, help="runs of the pinned environment besides the reference (default: 1)")
-    parser.add_argument("--baselines", type=Path, default=Path("baselines"), help="baseline folder the records go to (default: baselines)")
-    parser.add_argument("--artifacts", type=Path, default=Path("artifacts") / "noise", help="worker logs and case files")
+    parser.add_argument(
+        "--variations",
+        default=",".join(DEFAULT_VARIATIONS),
+        help=f"comma-separated, of: {', '.join(VARIATIONS)} (default: {','.join(DEFAULT_VARIATIONS)})",
+    )
+    parser.add_argument(
+        "--reference",
+        choices=("run", "baseline"),
+        default="run",
+        help="the pinned sample the others are measured against: a fresh run (default), or the recorded baseline "
+        "where it has this machine's fingerprint (a run where it has not)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs of the pinned environment besides the reference (default: 1)"
+    )
+    parser.add_argument(
+        "--baselines",
+        type=Path,
+        default=Path("baselines"),
+        help="baseline folder the records go to (default: baselines)",
+    )
+    parser.add_argument(
+        "--artifacts", type=Path, default=Path("artifacts") / "noise", help="worker logs and case files"
+    )
 
 
 def _runs(variations: list[Variation], repeats: int) -> dict[str, Variation | None]:
@@ -54,20 +81,33 @@ def _moved(record: CaseNoise, baseline: dict[str, float]) -> list[str]:
             continue
         reference = metric.samples.get(REFERENCE, math.nan)
         scale = abs(reference) if reference else 1.0
-        lines.append((deviation / scale, f"{name}: reference {reference:.6g}, baseline {baseline.get(name, math.nan):.6g}, "
-                                         f"max deviation {deviation:.3g} (repeats {metric.deviation(False):.3g})"))
+        lines.append(
+            (
+                deviation / scale,
+                f"{name}: reference {reference:.6g}, baseline {baseline.get(name, math.nan):.6g}, "
+                f"max deviation {deviation:.3g} (repeats {metric.deviation(False):.3g})",
+            )
+        )
     return [text for _, text in sorted(lines, reverse=True)]
 
 
-def _study(item: Scheduled, launchers: dict[str, LocalLauncher], store: BaselineStore, info: dict[str, object], artifacts: Path,
-           reuse_baseline: bool) -> str:
+def _study(
+    item: Scheduled,
+    launchers: dict[str, LocalLauncher],
+    store: BaselineStore,
+    info: dict[str, object],
+    artifacts: Path,
+    reuse_baseline: bool,
+) -> str:
     case = item.case
     entry = store.entry(case.platform, case.suite, case.id) or {}
     runs, errors, seconds = {}, {}, {}
     if reuse_baseline and entry and fingerprint(entry["provenance"], case.platform) == fingerprint(info, case.platform):
         runs[REFERENCE] = entry["metrics"]
     for label, launcher in launchers.items():
-        if label in runs or (label in VARIATIONS and label != REPEAT and not VARIATIONS[label].environment(case.world_size)):
+        if label in runs or (
+            label in VARIATIONS and label != REPEAT and not VARIATIONS[label].environment(case.world_size)
+        ):
             continue  # the reused reference, or a variation that changes nothing for this world size
         outcome = launch(with_reference(item, store, update=False), launcher, artifacts)
         seconds[label] = outcome.duration_s
@@ -79,19 +119,32 @@ def _study(item: Scheduled, launchers: dict[str, LocalLauncher], store: Baseline
         return f"{case.key}: no record, the reference run failed: {errors.get(REFERENCE)}"
     reference = "a fresh run" if REFERENCE in seconds else "the recorded baseline"
     record = CaseNoise.from_samples(runs, errors, info | {"reference": reference})
-    write_case_noise(noise_path(store.path(case.platform, case.suite)), case.suite, store.environment(case.platform), case.id, record)
+    write_case_noise(
+        noise_path(store.path(case.platform, case.suite)), case.suite, store.environment(case.platform), case.id, record
+    )
     baseline = entry.get("metrics", {})
-    lines = [f"{case.key}: {len(record.metrics)} metrics over {', '.join(runs)} (reference: {reference}); runs took "
-             + ", ".join(f"{label} {took:.1f} s" for label, took in seconds.items())]
+    lines = [
+        f"{case.key}: {len(record.metrics)} metrics over {', '.join(runs)} (reference: {reference}); runs took "
+        + ", ".join(f"{label} {took:.1f} s" for label, took in seconds.items())
+    ]
     if errors:
         lines += [f"  ERROR under {label}: {why}" for label, why in errors.items()]
     if entry and fingerprint(entry["provenance"], case.platform) == fingerprint(info, case.platform):
-        stale = [n for n, m in record.metrics.items() if n in baseline and m.samples[REFERENCE] != baseline[n] and m.deviation(False) == 0]
+        stale = [
+            n
+            for n, m in record.metrics.items()
+            if n in baseline and m.samples[REFERENCE] != baseline[n] and m.deviation(False) == 0
+        ]
         if stale:
-            lines.append(f"  NOTE: {len(stale)} deterministic metric(s) differ from the baseline recorded on this fingerprint "
-                         f"(e.g. {stale[0]}): the baseline is stale; re-record it in a commit that says why")
+            lines.append(
+                f"  NOTE: {len(stale)} deterministic metric(s) differ from the baseline recorded on this fingerprint "
+                f"(e.g. {stale[0]}): the baseline is stale; re-record it in a commit that says why"
+            )
     moved = _moved(record, baseline)
-    lines.append(f"  {len(record.metrics) - len(moved)} bit-identical under every run; {len(moved)} moved" + (":" if moved else ""))
+    lines.append(
+        f"  {len(record.metrics) - len(moved)} bit-identical under every run; {len(moved)} moved"
+        + (":" if moved else "")
+    )
     lines += [f"    {text}" for text in moved[:SHOWN]]
     return "\n".join(lines)
 
@@ -104,8 +157,12 @@ def main(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.variations.split(",") if n.strip()]
     unknown = [n for n in names if n not in VARIATIONS]
     if unknown or args.repeats < 0:
-        print(f"harness: unknown variation(s) {', '.join(unknown)}; known: {', '.join(VARIATIONS)}" if unknown
-              else "harness: --repeats must be >= 0", file=sys.stderr)
+        print(
+            f"harness: unknown variation(s) {', '.join(unknown)}; known: {', '.join(VARIATIONS)}"
+            if unknown
+            else "harness: --repeats must be >= 0",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     variations = []
     for name in names:
@@ -128,14 +185,21 @@ def main(args: argparse.Namespace) -> int:
     info = provenance(Path.cwd(), resources.gpu_name)
     store = BaselineStore(args.baselines, resources.environments)
     labels = _runs(variations, args.repeats)
-    print(f"noise study: {len(plan)} case(s) x {len(labels)} runs ({', '.join(labels)}); records under {args.baselines}/")
+    print(
+        f"noise study: {len(plan)} case(s) x {len(labels)} runs ({', '.join(labels)}); records under {args.baselines}/"
+    )
     try:
         # One world size at a time: each run label keeps a warm pool, and only one size's pools live at once.
         for _, group in itertools.groupby(plan, key=lambda item: item.case.world_size):
-            launchers = {label: LocalLauncher(args.artifacts / label, None if v is None else v.environment) for label, v in labels.items()}
+            launchers = {
+                label: LocalLauncher(args.artifacts / label, None if v is None else v.environment)
+                for label, v in labels.items()
+            }
             try:
                 for item in group:
-                    print(_study(item, launchers, store, info, args.artifacts, args.reference == "baseline"), flush=True)
+                    print(
+                        _study(item, launchers, store, info, args.artifacts, args.reference == "baseline"), flush=True
+                    )
             finally:
                 for launcher in launchers.values():
                     launcher.close()

@@ -28,12 +28,20 @@ REPORT = "sensitivity.json"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("sensitivity", help="inject known library defects inside the workers; report which metrics catch them")
-    parser.add_argument("mutations", nargs="*", help=f"mutation names (default: all {len(MUTATIONS)}; --list names them)")
+    parser = sub.add_parser(
+        "sensitivity", help="inject known library defects inside the workers; report which metrics catch them"
+    )
+    parser.add_argument(
+        "mutations", nargs="*", help=f"mutation names (default: all {len(MUTATIONS)}; --list names them)"
+    )
     parser.add_argument("--fast", action="store_true", help="only the CI subset")
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
-    parser.add_argument("--baselines", type=Path, default=Path("baselines"), help="baseline folder (default: baselines)")
-    parser.add_argument("--artifacts", type=Path, default=Path("artifacts") / "sensitivity", help=f"worker logs, cases and {REPORT}")
+    parser.add_argument(
+        "--baselines", type=Path, default=Path("baselines"), help="baseline folder (default: baselines)"
+    )
+    parser.add_argument(
+        "--artifacts", type=Path, default=Path("artifacts") / "sensitivity", help=f"worker logs, cases and {REPORT}"
+    )
 
 
 @dataclass(frozen=True)
@@ -96,26 +104,47 @@ def _failing(result: CaseResult) -> dict[str, MetricResult]:
     """The metrics that fail, except those the case's known defect excuses while it shows."""
     known = result.case.known_defect
     shows = known is not None and known.shows(result.outcome.metrics)
-    return {m.name: m for m in result.metrics
-            if m.verdict is Verdict.FAIL and not (shows and known is not None and known.excuses(m.name))}
+    return {
+        m.name: m
+        for m in result.metrics
+        if m.verdict is Verdict.FAIL and not (shows and known is not None and known.excuses(m.name))
+    }
 
 
-def run_case(mutation: Mutation, case: Case, launcher: LocalLauncher, store: BaselineStore, info: dict, artifacts: Path,
-             skip: str | None) -> CaseRun:
+def run_case(
+    mutation: Mutation,
+    case: Case,
+    launcher: LocalLauncher,
+    store: BaselineStore,
+    info: dict,
+    artifacts: Path,
+    skip: str | None,
+) -> CaseRun:
     if skip is not None:
         return CaseRun(mutation.name, case.key, case.check, skipped=skip)
     outcome = launch(with_reference(Scheduled(case, None), store, update=False), launcher, artifacts)
     if outcome.error is not None:
-        return CaseRun(mutation.name, case.key, case.check, error=_raised(outcome.error), broken=_in_mutation(outcome.error))
-    applied = [a for pool in launcher.pools.values() for a in pool.adaptations if a.startswith(f"MUTATION {mutation.name}:")]
+        return CaseRun(
+            mutation.name, case.key, case.check, error=_raised(outcome.error), broken=_in_mutation(outcome.error)
+        )
+    applied = [
+        a for pool in launcher.pools.values() for a in pool.adaptations if a.startswith(f"MUTATION {mutation.name}:")
+    ]
     if not applied:
         return CaseRun(mutation.name, case.key, case.check, skipped="the workers did not report the mutation applied")
     here = _failing(compare(outcome, store, False, info, across_machines=False))
     elsewhere = compare(outcome, store, False, info, across_machines=True)
     there, judged_there = _failing(elsewhere), {m.name: m for m in elsewhere.metrics}
-    catches = tuple(Catch(name, m.baseline if m.baseline is not None else float("nan"), m.measured,
-                          judged_there[name].tolerance.allowed(m.baseline or 0.0), name in there)
-                    for name, m in sorted(here.items()))
+    catches = tuple(
+        Catch(
+            name,
+            m.baseline if m.baseline is not None else float("nan"),
+            m.measured,
+            judged_there[name].tolerance.allowed(m.baseline or 0.0),
+            name in there,
+        )
+        for name, m in sorted(here.items())
+    )
     return CaseRun(mutation.name, case.key, case.check, catches=catches)
 
 
@@ -143,17 +172,33 @@ def scores(runs: list[CaseRun]) -> tuple[Score, dict[str, Score]]:
 
 
 def _effect(c: Catch) -> str:
-    return f"{c.metric} {c.baseline:.4g} -> {c.measured:.4g} (band {c.band:.2g}{'' if c.portable else ', bit-exact only'})"
+    return (
+        f"{c.metric} {c.baseline:.4g} -> {c.measured:.4g} (band {c.band:.2g}{'' if c.portable else ', bit-exact only'})"
+    )
 
 
 def markdown(runs: list[CaseRun], total: Score, table: dict[str, Score]) -> str:
-    lines = ["# Sensitivity (mutation self-test)", "",
-             f"**{total.portable} of {total.defects} defects caught by a portable metric** (judged with the across-machine noise "
-             f"bands), {total.caught} caught at all" + (f"; missed: {', '.join(total.missed)}" if total.missed else "") + ".", "",
-             "| check | defects | caught | caught portably | missed |", "|---|---|---|---|---|"]
-    lines += [f"| {check} | {s.defects} | {s.caught} | {s.portable} | {', '.join(s.missed) or '-'} |" for check, s in table.items()]
-    lines += ["", "| defect | kind | case | caught by (baseline -> mutated, across-machine band = minimum detectable effect) |",
-              "|---|---|---|---|"]
+    lines = [
+        "# Sensitivity (mutation self-test)",
+        "",
+        f"**{total.portable} of {total.defects} defects caught by a portable metric** (judged with the across-machine "
+        "noise "
+        f"bands), {total.caught} caught at all"
+        + (f"; missed: {', '.join(total.missed)}" if total.missed else "")
+        + ".",
+        "",
+        "| check | defects | caught | caught portably | missed |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {check} | {s.defects} | {s.caught} | {s.portable} | {', '.join(s.missed) or '-'} |"
+        for check, s in table.items()
+    ]
+    lines += [
+        "",
+        "| defect | kind | case | caught by (baseline -> mutated, across-machine band = minimum detectable effect) |",
+        "|---|---|---|---|",
+    ]
     for run in runs:
         kind = MUTATIONS[run.mutation].kind if run.mutation in MUTATIONS else ""
         if run.skipped is not None:
@@ -163,7 +208,9 @@ def markdown(runs: list[CaseRun], total: Score, table: dict[str, Score]) -> str:
         else:
             portable = [c for c in run.catches if c.portable]
             shown = (portable or list(run.catches))[:4]
-            found = "; ".join(map(_effect, shown)) + (f" (+{len(run.catches) - len(shown)} more)" if len(run.catches) > len(shown) else "")
+            found = "; ".join(map(_effect, shown)) + (
+                f" (+{len(run.catches) - len(shown)} more)" if len(run.catches) > len(shown) else ""
+            )
             found = found or "**not caught**"
         lines.append(f"| {run.mutation} | {kind} | {run.case} | {found.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
@@ -179,9 +226,16 @@ def main(args: argparse.Namespace) -> int:
         return 0
     unknown = [name for name in args.mutations if name not in MUTATIONS]
     if unknown:
-        print(f"harness: unknown mutation(s) {', '.join(unknown)}; `harness sensitivity --list` names them", file=sys.stderr)
+        print(
+            f"harness: unknown mutation(s) {', '.join(unknown)}; `harness sensitivity --list` names them",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
-    selected = [MUTATIONS[n] for n in args.mutations] if args.mutations else [m for m in MUTATIONS.values() if m.fast or not args.fast]
+    selected = (
+        [MUTATIONS[n] for n in args.mutations]
+        if args.mutations
+        else [m for m in MUTATIONS.values() if m.fast or not args.fast]
+    )
     resources = Resources.detect()
     cases = {c.key: c for c in collect(sorted(Path("suites").glob("*.yaml")), resources, markexpr="cpu")}
     missing = sorted({key for m in selected for key in m.cases if key not in cases})
@@ -194,22 +248,46 @@ def main(args: argparse.Namespace) -> int:
     print(f"sensitivity: {len(selected)} defect(s), {sum(len(m.cases) for m in selected)} mutated case runs")
     try:
         for mutation in selected:
-            launcher = LocalLauncher(args.artifacts / mutation.name, lambda world, name=mutation.name: {MUTATION_VARIABLE: name})
+            launcher = LocalLauncher(
+                args.artifacts / mutation.name, lambda world, name=mutation.name: {MUTATION_VARIABLE: name}
+            )
             try:
                 for key in mutation.cases:
-                    run = run_case(mutation, cases[key], launcher, store, info, args.artifacts, skip_reason(cases[key], resources))
+                    run = run_case(
+                        mutation, cases[key], launcher, store, info, args.artifacts, skip_reason(cases[key], resources)
+                    )
                     runs.append(run)
-                    verdict = ("skipped" if run.skipped else "BROKEN MUTATION (its own code raised)" if run.broken else "CAUGHT" if run.caught_portably else "caught bit-exactly only" if run.caught
-                               else "NOT CAUGHT")
-                    print(f"{mutation.name} on {key}: {verdict}" + "".join(f"\n  {_effect(c)}" for c in run.catches[:6])
-                          + (f"\n  error: {run.error}" if run.error else ""), flush=True)
+                    verdict = (
+                        "skipped"
+                        if run.skipped
+                        else "BROKEN MUTATION (its own code raised)"
+                        if run.broken
+                        else "CAUGHT"
+                        if run.caught_portably
+                        else "caught bit-exactly only"
+                        if run.caught
+                        else "NOT CAUGHT"
+                    )
+                    print(
+                        f"{mutation.name} on {key}: {verdict}"
+                        + "".join(f"\n  {_effect(c)}" for c in run.catches[:6])
+                        + (f"\n  error: {run.error}" if run.error else ""),
+                        flush=True,
+                    )
             finally:
                 launcher.close()
     except KeyboardInterrupt:
         print("harness: interrupted; the report covers the finished case runs", file=sys.stderr)
     total, table = scores(runs)
-    write_json_atomic(args.artifacts / REPORT, {"provenance": info, "runs": [asdict(r) for r in runs], "total": asdict(total),
-                                                "checks": {check: asdict(s) for check, s in table.items()}})
+    write_json_atomic(
+        args.artifacts / REPORT,
+        {
+            "provenance": info,
+            "runs": [asdict(r) for r in runs],
+            "total": asdict(total),
+            "checks": {check: asdict(s) for check, s in table.items()},
+        },
+    )
     text = markdown(runs, total, table)
     write_text_atomic(args.artifacts / "sensitivity.md", text)
     print(text)

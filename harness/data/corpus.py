@@ -37,7 +37,9 @@ class MarkovCorpus:
     def successors(self) -> np.ndarray:
         """``[vocab, len(probs)]``: the successors of each token, most likely first."""
         rng = np.random.default_rng(self.seed)
-        return np.stack([rng.choice(self.text_words, size=len(self.probs), replace=False) for _ in range(self.vocab_size)])
+        return np.stack(
+            [rng.choice(self.text_words, size=len(self.probs), replace=False) for _ in range(self.vocab_size)]
+        )
 
     @property
     def best_accuracy(self) -> float:
@@ -57,7 +59,9 @@ class MarkovCorpus:
             out[:, t] = self.successors[out[:, t - 1], choices[:, t]]
         return out
 
-    def multiple_choice(self, count: int, stream_seed: int, context_len: int = 6, rare_distractors: int = 2) -> list[McItem]:
+    def multiple_choice(
+        self, count: int, stream_seed: int, context_len: int = 6, rare_distractors: int = 2
+    ) -> list[McItem]:
         """Questions in the MMLU layout whose answer the chain decides: after a sampled context, which
         of four words comes next? The right one is the last word's most likely successor. Of the three
         distractors, ``rare_distractors`` are words that never occur in text (a model that learned the
@@ -70,8 +74,10 @@ class MarkovCorpus:
         for context in contexts:
             last = int(context[-1])
             never = np.setdiff1d(np.arange(self.text_words), self.successors[last])
-            distractors = [*rng.choice(np.arange(self.text_words, self.vocab_size), size=rare, replace=False),
-                           *rng.choice(never, size=3 - rare, replace=False)]
+            distractors = [
+                *rng.choice(np.arange(self.text_words, self.vocab_size), size=rare, replace=False),
+                *rng.choice(never, size=3 - rare, replace=False),
+            ]
             options = [int(self.successors[last, 0]), *(int(t) for t in distractors)]
             order = rng.permutation(4)
             choices = tuple(corpus_word(options[i]) for i in order)

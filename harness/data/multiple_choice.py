@@ -1,4 +1,5 @@
-"""A multiple-choice question, how it is written as an MMLU prompt, and what reads one: plain data the corpus writes and the MMLU scorer reads
+"""A multiple-choice question, how it is written as an MMLU prompt, and what reads one: plain data the corpus writes
+and the MMLU scorer reads
 (harness.evals.mmlu), so neither floor imports the other."""
 
 from __future__ import annotations

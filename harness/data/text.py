@@ -50,12 +50,14 @@ def read_documents(path: Path) -> list[str]:
     documents = []
     for line_no, record in jsonl_objects(path):
         if not isinstance(record.get("text"), str):
-            raise TextSourceError(f"{path}:{line_no}: expected an object with a string \"text\" field")
+            raise TextSourceError(f'{path}:{line_no}: expected an object with a string "text" field')
         documents.append(record["text"])
     return documents
 
 
-def token_rows(source: str, tokenizer: Tokenizer, corpus: MarkovCorpus, rows: int, width: int, stream: int) -> np.ndarray:
+def token_rows(
+    source: str, tokenizer: Tokenizer, corpus: MarkovCorpus, rows: int, width: int, stream: int
+) -> np.ndarray:
     """``[rows, width]`` token ids: corpus samples of ``stream`` (rendered as words, so any
     tokenizer reads them), or consecutive slices of the file ``source``."""
     if source == CORPUS:

@@ -20,7 +20,10 @@ from harness.stats import Estimate, mean, rms
 def next_token_logprobs(model: torch.nn.Module, batches: list[torch.Tensor], vocab_size: int) -> list[torch.Tensor]:
     """Log-probabilities ``[batch, seq - 1, vocab]`` of each batch's next tokens, float32 on the host
     (held for the comparison with a second model: tokens x vocabulary x 4 bytes)."""
-    return [torch.log_softmax(forward_logits(model, batch[:, :-1], vocab_size).double(), dim=-1).float().cpu() for batch in batches]
+    return [
+        torch.log_softmax(forward_logits(model, batch[:, :-1], vocab_size).double(), dim=-1).float().cpu()
+        for batch in batches
+    ]
 
 
 def _rows(batches: list[torch.Tensor]) -> np.ndarray:
@@ -28,7 +31,9 @@ def _rows(batches: list[torch.Tensor]) -> np.ndarray:
 
 
 @torch.no_grad()
-def per_token(base: list[torch.Tensor], quant: list[torch.Tensor], targets: list[torch.Tensor]) -> dict[str, np.ndarray]:
+def per_token(
+    base: list[torch.Tensor], quant: list[torch.Tensor], targets: list[torch.Tensor]
+) -> dict[str, np.ndarray]:
     """Per-token arrays ``[sequences, positions]`` from log-probabilities ``[batch, seq, vocab]`` of the two models."""
     kld, agree, dp = [], [], []
     for logp_base, logp_quant, target in zip(base, quant, targets, strict=True):
@@ -40,10 +45,16 @@ def per_token(base: list[torch.Tensor], quant: list[torch.Tensor], targets: list
 
 
 def _with_interval(name: str, estimate: Estimate, scale: float = 1.0) -> dict[str, float]:
-    return {name: scale * estimate.value, f"{name}_ci_low": scale * estimate.low, f"{name}_ci_high": scale * estimate.high}
+    return {
+        name: scale * estimate.value,
+        f"{name}_ci_low": scale * estimate.low,
+        f"{name}_ci_high": scale * estimate.high,
+    }
 
 
-def divergence_metrics(base: list[torch.Tensor], quant: list[torch.Tensor], targets: list[torch.Tensor], seed: int) -> dict[str, float]:
+def divergence_metrics(
+    base: list[torch.Tensor], quant: list[torch.Tensor], targets: list[torch.Tensor], seed: int
+) -> dict[str, float]:
     tokens = per_token(base, quant, targets)
     kld = tokens["kld"]
     return {

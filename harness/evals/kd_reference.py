@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 
 
-def logits_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, top_k: int | None = None) -> torch.Tensor:
+def logits_kl(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, top_k: int | None = None
+) -> torch.Tensor:
     s, t = student.double() / temperature, teacher.double() / temperature
     if top_k is not None:
         t, index = t.topk(top_k, dim=-1)
@@ -53,7 +55,9 @@ class KdLosses:
     lm_loss: float
 
 
-def balance(logits: float, intermediates: list[float], lm: float, *, skip_lm_loss: bool, kd_loss_scale: float) -> KdLosses:
+def balance(
+    logits: float, intermediates: list[float], lm: float, *, skip_lm_loss: bool, kd_loss_scale: float
+) -> KdLosses:
     intermediate = sum(intermediates) / max(1, len(intermediates))
     scaled = logits if intermediate > 0 else intermediate  # intermediate * (logits / intermediate)
     kd = logits + scaled

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     import torch
 
 
-
 class MmluError(ValueError):
     """A data set that does not follow the MMLU layout; the message names the file and line."""
 
@@ -71,7 +70,9 @@ def _subject_files(root: Path, split: str) -> list[Path]:
     return files
 
 
-def load_mmlu(root: str | os.PathLike[str], split: str = "test", subjects: Sequence[str] = (), limit: int = 0) -> list[McItem]:
+def load_mmlu(
+    root: str | os.PathLike[str], split: str = "test", subjects: Sequence[str] = (), limit: int = 0
+) -> list[McItem]:
     """Items of ``split``, subject by subject (sorted); ``limit`` > 0 keeps the first ``limit`` of each."""
     files = _subject_files(Path(root), split)
     by_subject = {path.name.removesuffix(f"_{split}.csv"): path for path in files}
@@ -105,7 +106,9 @@ def _read_rows(path: Path, subject: str) -> list[McItem]:
     return rows
 
 
-def load_with_shots(root: str | os.PathLike[str], split: str, shots: int, limit: int = 0) -> tuple[list[McItem], dict[str, list[McItem]]]:
+def load_with_shots(
+    root: str | os.PathLike[str], split: str, shots: int, limit: int = 0
+) -> tuple[list[McItem], dict[str, list[McItem]]]:
     """Questions of ``split`` and, with ``shots`` > 0, that many answered examples per subject from the
     ``dev`` split. A subject whose dev split holds fewer is an error: silently using fewer shots
     would score another setup than the case id names."""
@@ -123,7 +126,9 @@ def load_with_shots(root: str | os.PathLike[str], split: str, shots: int, limit:
             continue
         examples[subject] = _read_rows(by_subject[subject], subject)[:shots]
         if len(examples[subject]) < shots:
-            problems.append(f"{by_subject[subject]}:1: {len(examples[subject])} dev question(s), mmlu_shots asks {shots}")
+            problems.append(
+                f"{by_subject[subject]}:1: {len(examples[subject])} dev question(s), mmlu_shots asks {shots}"
+            )
     if problems:
         raise MmluError("\n".join(problems))
     return items, examples
@@ -185,4 +190,6 @@ def score_mc(
     for item, hit in zip(items, hits, strict=True):
         correct, total = by_subject.get(item.subject, (0, 0))
         by_subject[item.subject] = (correct + int(hit), total + 1)
-    return McScores(accuracy=sum(hits) / max(1, len(items)), items=len(items), by_subject=by_subject, hits=tuple(map(bool, hits)))
+    return McScores(
+        accuracy=sum(hits) / max(1, len(items)), items=len(items), by_subject=by_subject, hits=tuple(map(bool, hits))
+    )

@@ -27,8 +27,12 @@ def read_questions(path: Path) -> list[Question]:
     questions = []
     for line_no, record in jsonl_objects(path):
         turns = record.get("turns")
-        if not (isinstance(turns, list) and turns and all(isinstance(t, str) for t in turns)) or not isinstance(record.get("category"), str):
-            raise TextSourceError(f"{path}:{line_no}: expected an object with a string \"category\" and a non-empty list of string \"turns\"")
+        if not (isinstance(turns, list) and turns and all(isinstance(t, str) for t in turns)) or not isinstance(
+            record.get("category"), str
+        ):
+            raise TextSourceError(
+                f'{path}:{line_no}: expected an object with a string "category" and a non-empty list of string "turns"'
+            )
         questions.append(Question(int(record.get("question_id", line_no)), record["category"], turns))
     if not questions:
         raise TextSourceError(f"{path}: no questions")
@@ -66,8 +70,14 @@ def prompts(source: str, tokenizer: Tokenizer, corpus: MarkovCorpus, count: int,
     questions = read_questions(path)
     encoded = [first_turn(question, tokenizer) for question in questions]
     unknown = [(q, unknown_share(ids, tokenizer)) for q, ids in zip(questions, encoded, strict=True)]
-    bad = [f"question {q.question_id} ({q.category}): {100 * share:.0f}% unknown tokens" for q, share in unknown if share > UNKNOWN_LIMIT]
+    bad = [
+        f"question {q.question_id} ({q.category}): {100 * share:.0f}% unknown tokens"
+        for q, share in unknown
+        if share > UNKNOWN_LIMIT
+    ]
     if bad:
-        raise TextSourceError(f"{path}: {len(bad)} of {len(questions)} prompts are mostly tokens the tokenizer does not know "
-                              f"(more than {100 * UNKNOWN_LIMIT:.0f}%), so they would not measure the draft heads: {'; '.join(bad[:5])}")
+        raise TextSourceError(
+            f"{path}: {len(bad)} of {len(questions)} prompts are mostly tokens the tokenizer does not know "
+            f"(more than {100 * UNKNOWN_LIMIT:.0f}%), so they would not measure the draft heads: {'; '.join(bad[:5])}"
+        )
     return encoded

@@ -52,7 +52,10 @@ def bound(layers: int, dtype: str, format_epsilon: float | None = None) -> float
 def rel_error(measured: torch.Tensor, reference: torch.Tensor) -> float:
     import torch
 
-    return float(torch.linalg.vector_norm((measured - reference).double()) / torch.linalg.vector_norm(reference.double()).clamp_min(1e-300))
+    return float(
+        torch.linalg.vector_norm((measured - reference).double())
+        / torch.linalg.vector_norm(reference.double()).clamp_min(1e-300)
+    )
 
 
 def rolled(reference: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -66,5 +69,10 @@ def parity_metrics(prefix: str, measured: torch.Tensor, reference: torch.Tensor,
     """``<prefix>rel_error`` with its bound and negative control, and the two ratios judged by budgets
     (``<prefix>error_to_bound`` <= 1, ``<prefix>control_to_bound`` >= 1)."""
     error, control = rel_error(measured, reference), rel_error(measured, rolled(reference))
-    return {f"{prefix}rel_error": error, f"{prefix}rel_error_bound": limit, f"{prefix}rel_error_control": control,
-            f"{prefix}error_to_bound": error / limit, f"{prefix}control_to_bound": control / limit}
+    return {
+        f"{prefix}rel_error": error,
+        f"{prefix}rel_error_bound": limit,
+        f"{prefix}rel_error_control": control,
+        f"{prefix}error_to_bound": error / limit,
+        f"{prefix}control_to_bound": control / limit,
+    }

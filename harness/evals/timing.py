@@ -10,7 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 
-def median_ci(values: list[float], seed: int, confidence: float = 0.95, resamples: int = 2000) -> tuple[float, float, float]:
+def median_ci(
+    values: list[float], seed: int, confidence: float = 0.95, resamples: int = 2000
+) -> tuple[float, float, float]:
     """(median, low, high): the percentile bootstrap interval of the median, resampled with a fixed seed."""
     if not values:
         raise ValueError("no values to summarise")

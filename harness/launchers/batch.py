@@ -81,17 +81,27 @@ class BatchLauncher:
 
     def _submit(self, case: Case) -> _Running:
         group = (case.platform, case.world_size)
-        later = [c for c in self.upcoming if (c.platform, c.world_size) == group and c.key not in self.launched and c.key != case.key]
+        later = [
+            c
+            for c in self.upcoming
+            if (c.platform, c.world_size) == group and c.key not in self.launched and c.key != case.key
+        ]
         cases = [case, *later]
         self._serial += 1
-        folder = self.artifacts_root / "_jobs" / f"{self.backend.name}-{case.platform}-w{case.world_size}-{self._serial}"
+        folder = (
+            self.artifacts_root / "_jobs" / f"{self.backend.name}-{case.platform}-w{case.world_size}-{self._serial}"
+        )
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         tasks = tuple(Task(each, str(fresh_artifacts(self.artifacts_root, each))) for each in cases)
         batch = Batch(case.platform, case.world_size, tasks)
         (folder / BATCH_FILE).write_bytes(pickle.dumps(batch))
         job = self.backend.submit(folder, batch)
-        print(f"[harness] {self.backend.name} job {job.id}: {len(cases)} case(s), world size {case.world_size}, folder {folder}", flush=True)
+        print(
+            f"[harness] {self.backend.name} job {job.id}: {len(cases)} case(s), world size {case.world_size}, folder "
+            f"{folder}",
+            flush=True,
+        )
         return _Running(job, folder, [c.key for c in cases])
 
     def _cancel(self) -> _Running | None:
@@ -106,8 +116,10 @@ class BatchLauncher:
         running = self._cancel()
         assert running is not None
         state = running.job.state()
-        return (f"{why}\n{self.backend.name} job {running.job.id} ({state.detail}); folder {running.folder}\n"
-                f"--- job log ({running.job.log}), last lines:\n{tail(running.job.log)}")
+        return (
+            f"{why}\n{self.backend.name} job {running.job.id} ({state.detail}); folder {running.folder}\n"
+            f"--- job log ({running.job.log}), last lines:\n{tail(running.job.log)}"
+        )
 
     def _await(self, case: Case) -> Measured | str:
         """What the case's ranks measured, or the error text after its job was ended."""
@@ -118,7 +130,9 @@ class BatchLauncher:
         deadline: float | None = None
         first_error_at: float | None = None
         while True:
-            replies = [r for r in (_reply(running.folder / reply_file(index, rank)) for rank in range(world)) if r is not None]
+            replies = [
+                r for r in (_reply(running.folder / reply_file(index, rank)) for rank in range(world)) if r is not None
+            ]
             errors = [r for r in replies if r.error]
             if len(replies) == world and not errors:
                 running.done += 1
@@ -127,7 +141,9 @@ class BatchLauncher:
             if errors:
                 first_error_at = first_error_at or time.monotonic()
                 if len(replies) == world or time.monotonic() > first_error_at + ERROR_GRACE_S:
-                    return self._end("\n".join(f"rank {r.rank} raised:\n{r.error}" for r in sorted(errors, key=lambda r: r.rank)))
+                    return self._end(
+                        "\n".join(f"rank {r.rank} raised:\n{r.error}" for r in sorted(errors, key=lambda r: r.rank))
+                    )
             state = running.job.state()
             if state.phase == "ended" and not errors:
                 return self._end(f"the job ended before {case.id} finished")
@@ -156,9 +172,17 @@ class BatchLauncher:
             time.sleep(POLL_S)
         if state.phase != "ended":
             running.job.cancel()
-            print(f"[harness] {self.backend.name} job {running.job.id} did not exit {EXIT_GRACE_S:.0f} s after its last case; cancelled", flush=True)
+            print(
+                f"[harness] {self.backend.name} job {running.job.id} did not exit {EXIT_GRACE_S:.0f} s after its last "
+                "case; cancelled",
+                flush=True,
+            )
         elif state.detail not in self.backend.success:
-            print(f"[harness] {self.backend.name} job {running.job.id} ended {state.detail} after its cases; log: {running.job.log}", flush=True)
+            print(
+                f"[harness] {self.backend.name} job {running.job.id} ended {state.detail} after its cases; log: "
+                f"{running.job.log}",
+                flush=True,
+            )
 
     def launch(self, case: Case) -> CaseOutcome:
         start = time.perf_counter()
@@ -178,7 +202,9 @@ class BatchLauncher:
             raise
         if isinstance(found, str):
             return CaseOutcome(case, {}, found, time.perf_counter() - start, artifacts)
-        return CaseOutcome(case, found.metrics, None, time.perf_counter() - start, artifacts, timings=found.timings, kept=found.kept)
+        return CaseOutcome(
+            case, found.metrics, None, time.perf_counter() - start, artifacts, timings=found.timings, kept=found.kept
+        )
 
     def close(self) -> None:
         self._finish()

@@ -28,8 +28,12 @@ def main(argv: list[str]) -> int:
         return 2
     rank = coordinates.rank
     adapted = init_rank(rank, coordinates.world_size, batch.platform)
-    print(f"[harness] rank {rank} of {coordinates.world_size} ready (master {coordinates.master_addr}:{coordinates.master_port},"
-          f" harness {Path(__file__).parents[1]}); CPU adaptations: {', '.join(adapted) or 'none'}", flush=True)
+    print(
+        f"[harness] rank {rank} of {coordinates.world_size} ready (master "
+        f"{coordinates.master_addr}:{coordinates.master_port},"
+        f" harness {Path(__file__).parents[1]}); CPU adaptations: {', '.join(adapted) or 'none'}",
+        flush=True,
+    )
     for index, task in enumerate(batch.tasks):
         (folder / started_marker(index, rank)).touch()
         print(f"[harness] rank {rank} starts {task.case.key}", flush=True)

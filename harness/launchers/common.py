@@ -48,7 +48,9 @@ def rank_environment(platform: str, world_size: int) -> dict[str, str]:
         # A CPU case on a GPU machine must not see the GPUs (the CPU adaptations refuse CUDA).
         numerics = {pin.variable: pin.value for pin in cpu_pins(world_size)} | {"CUDA_VISIBLE_DEVICES": ""}
     else:
-        numerics = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // world_size))} | {pin.variable: pin.value for pin in GPU_PINS}
+        numerics = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // world_size))} | {
+            pin.variable: pin.value for pin in GPU_PINS
+        }
     return {"HARNESS_PLATFORM": platform, "PYTHONUNBUFFERED": "1", **numerics}
 
 

@@ -20,8 +20,12 @@ from harness.launchers.settings import LaunchSettings
 ENGINES = ("podman", "docker")
 # NGC's recommended limits, each capped at this host's hard limit (a container may not exceed it).
 # nproc stays at 32768: podman + runc here refused 65536 although the hard limit was higher.
-ULIMITS = {"nofile": (resource.RLIMIT_NOFILE, 65536), "nproc": (resource.RLIMIT_NPROC, 32768),
-           "memlock": (resource.RLIMIT_MEMLOCK, -1), "stack": (resource.RLIMIT_STACK, 64 * 1024 * 1024)}
+ULIMITS = {
+    "nofile": (resource.RLIMIT_NOFILE, 65536),
+    "nproc": (resource.RLIMIT_NPROC, 32768),
+    "memlock": (resource.RLIMIT_MEMLOCK, -1),
+    "stack": (resource.RLIMIT_STACK, 64 * 1024 * 1024),
+}
 
 
 def ulimit_args() -> list[str]:
@@ -48,15 +52,28 @@ def run_command(engine: str, name: str, folder: Path, batch: Batch, settings: La
     env = settings.job_environment(batch.platform, batch.world_size)
     command += [f"--env={name}={value}" for name, value in sorted(env.items())]
     command += [f"--workdir={settings.artifacts.resolve()}", *settings.container_args, settings.image]
-    return [*command, settings.python, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-            f"--nproc-per-node={batch.world_size}", "-m", "harness.launchers.batch_job", str(folder), "torchrun"]
+    return [
+        *command,
+        settings.python,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        f"--nproc-per-node={batch.world_size}",
+        "-m",
+        "harness.launchers.batch_job",
+        str(folder),
+        "torchrun",
+    ]
 
 
 class ContainerJob:
     def __init__(self, engine: str, name: str, command: list[str], log: Path) -> None:
         self.engine, self.id, self.log = engine, name, log
         with open(log, "wb") as out:
-            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
 
     def state(self) -> JobState:
         code = self.proc.poll()
@@ -89,10 +106,15 @@ class ContainerBackend:
         if not settings.image:
             raise LauncherError("--launcher container needs --image (a local image: build containers/Containerfile)")
         self.engine = find_engine(settings.engine)
-        found = subprocess.run([self.engine, "image", "inspect", settings.image], capture_output=True, text=True, check=False)
+        found = subprocess.run(
+            [self.engine, "image", "inspect", settings.image], capture_output=True, text=True, check=False
+        )
         if found.returncode != 0:
-            raise LauncherError(f"--image {settings.image}: not usable with {self.engine} ({found.stderr.strip() or 'image not found'});"
-                                f" pull or build it first")
+            raise LauncherError(
+                f"--image {settings.image}: not usable with {self.engine} "
+                f"({found.stderr.strip() or 'image not found'});"
+                f" pull or build it first"
+            )
         settings.prepare_mounts()
         self.settings = settings
 

@@ -19,7 +19,14 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, Listener, wait
 from pathlib import Path
 
-from harness.launchers.common import MUTATION_VARIABLE, checkout_pythonpath, fresh_artifacts, rank_environment, startup_timeout_s, tail
+from harness.launchers.common import (
+    MUTATION_VARIABLE,
+    checkout_pythonpath,
+    fresh_artifacts,
+    rank_environment,
+    startup_timeout_s,
+    tail,
+)
 from harness.launchers.protocol import Measured, RankReply, Task, merged
 from harness.records import Case, CaseOutcome
 
@@ -43,7 +50,9 @@ EnvironmentChanges = Callable[[int], dict[str, str | None]]
 
 
 class WorkerPool:
-    def __init__(self, world_size: int, platform: str, log_dir: Path, changes: EnvironmentChanges | None = None) -> None:
+    def __init__(
+        self, world_size: int, platform: str, log_dir: Path, changes: EnvironmentChanges | None = None
+    ) -> None:
         self.world_size, self.platform, self.log_dir, self.changes = world_size, platform, log_dir, changes
         self.procs: list[subprocess.Popen] = []
         self.conns: dict[int, Connection] = {}
@@ -141,8 +150,10 @@ class WorkerPool:
                 raise PoolBroken(self._explain(f"rank {rank} exited with code {proc.returncode} {when}"))
 
     def _explain(self, reason: str) -> str:
-        tails = "\n".join(f"--- rank {r} log ({self.log_dir / f'rank{r}.log'}), last lines:\n{tail(self.log_dir / f'rank{r}.log')}"
-                          for r in range(self.world_size))
+        tails = "\n".join(
+            f"--- rank {r} log ({self.log_dir / f'rank{r}.log'}), last lines:\n{tail(self.log_dir / f'rank{r}.log')}"
+            for r in range(self.world_size)
+        )
         return f"{reason}\n{tails}"
 
     def run(self, case: Case, artifacts: Path) -> Measured:
@@ -171,8 +182,11 @@ class WorkerPool:
             if not ready:
                 self._raise_if_dead(f"during {case.id}")
                 if time.monotonic() >= deadline:
-                    raise PoolBroken(self._explain(
-                        f"timed out after {case.timeout_s:g} s; worker process group {self.procs[0].pid} killed"))
+                    raise PoolBroken(
+                        self._explain(
+                            f"timed out after {case.timeout_s:g} s; worker process group {self.procs[0].pid} killed"
+                        )
+                    )
         errors = [r for r in sorted(replies.values(), key=lambda r: r.rank) if r.error]
         if errors:
             raise PoolBroken(self._explain("\n".join(f"rank {r.rank} raised:\n{r.error}" for r in errors)))
@@ -220,7 +234,15 @@ class LocalLauncher:
                 log_dir = self.artifacts_root / "_workers" / f"{case.platform}-w{case.world_size}-{self._serial}"
                 self.pools[key] = WorkerPool(case.world_size, case.platform, log_dir, self.changes)
             found = self.pools[key].run(case, artifacts)
-            return CaseOutcome(case, found.metrics, None, time.perf_counter() - start, str(artifacts), timings=found.timings, kept=found.kept)
+            return CaseOutcome(
+                case,
+                found.metrics,
+                None,
+                time.perf_counter() - start,
+                str(artifacts),
+                timings=found.timings,
+                kept=found.kept,
+            )
         except PoolBroken as err:
             broken = self.pools.pop(key, None)
             if broken is not None:

@@ -45,5 +45,3 @@ LAUNCHERS: dict[str, Callable[[LaunchSettings, list[Case]], Launcher]] = {
 def make_launcher(settings: LaunchSettings, upcoming: list[Case]) -> Launcher:
     """The launcher ``settings.launcher`` names; ``LauncherError`` when it cannot work here."""
     return LAUNCHERS[settings.launcher](settings, upcoming)
-
-

@@ -23,17 +23,26 @@ class Coordinates:
     master_port: int
 
     def environment(self) -> dict[str, str]:
-        return {"RANK": str(self.rank), "LOCAL_RANK": str(self.local_rank), "WORLD_SIZE": str(self.world_size),
-                "MASTER_ADDR": self.master_addr, "MASTER_PORT": str(self.master_port)}
+        return {
+            "RANK": str(self.rank),
+            "LOCAL_RANK": str(self.local_rank),
+            "WORLD_SIZE": str(self.world_size),
+            "MASTER_ADDR": self.master_addr,
+            "MASTER_PORT": str(self.master_port),
+        }
 
 
 def from_torchrun(env: Mapping[str, str]) -> Coordinates:
-    return Coordinates(int(env["RANK"]), int(env["LOCAL_RANK"]), int(env["WORLD_SIZE"]), env["MASTER_ADDR"], int(env["MASTER_PORT"]))
+    return Coordinates(
+        int(env["RANK"]), int(env["LOCAL_RANK"]), int(env["WORLD_SIZE"]), env["MASTER_ADDR"], int(env["MASTER_PORT"])
+    )
 
 
 def node_address(node: str) -> str:
     """A Slurm node's NodeAddr: node names need not resolve (several slurmd "nodes" on one host)."""
-    found = subprocess.run(["scontrol", "show", "node", "--oneliner", node], capture_output=True, text=True, check=False)
+    found = subprocess.run(
+        ["scontrol", "show", "node", "--oneliner", node], capture_output=True, text=True, check=False
+    )
     match = re.search(r"\bNodeAddr=(\S+)", found.stdout)
     return match.group(1) if match else node
 
@@ -41,7 +50,9 @@ def node_address(node: str) -> str:
 def first_node(nodelist: str) -> str:
     """The first host of a compressed node list (``node[1-2]``), as ``scontrol show hostnames`` expands it."""
     if shutil.which("scontrol"):
-        names = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=False).stdout.split()
+        names = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=False
+        ).stdout.split()
         if names:
             return names[0]
     return re.sub(r"\[(\d+).*", r"\1", nodelist.split(",")[0])

@@ -23,7 +23,17 @@ from harness.launchers.protocol import Batch
 from harness.launchers.settings import LaunchSettings
 
 TOOLS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo")
-ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+ENDED = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+}
 PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED"}
 CANCEL_WAIT_S = 60.0
 JOB_MARGIN_S = 600.0  # --time beyond the batch's summed case timeouts: imports, rendezvous, teardown
@@ -40,8 +50,10 @@ def shape(world_size: int, settings: LaunchSettings, platform: str) -> Shape:
     nodes = max(n for n in range(1, min(settings.nodes, world_size) + 1) if world_size % n == 0)
     per_node = world_size // nodes
     if platform == "gpu" and per_node > settings.gpus_per_node:
-        raise LauncherError(f"world size {world_size} over {nodes} node(s) needs {per_node} GPUs per node;"
-                            f" --gpus-per-node is {settings.gpus_per_node} (raise --nodes)")
+        raise LauncherError(
+            f"world size {world_size} over {nodes} node(s) needs {per_node} GPUs per node;"
+            f" --gpus-per-node is {settings.gpus_per_node} (raise --nodes)"
+        )
     return Shape(nodes, per_node)
 
 
@@ -53,7 +65,8 @@ def time_limit(batch: Batch) -> str:
 def sbatch_command(folder: Path, batch: Batch, settings: LaunchSettings) -> list[str]:
     layout = shape(batch.world_size, settings, batch.platform)
     command = [
-        "sbatch", "--parsable",
+        "sbatch",
+        "--parsable",
         f"--job-name=harness-{folder.name}",
         f"--nodes={layout.nodes}",
         f"--ntasks-per-node={layout.tasks_per_node}",
@@ -76,7 +89,11 @@ def srun_command(folder: Path, settings: LaunchSettings) -> list[str]:
     command = ["srun", "--kill-on-bad-exit=1"]
     if settings.image:
         mounts = ",".join(f"{src}:{dst}" for src, dst in settings.mounts())
-        command += [f"--container-image={settings.image}", f"--container-mounts={mounts}", f"--container-workdir={Path.cwd()}"]
+        command += [
+            f"--container-image={settings.image}",
+            f"--container-mounts={mounts}",
+            f"--container-workdir={Path.cwd()}",
+        ]
         python = settings.python
     else:
         python = sys.executable
@@ -135,7 +152,9 @@ class SlurmBackend:
     def __init__(self, settings: LaunchSettings) -> None:
         missing = [tool for tool in TOOLS if shutil.which(tool) is None]
         if missing:
-            raise LauncherError(f"--launcher slurm: {', '.join(missing)} not found on PATH (is this a Slurm login node?)")
+            raise LauncherError(
+                f"--launcher slurm: {', '.join(missing)} not found on PATH (is this a Slurm login node?)"
+            )
         if settings.image and settings.image.startswith(("/", "./")) and not Path(settings.image).exists():
             raise LauncherError(f"--image {settings.image}: no such file (a squashfs image for pyxis/enroot)")
         reachable = _run(["sinfo", "--noheader", "--format=%P"])
@@ -151,5 +170,7 @@ class SlurmBackend:
         (folder / "submit.txt").write_text(shlex.join(command) + "\n")
         submitted = _run(command)
         if submitted.returncode != 0:
-            raise LauncherError(f"sbatch failed ({submitted.returncode}): {submitted.stderr.strip()}\ncommand: {shlex.join(command)}")
+            raise LauncherError(
+                f"sbatch failed ({submitted.returncode}): {submitted.stderr.strip()}\ncommand: {shlex.join(command)}"
+            )
         return SlurmJob(submitted.stdout.strip().split(";")[0], folder / "job.log")

@@ -59,9 +59,13 @@ def check_pins() -> None:
     isa = os.environ.get("ATEN_CPU_CAPABILITY")
     threads = int(os.environ["OMP_NUM_THREADS"])
     if isa is not None and torch.backends.cpu.get_cpu_capability().lower() != isa:
-        raise RuntimeError(f"ATEN_CPU_CAPABILITY={isa} did not take effect (torch runs {torch.backends.cpu.get_cpu_capability()})")
+        raise RuntimeError(
+            f"ATEN_CPU_CAPABILITY={isa} did not take effect (torch runs {torch.backends.cpu.get_cpu_capability()})"
+        )
     if torch.get_num_threads() != threads:
-        raise RuntimeError(f"OMP_NUM_THREADS={threads} did not take effect (torch runs {torch.get_num_threads()} threads)")
+        raise RuntimeError(
+            f"OMP_NUM_THREADS={threads} did not take effect (torch runs {torch.get_num_threads()} threads)"
+        )
 
 
 def reset_peak_memory(platform: str) -> None:

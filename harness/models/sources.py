@@ -41,39 +41,46 @@ def hf_spec(name: str, path: str) -> ModelSpec:
     if arch not in _ARCHITECTURES:
         raise ModelSourceError(f"{config_file}: architecture {arch}: the harness imports {', '.join(_ARCHITECTURES)}")
     if config.get("hidden_act", "silu") != "silu":
-        raise ModelSourceError(f"{config_file}: hidden_act {config['hidden_act']!r}: only SiLU-gated (Llama-style) MLPs are supported")
+        raise ModelSourceError(
+            f"{config_file}: hidden_act {config['hidden_act']!r}: only SiLU-gated (Llama-style) MLPs are supported"
+        )
     biased = [key for key in _UNSUPPORTED_HF if config.get(key)]
     if biased:
         raise ModelSourceError(f"{config_file}: {', '.join(biased)} set: biased projections are not supported")
     if not any((root / name).is_file() for name in _TOKENIZER_FILES):
-        raise ModelSourceError(f"{root}: no tokenizer (none of {', '.join(_TOKENIZER_FILES)}): the cases score text through the "
-                               "checkpoint's own tokenizer; copy its tokenizer files next to config.json")
+        raise ModelSourceError(
+            f"{root}: no tokenizer (none of {', '.join(_TOKENIZER_FILES)}): the cases score text through the "
+            "checkpoint's own tokenizer; copy its tokenizer files next to config.json"
+        )
     heads = config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
     rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", "llama3"):
         raise ModelSourceError(f"{config_file}: rope_scaling type {rope_type!r} is not supported (default or llama3)")
-    return replace(ModelSpec(
-        name=name,
-        description=f"Hugging Face {arch} from {root}",
-        num_layers=config["num_hidden_layers"],
-        hidden_size=config["hidden_size"],
-        num_attention_heads=heads,
-        num_query_groups=config.get("num_key_value_heads", heads),
-        ffn_hidden_size=config["intermediate_size"],
-        vocab_size=config["vocab_size"],
-        max_seq_len=config.get("max_position_embeddings", 4096),
-        swiglu=True,
-        qk_layernorm=_ARCHITECTURES[arch],
-        add_bias_linear=False,
-        norm_epsilon=config.get("rms_norm_eps", 1e-5),
-        rotary_base=int(config.get("rope_theta", rope.get("rope_theta", 10000))),
-        rope_scaling_factor=rope.get("factor") if rope_type == "llama3" else None,
-        kv_channels=head_dim if head_dim * heads != config["hidden_size"] else None,
-        tied_embeddings=bool(config.get("tie_word_embeddings", False)),
-        hf_path=str(root),
-    ), **_experts(config, config_file))
+    return replace(
+        ModelSpec(
+            name=name,
+            description=f"Hugging Face {arch} from {root}",
+            num_layers=config["num_hidden_layers"],
+            hidden_size=config["hidden_size"],
+            num_attention_heads=heads,
+            num_query_groups=config.get("num_key_value_heads", heads),
+            ffn_hidden_size=config["intermediate_size"],
+            vocab_size=config["vocab_size"],
+            max_seq_len=config.get("max_position_embeddings", 4096),
+            swiglu=True,
+            qk_layernorm=_ARCHITECTURES[arch],
+            add_bias_linear=False,
+            norm_epsilon=config.get("rms_norm_eps", 1e-5),
+            rotary_base=int(config.get("rope_theta", rope.get("rope_theta", 10000))),
+            rope_scaling_factor=rope.get("factor") if rope_type == "llama3" else None,
+            kv_channels=head_dim if head_dim * heads != config["hidden_size"] else None,
+            tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+            hf_path=str(root),
+        ),
+        **_experts(config, config_file),
+    )
 
 
 def _experts(config: dict[str, Any], config_file: Path) -> dict[str, Any]:
@@ -84,10 +91,16 @@ def _experts(config: dict[str, Any], config_file: Path) -> dict[str, Any]:
     if not experts:
         return {}
     if config.get("decoder_sparse_step", 1) != 1 or config.get("mlp_only_layers"):
-        raise ModelSourceError(f"{config_file}: dense layers between the MoE layers (decoder_sparse_step / mlp_only_layers) "
-                               "are not supported")
-    return {"num_moe_experts": int(experts), "moe_router_topk": int(config["num_experts_per_tok"]),
-            "ffn_hidden_size": int(config["moe_intermediate_size"]), "moe_router_pre_softmax": not config.get("norm_topk_prob", False)}
+        raise ModelSourceError(
+            f"{config_file}: dense layers between the MoE layers (decoder_sparse_step / mlp_only_layers) "
+            "are not supported"
+        )
+    return {
+        "num_moe_experts": int(experts),
+        "moe_router_topk": int(config["num_experts_per_tok"]),
+        "ffn_hidden_size": int(config["moe_intermediate_size"]),
+        "moe_router_pre_softmax": not config.get("norm_topk_prob", False),
+    }
 
 
 def torch_dist_spec(name: str, path: str, like: str) -> ModelSpec:
@@ -99,11 +112,22 @@ def torch_dist_spec(name: str, path: str, like: str) -> ModelSpec:
     if tracker.is_file():
         root = root / f"iter_{int(tracker.read_text().strip()):07d}"
     if not (root / "metadata.json").is_file():
-        return replace(base, checkpoint=str(root), unavailable=f"no torch_dist checkpoint at {root} (metadata.json not found)")
+        return replace(
+            base, checkpoint=str(root), unavailable=f"no torch_dist checkpoint at {root} (metadata.json not found)"
+        )
     return replace(base, checkpoint=str(root))
 
 
 def _unavailable(name: str, reason: str) -> ModelSpec:
     # A placeholder architecture: nothing is built from it, the case only carries the reason.
-    return ModelSpec(name=name, description=reason, num_layers=1, hidden_size=1, num_attention_heads=1,
-                     ffn_hidden_size=1, vocab_size=1, max_seq_len=1, unavailable=reason)
+    return ModelSpec(
+        name=name,
+        description=reason,
+        num_layers=1,
+        hidden_size=1,
+        num_attention_heads=1,
+        ffn_hidden_size=1,
+        vocab_size=1,
+        max_seq_len=1,
+        unavailable=reason,
+    )

@@ -88,7 +88,10 @@ class Manifest:
         entries = self.entries()
         if name not in entries:
             known = ", ".join(sorted(entries)) or "none"
-            raise SubjectError(f"no shipped subject {name!r} in {self.path} (shipped: {known}); build it with `harness models build {name}`")
+            raise SubjectError(
+                f"no shipped subject {name!r} in {self.path} (shipped: {known}); build it with `harness models build "
+                f"{name}`"
+            )
         return entries[name]
 
     def file(self, name: str) -> Path:
@@ -101,11 +104,15 @@ class Manifest:
         """The subject's file, after checking its bytes against the manifest (never a retrain)."""
         path, expected = self.file(name), self.expected_hash(name)
         if not path.exists():
-            raise SubjectError(f"subject {name}: {path} is missing (git lfs or a partial checkout?); `harness models verify` lists all")
+            raise SubjectError(
+                f"subject {name}: {path} is missing (git lfs or a partial checkout?); `harness models verify` lists all"
+            )
         actual = sha256_of(path)
         if actual != expected:
-            raise SubjectError(f"subject {name}: {path} has sha256 {actual[:16]}..., the manifest says {expected[:16]}...; "
-                               f"restore the shipped file, or rebuild it with `harness models build {name}` and re-record baselines")
+            raise SubjectError(
+                f"subject {name}: {path} has sha256 {actual[:16]}..., the manifest says {expected[:16]}...; "
+                f"restore the shipped file, or rebuild it with `harness models build {name}` and re-record baselines"
+            )
         return path
 
     def problems(self) -> dict[str, str | None]:

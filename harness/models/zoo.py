@@ -30,37 +30,59 @@ ZOO: dict[str, ModelSpec] = {
 # A distillation student for tiny-gpt-trained (the teacher): half the layers and FFN width, same
 # hidden size and vocabulary, so intermediate losses compare hidden states without a projection.
 ZOO["tiny-gpt-student"] = replace(
-    ZOO["tiny-gpt"], name="tiny-gpt-student", description="2-layer student of tiny-gpt-trained", num_layers=2, ffn_hidden_size=512
+    ZOO["tiny-gpt"],
+    name="tiny-gpt-student",
+    description="2-layer student of tiny-gpt-trained",
+    num_layers=2,
+    ffn_hidden_size=512,
 )
 # GPT-2-style LayerNorm instead of RMSNorm: megatron's local spec then builds torch.nn.LayerNorm,
 # which modelopt quantizes (QuantLayerNorm input quantizers), the path of a checkpoint defect.
 # Its torch.nn.LayerNorm is the subject, on GPUs too (the modelopt spec's TENorm takes another path).
 ZOO["tiny-gpt-layernorm"] = replace(
-    ZOO["tiny-gpt"], name="tiny-gpt-layernorm", description="tiny-gpt with LayerNorm (quantized by modelopt)", normalization="LayerNorm",
+    ZOO["tiny-gpt"],
+    name="tiny-gpt-layernorm",
+    description="tiny-gpt with LayerNorm (quantized by modelopt)",
+    normalization="LayerNorm",
     layers="local",
 )
 # A mixture of experts: tiny-gpt's attention, 4 experts of half its FFN width per layer, top-2 routing (a
 # token's active FFN width is tiny-gpt's, as fine-grained MoEs split theirs). No biases: megatron refuses
 # bias in MoE with expert TP.
-ZOO["tiny-moe"] = replace(ZOO["tiny-gpt"], name="tiny-moe", description="tiny-gpt with 4 experts (half its FFN width) per layer, top-2",
-                         num_moe_experts=4, ffn_hidden_size=512, add_bias_linear=False)
+ZOO["tiny-moe"] = replace(
+    ZOO["tiny-gpt"],
+    name="tiny-moe",
+    description="tiny-gpt with 4 experts (half its FFN width) per layer, top-2",
+    num_moe_experts=4,
+    ffn_hidden_size=512,
+    add_bias_linear=False,
+)
 # The same architecture trained on the synthetic corpus: accuracy deltas mean something on it.
 ZOO["tiny-gpt-trained"] = replace(
-    ZOO["tiny-gpt"], name="tiny-gpt-trained", description="tiny-gpt trained on the Markov corpus (cached)", recipe=TrainRecipe()
+    ZOO["tiny-gpt"],
+    name="tiny-gpt-trained",
+    description="tiny-gpt trained on the Markov corpus (cached)",
+    recipe=TrainRecipe(),
 )
 ZOO["tiny-moe-trained"] = replace(
-    ZOO["tiny-moe"], name="tiny-moe-trained", description="tiny-moe trained on the Markov corpus (shipped)", recipe=TrainRecipe()
+    ZOO["tiny-moe"],
+    name="tiny-moe-trained",
+    description="tiny-moe trained on the Markov corpus (shipped)",
+    recipe=TrainRecipe(),
 )
 # Mamba-hybrid in the shape of NVIDIA's Nemotron-H (Mamba-2 layers, few attention layers, MLPs, no position
 # embeddings), at tiny-gpt's widths. GPU only: measured on CPU, megatron-core 0.16.1 cannot import its Mamba
 # layer spec ("No module named 'triton'") and 0.19.2 (with triton) refuses to build MambaMixer ("MambaSSM is
 # not installed"); mamba_ssm's selective-scan and causal-conv1d kernels are CUDA / Triton-on-GPU code.
 ZOO["tiny-mamba-hybrid"] = replace(
-    ZOO["tiny-gpt"], name="tiny-mamba-hybrid", description="Mamba-hybrid (M*M-: Mamba-2, attention, Mamba-2, MLP), GPU only",
-    hybrid_pattern="M*M-", position_embedding_type="none",
+    ZOO["tiny-gpt"],
+    name="tiny-mamba-hybrid",
+    description="Mamba-hybrid (M*M-: Mamba-2, attention, Mamba-2, MLP), GPU only",
+    hybrid_pattern="M*M-",
+    position_embedding_type="none",
     gpu_only="Mamba layers need mamba_ssm's selective-scan and causal-conv1d kernels (CUDA / Triton on a GPU); on CPU "
-             "megatron-core 0.16.1 cannot import its Mamba spec (No module named 'triton') and 0.19.2 refuses to build "
-             "MambaMixer (MambaSSM is not installed)",
+    "megatron-core 0.16.1 cannot import its Mamba spec (No module named 'triton') and 0.19.2 refuses to build "
+    "MambaMixer (MambaSSM is not installed)",
 )
 
 

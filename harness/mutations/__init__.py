@@ -12,7 +12,9 @@ from harness.mutations import ckpt, kd, moe, quant, spec
 from harness.mutations.base import Mutation
 
 VARIABLE = "HARNESS_MUTATION"
-MUTATIONS: dict[str, Mutation] = {m.name: m for m in (*quant.MUTATIONS, *ckpt.MUTATIONS, *kd.MUTATIONS, *spec.MUTATIONS, *moe.MUTATIONS)}
+MUTATIONS: dict[str, Mutation] = {
+    m.name: m for m in (*quant.MUTATIONS, *ckpt.MUTATIONS, *kd.MUTATIONS, *spec.MUTATIONS, *moe.MUTATIONS)
+}
 
 
 def inject(name: str) -> str:

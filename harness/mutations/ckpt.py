@@ -65,14 +65,30 @@ def _offsets_swapped() -> None:
 
 SAME_INT8 = "ckpt/tiny-gpt/tp1pp1/int8_sq[cpu]"
 MUTATIONS = (
-    Mutation("ckpt-amax-not-restored", "state restore",
-             "dist_checkpointing.load skips the quantizers' _amax tensors of the checkpoint",
-             (SAME_INT8, "ckpt/tiny-gpt/tp2pp1->tp1pp1/int8_sq[cpu]"), lambda: _not_loaded("_quantizer._amax"), fast=True),
-    Mutation("ckpt-pre-quant-scale-not-restored", "state restore",
-             "dist_checkpointing.load skips SmoothQuant's _pre_quant_scale tensors of the checkpoint",
-             (SAME_INT8,), lambda: _not_loaded("_pre_quant_scale")),
-    Mutation("ckpt-tp-offsets-swapped", "where a shard goes",
-             "make_tp_sharded_tensor_for_checkpoint writes rank r's shard at offset tp - 1 - r",
-             ("ckpt/tiny-gpt/tp2pp1/none[cpu]", "ckpt/tiny-gpt/tp2pp1->tp1pp1/none[cpu]", "ckpt/tiny-gpt/tp1pp1->tp2pp1/none[cpu]"),
-             _offsets_swapped),
+    Mutation(
+        "ckpt-amax-not-restored",
+        "state restore",
+        "dist_checkpointing.load skips the quantizers' _amax tensors of the checkpoint",
+        (SAME_INT8, "ckpt/tiny-gpt/tp2pp1->tp1pp1/int8_sq[cpu]"),
+        lambda: _not_loaded("_quantizer._amax"),
+        fast=True,
+    ),
+    Mutation(
+        "ckpt-pre-quant-scale-not-restored",
+        "state restore",
+        "dist_checkpointing.load skips SmoothQuant's _pre_quant_scale tensors of the checkpoint",
+        (SAME_INT8,),
+        lambda: _not_loaded("_pre_quant_scale"),
+    ),
+    Mutation(
+        "ckpt-tp-offsets-swapped",
+        "where a shard goes",
+        "make_tp_sharded_tensor_for_checkpoint writes rank r's shard at offset tp - 1 - r",
+        (
+            "ckpt/tiny-gpt/tp2pp1/none[cpu]",
+            "ckpt/tiny-gpt/tp2pp1->tp1pp1/none[cpu]",
+            "ckpt/tiny-gpt/tp1pp1->tp2pp1/none[cpu]",
+        ),
+        _offsets_swapped,
+    ),
 )

@@ -40,21 +40,40 @@ def _smoothquant_alpha() -> None:
 
     calib = SmoothQuantModeDescriptor._calib_func
     # the migration strength of SmoothQuant ignored: alpha 0.5 (the paper's default) where the config asks for 1.0
-    SmoothQuantModeDescriptor._calib_func = lambda model, forward_loop=None, alpha=1.0, **kw: calib(model, forward_loop, alpha=0.5, **kw)
+    SmoothQuantModeDescriptor._calib_func = lambda model, forward_loop=None, alpha=1.0, **kw: calib(
+        model, forward_loop, alpha=0.5, **kw
+    )
 
 
 TP1_INT8 = "quant/tiny-gpt-trained/tp1pp1/int8_sq[cpu]"
 MUTATIONS = (
-    Mutation("quant-amax-clipped", "calibration statistic",
-             "MaxCalibrator.collect keeps 0.9 x the batch's absolute max (amax 10% low: values clip)",
-             ("quant/tiny-gpt-trained/tp1pp1/fp8[cpu]", TP1_INT8), _amax_clipped, fast=True),
-    Mutation("quant-amax-not-synced", "scale synchronisation across ranks",
-             "TensorQuantizer.sync_amax_across_distributed_group skips its all_reduce (per-rank scales under TP/EP)",
-             ("quant/tiny-gpt-trained/tp2pp1~tp1pp1/fp8[cpu]", "quant/tiny-gpt-trained/tp2pp1~tp1pp1/int8_sq[cpu]"), _amax_not_synced),
-    Mutation("quant-int8-step-128", "a scale's arithmetic",
-             "INT8 fake quantization scales by amax / 128 instead of amax / 127 (0.8% coarser grid)",
-             (TP1_INT8,), _int8_step_128),
-    Mutation("quant-smoothquant-alpha", "a calibration parameter",
-             "SmoothQuant runs with alpha 0.5 whatever the config asks (1.0)",
-             (TP1_INT8,), _smoothquant_alpha),
+    Mutation(
+        "quant-amax-clipped",
+        "calibration statistic",
+        "MaxCalibrator.collect keeps 0.9 x the batch's absolute max (amax 10% low: values clip)",
+        ("quant/tiny-gpt-trained/tp1pp1/fp8[cpu]", TP1_INT8),
+        _amax_clipped,
+        fast=True,
+    ),
+    Mutation(
+        "quant-amax-not-synced",
+        "scale synchronisation across ranks",
+        "TensorQuantizer.sync_amax_across_distributed_group skips its all_reduce (per-rank scales under TP/EP)",
+        ("quant/tiny-gpt-trained/tp2pp1~tp1pp1/fp8[cpu]", "quant/tiny-gpt-trained/tp2pp1~tp1pp1/int8_sq[cpu]"),
+        _amax_not_synced,
+    ),
+    Mutation(
+        "quant-int8-step-128",
+        "a scale's arithmetic",
+        "INT8 fake quantization scales by amax / 128 instead of amax / 127 (0.8% coarser grid)",
+        (TP1_INT8,),
+        _int8_step_128,
+    ),
+    Mutation(
+        "quant-smoothquant-alpha",
+        "a calibration parameter",
+        "SmoothQuant runs with alpha 0.5 whatever the config asks (1.0)",
+        (TP1_INT8,),
+        _smoothquant_alpha,
+    ),
 )

@@ -68,14 +68,32 @@ def _loop_slower() -> None:
 MEDUSA = "spec/tiny-gpt-trained/tp1pp1/medusa-k2-t150/none[cpu]"
 EAGLE3 = "spec/tiny-gpt-trained/tp1pp1/eagle3-k2-t150/none[cpu]"
 MUTATIONS = (
-    Mutation("spec-medusa-heads-reversed", "a draft position",
-             "Medusa's heads draft the positions in reverse order (head k's logits at position steps + 1 - k)", (MEDUSA,),
-             _heads_reversed),
-    Mutation("spec-eagle-stale-hidden", "what the draft sees",
-             "EAGLE's later draft steps are fed the hidden states the step was given, not the ones it produced", (EAGLE3,),
-             _stale_hidden),
-    Mutation("spec-draft-module-3x", "a slowed code path", "the draft module's forward runs three times (its result once)",
-             (MEDUSA, EAGLE3), _draft_module_slower),
-    Mutation("spec-draft-loop-10pct", "a slowed code path", "pseudo_speculative_generate 10% slower (a drafting step's overhead)",
-             (MEDUSA, EAGLE3), _loop_slower),
+    Mutation(
+        "spec-medusa-heads-reversed",
+        "a draft position",
+        "Medusa's heads draft the positions in reverse order (head k's logits at position steps + 1 - k)",
+        (MEDUSA,),
+        _heads_reversed,
+    ),
+    Mutation(
+        "spec-eagle-stale-hidden",
+        "what the draft sees",
+        "EAGLE's later draft steps are fed the hidden states the step was given, not the ones it produced",
+        (EAGLE3,),
+        _stale_hidden,
+    ),
+    Mutation(
+        "spec-draft-module-3x",
+        "a slowed code path",
+        "the draft module's forward runs three times (its result once)",
+        (MEDUSA, EAGLE3),
+        _draft_module_slower,
+    ),
+    Mutation(
+        "spec-draft-loop-10pct",
+        "a slowed code path",
+        "pseudo_speculative_generate 10% slower (a drafting step's overhead)",
+        (MEDUSA, EAGLE3),
+        _loop_slower,
+    ),
 )

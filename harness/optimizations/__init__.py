@@ -44,7 +44,10 @@ def _none(model: torch.nn.Module, forward_loop: ForwardLoop) -> torch.nn.Module:
 
 OPTIMIZATIONS: dict[str, Optimization] = {
     "none": Optimization("none", "the model as built", _none),
-    **{name: quantization(name, config, epsilon, gpu_only) for name, (config, gpu_only, epsilon) in QUANT_FORMATS.items()},
+    **{
+        name: quantization(name, config, epsilon, gpu_only)
+        for name, (config, gpu_only, epsilon) in QUANT_FORMATS.items()
+    },
 }
 
 
@@ -60,5 +63,7 @@ def get_optimization(name: str) -> Optimization:
         config, gpu_only, epsilon = QUANT_FORMATS[base]
         extra_cfg = [entry for modifier in modifiers for entry in MODIFIERS[modifier]]
         return quantization(name, config, epsilon, gpu_only, KV_CACHE_FORMATS[kv[0]] if kv else None, extra_cfg)
-    raise KeyError(f"unknown optimization {name!r}; known: {', '.join(OPTIMIZATIONS)}, mtq:<NAME>_CFG, "
-                   f"or <format>[+<{'|'.join(KV_CACHE_FORMATS)}>][+<{'|'.join(MODIFIERS)}>]")
+    raise KeyError(
+        f"unknown optimization {name!r}; known: {', '.join(OPTIMIZATIONS)}, mtq:<NAME>_CFG, "
+        f"or <format>[+<{'|'.join(KV_CACHE_FORMATS)}>][+<{'|'.join(MODIFIERS)}>]"
+    )

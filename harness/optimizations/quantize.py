@@ -38,18 +38,29 @@ def _layout_problems(layout: Layout) -> list[str]:
         return []
     problems = []
     if layout.tp > 1 and layout.ep > 1:
-        problems.append(f"tp={layout.tp} with ep={layout.ep}: modelopt's quantized MoE experts refuse tensor and expert parallelism "
-                        "together (QuantSequentialMLP: 'TP+EP is not supported by QuantSequentialMLP. Set either TP or EP to 1!')")
+        problems.append(
+            f"tp={layout.tp} with ep={layout.ep}: modelopt's quantized MoE experts refuse tensor and expert "
+            "parallelism "
+            "together (QuantSequentialMLP: 'TP+EP is not supported by QuantSequentialMLP. Set either TP or EP to 1!')"
+        )
     if layout.vpp > 1:
         # Megatron's quantize example quantizes unwrap_model(model)[0], the first chunk
-        problems.append(f"vpp={layout.vpp}: modelopt saves and restores its state for one model chunk only "
-                        "(save_sharded_modelopt_state refuses virtual pipeline parallelism), and Megatron's quantize example "
-                        "quantizes the first chunk alone")
+        problems.append(
+            f"vpp={layout.vpp}: modelopt saves and restores its state for one model chunk only "
+            "(save_sharded_modelopt_state refuses virtual pipeline parallelism), and Megatron's quantize example "
+            "quantizes the first chunk alone"
+        )
     return problems
 
 
-def quantization(name: str, config_name: str, epsilon: float, gpu_only: str | None = None, kv_config_name: str | None = None,
-                 extra_cfg: list[dict] | None = None) -> Optimization:
+def quantization(
+    name: str,
+    config_name: str,
+    epsilon: float,
+    gpu_only: str | None = None,
+    kv_config_name: str | None = None,
+    extra_cfg: list[dict] | None = None,
+) -> Optimization:
     """PTQ with ``mtq.<config_name>``, plus KV-cache quantization with ``mtq.<kv_config_name>``, plus
     ``extra_cfg`` entries appended to the config's ``quant_cfg`` list."""
 
@@ -66,5 +77,11 @@ def quantization(name: str, config_name: str, epsilon: float, gpu_only: str | No
 
     kv = f" + KV cache mtq.{kv_config_name}" if kv_config_name else ""
     extra = f" + {extra_cfg}" if extra_cfg else ""
-    return Optimization(name=name, description=f"modelopt PTQ with mtq.{config_name}{kv}{extra}", apply=apply, gpu_only=gpu_only,
-                        layout_problems=_layout_problems, epsilon=epsilon)
+    return Optimization(
+        name=name,
+        description=f"modelopt PTQ with mtq.{config_name}{kv}{extra}",
+        apply=apply,
+        gpu_only=gpu_only,
+        layout_problems=_layout_problems,
+        epsilon=epsilon,
+    )

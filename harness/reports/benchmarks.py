@@ -43,8 +43,18 @@ def timed_paths(result: CaseResult) -> list[Any]:
     case = result.case
     out = []
     for path, seconds in result.outcome.timings.items():
-        timed = TimedPath(name=f"{case.id}[{path}]", fullname=f"{case.key}::{path}", group=case.key, param=path, params={"path": path},
-                          extra_info={**result.outcome.metrics, "verdict": result.verdict.value, "artifacts": result.outcome.artifacts})
+        timed = TimedPath(
+            name=f"{case.id}[{path}]",
+            fullname=f"{case.key}::{path}",
+            group=case.key,
+            param=path,
+            params={"path": path},
+            extra_info={
+                **result.outcome.metrics,
+                "verdict": result.verdict.value,
+                "artifacts": result.outcome.artifacts,
+            },
+        )
         bench = Metadata(timed, iterations=1, options={"timer": "perf_counter", "interleaved": True})
         for each in seconds:
             bench.update(each)
@@ -74,7 +84,9 @@ def save_to_storage(storage: Path, document: dict[str, Any]) -> Path:
     from pytest_benchmark.utils import get_machine_id
 
     folder = storage / get_machine_id()
-    taken = [int(m.group(1)) for f in folder.glob("*.json") if (m := SAVE_NAME.match(f.name))] if folder.is_dir() else []
+    taken = (
+        [int(m.group(1)) for f in folder.glob("*.json") if (m := SAVE_NAME.match(f.name))] if folder.is_dir() else []
+    )
     commit = document["commit_info"]
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d_%H%M%S")
     tag = f"{commit['id'][:12]}{'_uncommitted-changes' if commit.get('dirty') else ''}_{stamp}"

@@ -113,7 +113,9 @@ def not_a_history(path: Path) -> str | None:
     except sqlite3.Error as err:
         return f"not a run history: {err}"
     missing = {"runs", "cases", "metrics"} - tables
-    return f"not a run history: an SQLite database without the table(s) {', '.join(sorted(missing))}" if missing else None
+    return (
+        f"not a run history: an SQLite database without the table(s) {', '.join(sorted(missing))}" if missing else None
+    )
 
 
 class History:
@@ -132,7 +134,9 @@ class History:
 
     def start_run(self, provenance: dict[str, Any]) -> int:
         with self._db:
-            cursor = self._db.execute("INSERT INTO runs (started, provenance) VALUES (?, ?)", (_now(), json.dumps(provenance)))
+            cursor = self._db.execute(
+                "INSERT INTO runs (started, provenance) VALUES (?, ?)", (_now(), json.dumps(provenance))
+            )
         return int(cursor.lastrowid)
 
     def record(self, run_id: int, result: CaseResult) -> None:
@@ -140,13 +144,31 @@ class History:
         with self._db:  # one transaction: the case and all its metrics, or nothing
             self._db.execute(
                 "INSERT OR REPLACE INTO cases VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, case.key, case.suite, result.verdict.value, outcome.duration_s, outcome.error or outcome.skipped, outcome.artifacts,
-                 None if case.known_defect is None else case.known_defect.describe()),
+                (
+                    run_id,
+                    case.key,
+                    case.suite,
+                    result.verdict.value,
+                    outcome.duration_s,
+                    outcome.error or outcome.skipped,
+                    outcome.artifacts,
+                    None if case.known_defect is None else case.known_defect.describe(),
+                ),
             )
             self._db.executemany(
                 "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(run_id, case.key, m.name, m.measured, m.baseline, json.dumps(m.tolerance.to_json()), m.verdict.value)
-                 for m in result.metrics],
+                [
+                    (
+                        run_id,
+                        case.key,
+                        m.name,
+                        m.measured,
+                        m.baseline,
+                        json.dumps(m.tolerance.to_json()),
+                        m.verdict.value,
+                    )
+                    for m in result.metrics
+                ],
             )
 
     def finish_run(self, run_id: int) -> None:
@@ -154,32 +176,54 @@ class History:
             self._db.execute("UPDATE runs SET ended = ? WHERE id = ?", (_now(), run_id))
 
     def window(self, last: int) -> Window:
-        runs = [RunRow(i, started, ended, json.loads(prov)) for i, started, ended, prov in self._db.execute(
-            "SELECT id, started, ended, provenance FROM runs ORDER BY id DESC LIMIT ?", (last,))][::-1]
+        runs = [
+            RunRow(i, started, ended, json.loads(prov))
+            for i, started, ended, prov in self._db.execute(
+                "SELECT id, started, ended, provenance FROM runs ORDER BY id DESC LIMIT ?", (last,)
+            )
+        ][::-1]
         first = runs[0].id if runs else 0
-        cases = [CaseRow(*row) for row in self._db.execute(
-            "SELECT run_id, key, suite, verdict, duration_s, error, artifacts, known_defect FROM cases WHERE run_id >= ? "
-            "ORDER BY run_id, key",
-            (first,))]
-        metrics = [MetricRow(run_id, key, name, measured, baseline, _tolerance(tolerance), verdict)
-                   for run_id, key, name, measured, baseline, tolerance, verdict in self._db.execute(
-                       "SELECT run_id, key, name, measured, baseline, tolerance, verdict FROM metrics WHERE run_id >= ? "
-                       "ORDER BY run_id, key, name", (first,))]
+        cases = [
+            CaseRow(*row)
+            for row in self._db.execute(
+                "SELECT run_id, key, suite, verdict, duration_s, error, artifacts, known_defect FROM cases WHERE "
+                "run_id >= ? "
+                "ORDER BY run_id, key",
+                (first,),
+            )
+        ]
+        metrics = [
+            MetricRow(run_id, key, name, measured, baseline, _tolerance(tolerance), verdict)
+            for run_id, key, name, measured, baseline, tolerance, verdict in self._db.execute(
+                "SELECT run_id, key, name, measured, baseline, tolerance, verdict FROM metrics WHERE run_id >= ? "
+                "ORDER BY run_id, key, name",
+                (first,),
+            )
+        ]
         return Window(runs, cases, metrics)
 
     def case_runs(self, pattern: str, limit: int = 20) -> dict[str, list[CaseRun]]:
         """The last ``limit`` runs of every case whose key contains ``pattern``, oldest first."""
         rows = self._db.execute(
-            "SELECT c.key, r.id, r.started, r.ended, r.provenance, c.verdict FROM cases c JOIN runs r ON r.id = c.run_id "
-            "WHERE instr(c.key, ?) > 0 ORDER BY c.key, r.id DESC", (pattern,),
+            "SELECT c.key, r.id, r.started, r.ended, r.provenance, c.verdict FROM cases c JOIN runs r ON r.id = "
+            "c.run_id "
+            "WHERE instr(c.key, ?) > 0 ORDER BY c.key, r.id DESC",
+            (pattern,),
         ).fetchall()
         found: dict[str, list[CaseRun]] = {}
         for key, run_id, started, ended, provenance, verdict in rows:
             if len(found.setdefault(key, [])) >= limit:
                 continue
-            metrics = {name: (measured, baseline) for name, measured, baseline in self._db.execute(
-                "SELECT name, measured, baseline FROM metrics WHERE run_id = ? AND key = ? ORDER BY name", (run_id, key))}
-            found[key].append(CaseRun(run_id, started, ended is not None, json.loads(provenance).get("commit"), verdict, metrics))
+            metrics = {
+                name: (measured, baseline)
+                for name, measured, baseline in self._db.execute(
+                    "SELECT name, measured, baseline FROM metrics WHERE run_id = ? AND key = ? ORDER BY name",
+                    (run_id, key),
+                )
+            }
+            found[key].append(
+                CaseRun(run_id, started, ended is not None, json.loads(provenance).get("commit"), verdict, metrics)
+            )
         return {key: runs[::-1] for key, runs in found.items()}
 
 
@@ -194,10 +238,12 @@ def format_case_runs(key: str, runs: list[CaseRun]) -> str:
     label = max([len("run"), *map(len, names)])
     heads = [f"#{run.run_id}{'' if run.finished else '*'}" for run in runs]
     width = max([10, *map(len, heads)])
-    lines = [f"{key}: {len(runs)} run(s)" + ("; * = the run was interrupted" if not all(r.finished for r in runs) else ""),
-             f"{'run':<{label}}  " + "  ".join(f"{h:>{width}}" for h in heads) + "  baseline",
-             f"{'commit':<{label}}  " + "  ".join(f"{(r.commit or '-')[:8]:>{width}}" for r in runs),
-             f"{'verdict':<{label}}  " + "  ".join(f"{r.verdict:>{width}}" for r in runs)]
+    lines = [
+        f"{key}: {len(runs)} run(s)" + ("; * = the run was interrupted" if not all(r.finished for r in runs) else ""),
+        f"{'run':<{label}}  " + "  ".join(f"{h:>{width}}" for h in heads) + "  baseline",
+        f"{'commit':<{label}}  " + "  ".join(f"{(r.commit or '-')[:8]:>{width}}" for r in runs),
+        f"{'verdict':<{label}}  " + "  ".join(f"{r.verdict:>{width}}" for r in runs),
+    ]
     for name in names:
         values = [number(run.metrics.get(name, (None, None))[0]) for run in runs]
         latest = next((run.metrics[name][1] for run in reversed(runs) if name in run.metrics), None)

@@ -58,47 +58,85 @@ def trend_svg(series: Series) -> str:
     def y(v: float) -> float:
         return PAD_Y + (HEIGHT - 2 * PAD_Y) * (hi - v) / (hi - lo)
 
-    parts = [f'<svg class="trend" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}">',
-             f'<rect x="{PAD_LEFT}" y="{PAD_Y}" width="{WIDTH - PAD_LEFT - PAD_RIGHT}" height="{HEIGHT - 2 * PAD_Y}" fill="#fafafa" stroke="#ccc"/>']
+    parts = [
+        f'<svg class="trend" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 '
+        f'{WIDTH} {HEIGHT}">',
+        f'<rect x="{PAD_LEFT}" y="{PAD_Y}" width="{WIDTH - PAD_LEFT - PAD_RIGHT}" height="{HEIGHT - 2 * PAD_Y}" '
+        'fill="#fafafa" stroke="#ccc"/>',
+    ]
     banded = [(i, band) for i, band in enumerate(bands) if band]
     if banded:
         edge = [(x(i), y(b[2])) for i, b in banded] + [(x(i), y(b[0])) for i, b in reversed(banded)]
         if len(banded) == 1:  # a single run: draw the band across the plot
-            edge = [(PAD_LEFT, edge[0][1]), (WIDTH - PAD_RIGHT, edge[0][1]), (WIDTH - PAD_RIGHT, edge[1][1]), (PAD_LEFT, edge[1][1])]
-        parts.append('<polygon class="band" fill="#2ca02c" fill-opacity="0.18" stroke="none" points="'
-                     + " ".join(f"{px:.1f},{py:.1f}" for px, py in edge) + '"><title>baseline tolerance band</title></polygon>')
-        base = [(x(i), y(b[1])) for i, b in banded] if len(banded) > 1 else [(PAD_LEFT, y(banded[0][1][1])), (WIDTH - PAD_RIGHT, y(banded[0][1][1]))]
-        parts.append('<polyline class="baseline" fill="none" stroke="#2ca02c" stroke-width="1.5" stroke-dasharray="5,3" points="'
-                     + " ".join(f"{px:.1f},{py:.1f}" for px, py in base) + '"/>')
-    parts.append('<polyline class="measured" fill="none" stroke="#1f77b4" stroke-width="2" points="'
-                 + " ".join(f"{x(i):.1f},{y(m.measured):.1f}" for i, (_, m) in enumerate(points)) + '"/>')
+            edge = [
+                (PAD_LEFT, edge[0][1]),
+                (WIDTH - PAD_RIGHT, edge[0][1]),
+                (WIDTH - PAD_RIGHT, edge[1][1]),
+                (PAD_LEFT, edge[1][1]),
+            ]
+        parts.append(
+            '<polygon class="band" fill="#2ca02c" fill-opacity="0.18" stroke="none" points="'
+            + " ".join(f"{px:.1f},{py:.1f}" for px, py in edge)
+            + '"><title>baseline tolerance band</title></polygon>'
+        )
+        base = (
+            [(x(i), y(b[1])) for i, b in banded]
+            if len(banded) > 1
+            else [(PAD_LEFT, y(banded[0][1][1])), (WIDTH - PAD_RIGHT, y(banded[0][1][1]))]
+        )
+        parts.append(
+            '<polyline class="baseline" fill="none" stroke="#2ca02c" stroke-width="1.5" stroke-dasharray="5,3" points="'
+            + " ".join(f"{px:.1f},{py:.1f}" for px, py in base)
+            + '"/>'
+        )
+    parts.append(
+        '<polyline class="measured" fill="none" stroke="#1f77b4" stroke-width="2" points="'
+        + " ".join(f"{x(i):.1f},{y(m.measured):.1f}" for i, (_, m) in enumerate(points))
+        + '"/>'
+    )
     for i, (run, m) in enumerate(points):
         colour = "#d62728" if m.verdict == Verdict.FAIL.value else "#1f77b4"
-        parts.append(f'<circle cx="{x(i):.1f}" cy="{y(m.measured):.1f}" r="3.5" fill="{colour}"><title>{escape(run_label(run))}: '
-                     f'{m.measured:.6g} (baseline {m.baseline}, {m.verdict})</title></circle>')
-    parts.append(f'<text x="{PAD_LEFT - 4}" y="{PAD_Y + 4}" font-size="10" text-anchor="end">{hi:.4g}</text>'
-                 f'<text x="{PAD_LEFT - 4}" y="{HEIGHT - PAD_Y}" font-size="10" text-anchor="end">{lo:.4g}</text>'
-                 f'<text x="{PAD_LEFT}" y="{HEIGHT - 3}" font-size="10">#{points[0][0].id}</text>'
-                 f'<text x="{WIDTH - PAD_RIGHT}" y="{HEIGHT - 3}" font-size="10" text-anchor="end">#{points[-1][0].id}</text></svg>')
+        parts.append(
+            f'<circle cx="{x(i):.1f}" cy="{y(m.measured):.1f}" r="3.5" '
+            f'fill="{colour}"><title>{escape(run_label(run))}: '
+            f"{m.measured:.6g} (baseline {m.baseline}, {m.verdict})</title></circle>"
+        )
+    parts.append(
+        f'<text x="{PAD_LEFT - 4}" y="{PAD_Y + 4}" font-size="10" text-anchor="end">{hi:.4g}</text>'
+        f'<text x="{PAD_LEFT - 4}" y="{HEIGHT - PAD_Y}" font-size="10" text-anchor="end">{lo:.4g}</text>'
+        f'<text x="{PAD_LEFT}" y="{HEIGHT - 3}" font-size="10">#{points[0][0].id}</text>'
+        f'<text x="{WIDTH - PAD_RIGHT}" y="{HEIGHT - 3}" font-size="10" '
+        f'text-anchor="end">#{points[-1][0].id}</text></svg>'
+    )
     return "".join(parts)
 
 
 def html(analysis: Analysis, extra: tuple[Table, ...] = ()) -> str:
     facts = "".join(f"<tr><th>{escape(name)}</th><td>{escape(value)}</td></tr>" for name, value in run_facts(analysis))
-    flagged = {s.key for s in analysis.cases if s.status not in ("passing", "skipped", "known defect")} | {d.key for d in analysis.drifts}
+    flagged = {s.key for s in analysis.cases if s.status not in ("passing", "skipped", "known defect")} | {
+        d.key for d in analysis.drifts
+    }
     by_case: dict[str, list[Series]] = {}
     for series in analysis.series:
         by_case.setdefault(series.key, []).append(series)
     plots = []
     for key in sorted(by_case, key=lambda k: (k not in flagged, k)):
-        figures = "".join(f'<figure><figcaption>{escape(s.metric)}</figcaption>{trend_svg(s)}</figure>' for s in by_case[key])
+        figures = "".join(
+            f"<figure><figcaption>{escape(s.metric)}</figcaption>{trend_svg(s)}</figure>" for s in by_case[key]
+        )
         mark = ' class="bad"' if key in flagged else ""
-        plots.append(f'<details{" open" if key in flagged else ""}><summary{mark}>{escape(key)} ({len(by_case[key])} metrics)</summary>'
-                     f'<div class="plots">{figures}</div></details>')
+        plots.append(
+            f"<details{' open' if key in flagged else ''}><summary{mark}>{escape(key)} ({len(by_case[key])} "
+            "metrics)</summary>"
+            f'<div class="plots">{figures}</div></details>'
+        )
     title = f"posttrain-harness report: {run_label(analysis.latest)}"
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-            f"<style>{STYLE}</style></head><body><h1>posttrain-harness nightly report</h1><table>{facts}</table>"
-            + "".join(_table(t) for t in (*tables(analysis), *extra))
-            + f"<h2>Trends over the last {len(analysis.runs)} run(s)</h2>"
-            '<p class="note">blue: measured (red points failed their baseline); dashed green: baseline; shaded: its tolerance band. '
-            "Flagged cases first and unfolded.</p>" + "".join(plots) + "</body></html>\n")
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body><h1>posttrain-harness nightly report</h1><table>{facts}</table>"
+        + "".join(_table(t) for t in (*tables(analysis), *extra))
+        + f"<h2>Trends over the last {len(analysis.runs)} run(s)</h2>"
+        '<p class="note">blue: measured (red points failed their baseline); dashed green: baseline; shaded: its '
+        "tolerance band. "
+        "Flagged cases first and unfolded.</p>" + "".join(plots) + "</body></html>\n"
+    )

@@ -20,11 +20,24 @@ def junit_xml(results: list[CaseResult]) -> str:
         failures = sum(r.verdict in (Verdict.FAIL, Verdict.XPASS, Verdict.NO_BASELINE) for r in members)
         errors = sum(r.verdict is Verdict.ERROR for r in members)
         skipped = sum(r.verdict in (Verdict.SKIPPED, Verdict.XFAIL) for r in members)
-        suite = ET.SubElement(suites, "testsuite", name=name, tests=str(len(members)), failures=str(failures), errors=str(errors),
-                              skipped=str(skipped), time=f"{sum(r.outcome.duration_s for r in members):.3f}")
+        suite = ET.SubElement(
+            suites,
+            "testsuite",
+            name=name,
+            tests=str(len(members)),
+            failures=str(failures),
+            errors=str(errors),
+            skipped=str(skipped),
+            time=f"{sum(r.outcome.duration_s for r in members):.3f}",
+        )
         for result in members:
-            case = ET.SubElement(suite, "testcase", classname=f"{name}.{result.case.platform}", name=result.case.id,
-                                 time=f"{result.outcome.duration_s:.3f}")
+            case = ET.SubElement(
+                suite,
+                "testcase",
+                classname=f"{name}.{result.case.platform}",
+                name=result.case.id,
+                time=f"{result.outcome.duration_s:.3f}",
+            )
             verdict = result.verdict
             if verdict in (Verdict.FAIL, Verdict.XPASS, Verdict.NO_BASELINE):
                 ET.SubElement(case, "failure", message=verdict.value).text = result.message()

@@ -105,10 +105,16 @@ def changes_between(before: RunRow | None, after: RunRow) -> str:
     if before is None:
         return "first run in the window"
     old, new = before.provenance, after.provenance
-    diffs = [f"{name} {old.get('versions', {}).get(name, '-')} -> {new.get('versions', {}).get(name, '-')}"
-             for name in TRACKED if old.get("versions", {}).get(name) != new.get("versions", {}).get(name)]
-    diffs += [f"{name} {str(old.get(name) or '-')[:12]} -> {str(new.get(name) or '-')[:12]}"
-              for name in ("commit", "container", "driver", "host") if old.get(name) != new.get(name)]
+    diffs = [
+        f"{name} {old.get('versions', {}).get(name, '-')} -> {new.get('versions', {}).get(name, '-')}"
+        for name in TRACKED
+        if old.get("versions", {}).get(name) != new.get("versions", {}).get(name)
+    ]
+    diffs += [
+        f"{name} {str(old.get(name) or '-')[:12]} -> {str(new.get(name) or '-')[:12]}"
+        for name in ("commit", "container", "driver", "host")
+        if old.get(name) != new.get(name)
+    ]
     return "; ".join(diffs) or "nothing recorded changed"
 
 
@@ -123,8 +129,11 @@ def case_status(key: str, history: list[tuple[RunRow, CaseRow]], metrics: list[M
     latest_run, latest = history[-1]
     verdicts = [row.verdict for _, row in history]
     flips = _flips(verdicts)
-    failing = [f"{m.name} {m.measured:.6g} vs {m.baseline if m.baseline is None else f'{m.baseline:.6g}'}"
-               for m in metrics if m.verdict == Verdict.FAIL.value and m.measured is not None]
+    failing = [
+        f"{m.name} {m.measured:.6g} vs {m.baseline if m.baseline is None else f'{m.baseline:.6g}'}"
+        for m in metrics
+        if m.verdict == Verdict.FAIL.value and m.measured is not None
+    ]
     detail = latest.error.splitlines()[0] if latest.error else "; ".join(failing)
     previous = [v for v in verdicts[:-1] if v != Verdict.SKIPPED.value]
     if latest.verdict == Verdict.XPASS.value:
@@ -137,11 +146,15 @@ def case_status(key: str, history: list[tuple[RunRow, CaseRow]], metrics: list[M
         return CaseStatus(key, "flaky", latest.verdict, None, flips, detail)
     if latest.verdict in OK_VERDICTS:
         fixed = bool(previous) and previous[-1] not in OK_VERDICTS
-        return CaseStatus(key, "fixed" if fixed else "passing", latest.verdict, latest_run if fixed else None, flips, "")
+        return CaseStatus(
+            key, "fixed" if fixed else "passing", latest.verdict, latest_run if fixed else None, flips, ""
+        )
     streak = len(history)
     while streak > 1 and history[streak - 2][1].verdict not in OK_VERDICTS:
         streak -= 1
-    status = "new failure" if streak == len(history) and (not previous or previous[-1] in OK_VERDICTS) else "still failing"
+    status = (
+        "new failure" if streak == len(history) and (not previous or previous[-1] in OK_VERDICTS) else "still failing"
+    )
     return CaseStatus(key, status, latest.verdict, history[streak - 1][0], flips, detail)
 
 
@@ -156,9 +169,19 @@ def _bad_change(measured: float, baseline: float, direction: Direction) -> float
 
 
 def regressions(metrics: list[MetricRow], top: int = 10) -> list[Regression]:
-    found = [Regression(m.key, m.name, m.baseline, m.measured, _bad_change(m.measured, m.baseline, m.tolerance.direction), m.tolerance, m.verdict)
-             for m in metrics
-             if m.measured is not None and m.baseline is not None and not math.isinf(m.tolerance.abs)]
+    found = [
+        Regression(
+            m.key,
+            m.name,
+            m.baseline,
+            m.measured,
+            _bad_change(m.measured, m.baseline, m.tolerance.direction),
+            m.tolerance,
+            m.verdict,
+        )
+        for m in metrics
+        if m.measured is not None and m.baseline is not None and not math.isinf(m.tolerance.abs)
+    ]
     found = [r for r in found if r.relative > 0]
     return sorted(found, key=lambda r: (r.verdict != Verdict.FAIL.value, -r.relative))[:top]
 
@@ -180,7 +203,7 @@ def drift(series: Series, settings: Settings) -> Drift | None:
         return None
     found = None
     for split in range(len(values) - settings.drift_runs, 0, -1):
-        reference = statistics.median(values[max(0, split - settings.drift_window):split])
+        reference = statistics.median(values[max(0, split - settings.drift_window) : split])
         sides = {_beyond(v, reference, tolerance) for v in values[split:]}
         if len(sides) != 1 or 0 in sides:
             break
@@ -189,8 +212,16 @@ def drift(series: Series, settings: Settings) -> Drift | None:
         return None
     split, reference = found
     first, previous = points[split][0], points[split - 1][0]
-    return Drift(series.key, series.metric, reference, statistics.median(values[split:]), tolerance.allowed(reference),
-                 points[-1][1].baseline, first, changes_between(previous, first))
+    return Drift(
+        series.key,
+        series.metric,
+        reference,
+        statistics.median(values[split:]),
+        tolerance.allowed(reference),
+        points[-1][1].baseline,
+        first,
+        changes_between(previous, first),
+    )
 
 
 def _verdict_counts(rows: list[CaseRow]) -> str:
@@ -212,10 +243,18 @@ def _versions_side_by_side(window: Window) -> VersionTable | None:
     for row in window.cases:
         last_run[(row.suite, pair_of[row.run_id])] = max(row.run_id, last_run.get((row.suite, pair_of[row.run_id]), 0))
     suites = sorted({suite for suite, _ in last_run})
-    compatibility = {suite: [_verdict_counts([r for r in window.cases if r.suite == suite and r.run_id == last_run.get((suite, pair))])
-                             for pair in pairs] for suite in suites}
-    return VersionTable(pairs, [(key, name, [values.get(p, "-") for p in pairs]) for (key, name), values in sorted(latest.items())],
-                        compatibility)
+    compatibility = {
+        suite: [
+            _verdict_counts([r for r in window.cases if r.suite == suite and r.run_id == last_run.get((suite, pair))])
+            for pair in pairs
+        ]
+        for suite in suites
+    }
+    return VersionTable(
+        pairs,
+        [(key, name, [values.get(p, "-") for p in pairs]) for (key, name), values in sorted(latest.items())],
+        compatibility,
+    )
 
 
 def analyse(window: Window, settings: Settings) -> Analysis:
@@ -227,14 +266,28 @@ def analyse(window: Window, settings: Settings) -> Analysis:
     for row in window.cases:
         by_case.setdefault(row.key, []).append((run_by_id[row.run_id], row))
     latest_metrics = [m for m in window.metrics if m.run_id == latest.id]
-    statuses = [case_status(key, rows, [m for m in latest_metrics if m.key == key])
-                for key, rows in sorted(by_case.items()) if rows[-1][0].id == latest.id]
+    statuses = [
+        case_status(key, rows, [m for m in latest_metrics if m.key == key])
+        for key, rows in sorted(by_case.items())
+        if rows[-1][0].id == latest.id
+    ]
     counts = dict(Counter(row.verdict for row in window.cases if row.run_id == latest.id))
     grouped: dict[tuple[str, str], list[tuple[RunRow, MetricRow]]] = {}
     for m in window.metrics:
         if "@" not in m.name:  # per-step values are a trajectory inside one run, not a trend
             grouped.setdefault((m.key, m.name), []).append((run_by_id[m.run_id], m))
-    series = [Series(key, name, points) for (key, name), points in sorted(grouped.items()) if points[-1][0].id == latest.id]
+    series = [
+        Series(key, name, points) for (key, name), points in sorted(grouped.items()) if points[-1][0].id == latest.id
+    ]
     drifts = [d for d in (drift(s, settings) for s in series) if d is not None]
-    return Analysis(settings, window.runs, latest, counts, statuses, regressions(latest_metrics), drifts, series,
-                    _versions_side_by_side(window))
+    return Analysis(
+        settings,
+        window.runs,
+        latest,
+        counts,
+        statuses,
+        regressions(latest_metrics),
+        drifts,
+        series,
+        _versions_side_by_side(window),
+    )

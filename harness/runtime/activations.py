@@ -24,8 +24,11 @@ def layer_outputs(model: torch.nn.Module, tokens: torch.Tensor, vocab_size: int)
     def keep(number: int, output: object) -> None:
         captured[number] = (output[0] if isinstance(output, tuple) else output).detach().double().cpu()
 
-    handles = [layer.register_forward_hook(lambda module, args, output, n=layer.layer_number: keep(n, output))
-               for chunk in chunks_of(model) for layer in chunk.decoder.layers]
+    handles = [
+        layer.register_forward_hook(lambda module, args, output, n=layer.layer_number: keep(n, output))
+        for chunk in chunks_of(model)
+        for layer in chunk.decoder.layers
+    ]
     try:
         forward_logits(model, tokens, vocab_size)
     finally:
@@ -41,13 +44,18 @@ def layer_sqnr_db(base: dict[int, torch.Tensor], moved: dict[int, torch.Tensor])
     from harness.runtime.distributed import current_layout
 
     numbers = sorted(base)
-    energy = torch.tensor([[float((base[n] ** 2).sum()), float(((moved[n] - base[n]) ** 2).sum())] for n in numbers],
-                          dtype=torch.float64, device=device()).reshape(-1, 2)  # NCCL reduces device tensors only
+    energy = torch.tensor(
+        [[float((base[n] ** 2).sum()), float(((moved[n] - base[n]) ** 2).sum())] for n in numbers],
+        dtype=torch.float64,
+        device=device(),
+    ).reshape(-1, 2)  # NCCL reduces device tensors only
     if current_layout().sp and numbers:  # each tensor-parallel rank holds a shard of the sequence
         dist.all_reduce(energy, group=ps.get_tensor_model_parallel_group())
     local = {n: (float(signal), float(noise)) for n, (signal, noise) in zip(numbers, energy.tolist(), strict=True)}
     gathered: list[dict[int, tuple[float, float]]] = [{} for _ in range(dist.get_world_size())]
     dist.all_gather_object(gathered, local)
     merged = {n: pair for part in gathered for n, pair in part.items()}
-    return {n: EXACT_SQNR_DB if noise == 0 else min(EXACT_SQNR_DB, 10 * math.log10(signal / noise))
-            for n, (signal, noise) in sorted(merged.items())}
+    return {
+        n: EXACT_SQNR_DB if noise == 0 else min(EXACT_SQNR_DB, 10 * math.log10(signal / noise))
+        for n, (signal, noise) in sorted(merged.items())
+    }

@@ -131,12 +131,32 @@ def _eagle_duplicated_linear() -> None:
     from megatron.core.post_training.modelopt.layers import Linear
 
     class DuplicatedLinear(Linear):
-        def __init__(self, input_size: int, output_size: int, *, parallel_mode: str | None, config: Any, init_method: Any,
-                     bias: bool, skip_bias_add: bool, skip_weight_param_allocation: bool, **unused: Any) -> None:
+        def __init__(
+            self,
+            input_size: int,
+            output_size: int,
+            *,
+            parallel_mode: str | None,
+            config: Any,
+            init_method: Any,
+            bias: bool,
+            skip_bias_add: bool,
+            skip_weight_param_allocation: bool,
+            **unused: Any,
+        ) -> None:
             if parallel_mode != "duplicated":
-                raise ValueError(f"the CPU stand-in for TELinear covers parallel_mode='duplicated' only, not {parallel_mode!r}")
-            super().__init__(input_size, output_size, config=config, init_method=init_method, bias=bias, skip_bias_add=skip_bias_add,
-                             skip_weight_param_allocation=skip_weight_param_allocation)
+                raise ValueError(
+                    f"the CPU stand-in for TELinear covers parallel_mode='duplicated' only, not {parallel_mode!r}"
+                )
+            super().__init__(
+                input_size,
+                output_size,
+                config=config,
+                init_method=init_method,
+                bias=bias,
+                skip_bias_add=skip_bias_add,
+                skip_weight_param_allocation=skip_weight_param_allocation,
+            )
 
     eagle.TELinear = DuplicatedLinear
 
@@ -153,17 +173,30 @@ ADAPTATIONS: tuple[Adaptation, ...] = (
     Adaptation("cpu-current-device", "torch.cuda.current_device() answers the CPU", _cpu_current_device),
     Adaptation("no-cuda-synchronize", "torch.cuda.synchronize() is a no-op", _no_cuda_synchronize),
     Adaptation("cuda-factories-to-cpu", 'device="cuda" tensor factories allocate on the CPU', _cuda_factories_to_cpu),
-    Adaptation("moe-router-without-te", "the MoE router's te_general_gemm is None where megatron-core leaves it unbound",
-               _moe_router_without_te, _router_gemm_unbound),
+    Adaptation(
+        "moe-router-without-te",
+        "the MoE router's te_general_gemm is None where megatron-core leaves it unbound",
+        _moe_router_without_te,
+        _router_gemm_unbound,
+    ),
 )
 EAGLE_ADAPTATIONS: tuple[Adaptation, ...] = (
-    Adaptation("eagle-local-core-attention", "EAGLE's draft layer: megatron's DotProductAttention and torch norms, not TE's",
-               _eagle_local_core_attention),
+    Adaptation(
+        "eagle-local-core-attention",
+        "EAGLE's draft layer: megatron's DotProductAttention and torch norms, not TE's",
+        _eagle_local_core_attention,
+    ),
     Adaptation("eagle-torch-norm", "EAGLE's TENorm (enorm, hnorm) is megatron's torch norm", _eagle_torch_norm),
-    Adaptation("eagle-duplicated-linear", "EAGLE-3's TELinear fc is megatron's local Linear, duplicated on every TP rank",
-               _eagle_duplicated_linear),
-    Adaptation("eagle-no-cp-attention-context", "te_dot_product_attention_with_cp is a null context (no context parallelism)",
-               _eagle_no_cp_attention_context),
+    Adaptation(
+        "eagle-duplicated-linear",
+        "EAGLE-3's TELinear fc is megatron's local Linear, duplicated on every TP rank",
+        _eagle_duplicated_linear,
+    ),
+    Adaptation(
+        "eagle-no-cp-attention-context",
+        "te_dot_product_attention_with_cp is a null context (no context parallelism)",
+        _eagle_no_cp_attention_context,
+    ),
 )
 
 _applied: list[str] = []

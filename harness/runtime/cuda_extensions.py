@@ -40,7 +40,10 @@ def warm(rank: int) -> None:
             lock.unlink(missing_ok=True)
         started = time.perf_counter()
         extensions.precompile()
-        print(f"[harness] modelopt CUDA extensions ready in {time.perf_counter() - started:.0f} s (pid {os.getpid()})", flush=True)
+        print(
+            f"[harness] modelopt CUDA extensions ready in {time.perf_counter() - started:.0f} s (pid {os.getpid()})",
+            flush=True,
+        )
     dist.barrier()
     if rank != 0:
         extensions.precompile()  # built by rank 0: a load

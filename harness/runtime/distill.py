@@ -88,7 +88,9 @@ def _masked_mean(tokens: int, loss: Any) -> torch.Tensor:
     return total / tokens
 
 
-def _loss_func(model: torch.nn.Module, tokens: int, output: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _loss_func(
+    model: torch.nn.Module, tokens: int, output: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     lm = _masked_mean(tokens, output)
     losses = model.compute_kd_loss(student_loss=lm, loss_reduction_fn=partial(_masked_mean, tokens))
     values = torch.stack([losses["kd_loss"], losses["logits_loss"], losses["intermediate_loss"], lm]).detach().double()
@@ -119,7 +121,13 @@ def kd_step(model: torch.nn.Module, tokens: torch.Tensor, labels: torch.Tensor, 
             model, seq_length=seq, micro_batch_size=batch, decoder_seq_length=seq
         ),
     )
-    values = store[0]["losses"] if ps.is_pipeline_last_stage() else torch.empty(len(LOSS_NAMES), dtype=torch.float64, device=device())
+    values = (
+        store[0]["losses"]
+        if ps.is_pipeline_last_stage()
+        else torch.empty(len(LOSS_NAMES), dtype=torch.float64, device=device())
+    )
     if ps.get_pipeline_model_parallel_world_size() > 1:
-        dist.broadcast(values, src=ps.get_pipeline_model_parallel_last_rank(), group=ps.get_pipeline_model_parallel_group())
+        dist.broadcast(
+            values, src=ps.get_pipeline_model_parallel_last_rank(), group=ps.get_pipeline_model_parallel_group()
+        )
     return dict(zip(LOSS_NAMES, values.tolist(), strict=True))

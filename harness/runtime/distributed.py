@@ -24,8 +24,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     # On CPU the inference tracker is a no-op tracker: the CUDA RNG states megatron forks for
     # tensor-parallel dropout do not exist there. The models here run without dropout.
-    tensor_parallel.model_parallel_cuda_manual_seed(seed, inference_rng_tracker=not torch.cuda.is_available(),
-                                                    force_reset_rng=True)
+    tensor_parallel.model_parallel_cuda_manual_seed(
+        seed, inference_rng_tracker=not torch.cuda.is_available(), force_reset_rng=True
+    )
 
 
 _current: list[Layout] = []
@@ -49,8 +50,11 @@ def model_parallel(layout: Layout, seed: int) -> Iterator[None]:
         raise ValueError(f"layout {layout.token} does not divide the world size {world}")
     before = _live_groups()
     parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=layout.tp, pipeline_model_parallel_size=layout.pp, expert_model_parallel_size=layout.ep,
-        virtual_pipeline_model_parallel_size=layout.vpp if layout.vpp > 1 else None, context_parallel_size=layout.cp,
+        tensor_model_parallel_size=layout.tp,
+        pipeline_model_parallel_size=layout.pp,
+        expert_model_parallel_size=layout.ep,
+        virtual_pipeline_model_parallel_size=layout.vpp if layout.vpp > 1 else None,
+        context_parallel_size=layout.cp,
     )
     _current.append(layout)
     try:
@@ -75,8 +79,4 @@ def is_reporting_rank() -> bool:
     """The rank that holds full outputs: last pipeline stage, first tensor and data rank."""
     from megatron.core import parallel_state as ps
 
-    return (
-        ps.is_pipeline_last_stage()
-        and ps.get_tensor_model_parallel_rank() == 0
-        and ps.get_data_parallel_rank() == 0
-    )
+    return ps.is_pipeline_last_stage() and ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0

@@ -43,8 +43,10 @@ def eagle_blocker() -> str | None:
     installed = version("nvidia-modelopt")
     if low <= Version(installed) < high:
         return None
-    return (f"modelopt's Megatron EAGLE module is built from Transformer Engine layers (CUDA only); their CPU stand-ins "
-            f"(harness/runtime/cpu_compat.py, eagle-*) are verified on nvidia-modelopt [{low}, {high}), not {installed}")
+    return (
+        f"modelopt's Megatron EAGLE module is built from Transformer Engine layers (CUDA only); their CPU stand-ins "
+        f"(harness/runtime/cpu_compat.py, eagle-*) are verified on nvidia-modelopt [{low}, {high}), not {installed}"
+    )
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,9 @@ def _eagle_modes(config_name: str) -> Callable[[int, ModelSpec], list[tuple[str,
             head_dim=base.kv_channels or base.hidden_size // heads,
             rope_theta=base.rotary_base,
         )
-        config["eagle_report_acc"] = False  # else every evaluation forward gathers the draft logits and prints accuracies
+        config["eagle_report_acc"] = (
+            False  # else every evaluation forward gathers the draft logits and prints accuracies
+        )
         if not torch.cuda.is_available():
             # One train-time-test step on CPU: later steps attend through megatron's static inference context,
             # whose mask logic asks Transformer Engine's version (absent there). The heads still draft any number
@@ -135,12 +139,30 @@ def _reuse_base_config(model: torch.nn.Module, config: dict) -> None:
 
 
 ALGORITHMS: dict[str, DraftAlgorithm] = {
-    "medusa": DraftAlgorithm("medusa", "medusa_heads", lambda steps, base: [("medusa", {"medusa_num_heads": steps, "medusa_num_layers": 1})],
-                             _medusa_draft, prepare=_quiet_medusa),
-    "eagle3": DraftAlgorithm("eagle3", "eagle_module", _eagle_modes("EAGLE3_DEFAULT_CFG"), _eagle_draft, eagle_blocker, workaround=_lm_loss_on_a_copy,
-                             heads_steps=lambda steps: 1),
-    "eagle_mtp": DraftAlgorithm("eagle_mtp", "eagle_module", _eagle_modes("EAGLE_MTP_DEFAULT_CFG"), _eagle_draft, eagle_blocker,
-                                before_convert=_reuse_base_config, workaround=_lm_loss_on_a_copy, heads_steps=lambda steps: 1),
+    "medusa": DraftAlgorithm(
+        "medusa",
+        "medusa_heads",
+        lambda steps, base: [("medusa", {"medusa_num_heads": steps, "medusa_num_layers": 1})],
+        _medusa_draft,
+        prepare=_quiet_medusa,
+    ),
+    "eagle3": DraftAlgorithm(
+        "eagle3",
+        "eagle_module",
+        _eagle_modes("EAGLE3_DEFAULT_CFG"),
+        _eagle_draft,
+        eagle_blocker,
+        workaround=_lm_loss_on_a_copy,
+        heads_steps=lambda steps: 1,
+    ),
+    "eagle_mtp": DraftAlgorithm(
+        "eagle_mtp",
+        "eagle_module",
+        _eagle_modes("EAGLE_MTP_DEFAULT_CFG"),
+        _eagle_draft,
+        eagle_blocker,
+        before_convert=_reuse_base_config,
+        workaround=_lm_loss_on_a_copy,
+        heads_steps=lambda steps: 1,
+    ),
 }
-
-

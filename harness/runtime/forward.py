@@ -131,7 +131,9 @@ def forward_logits(model: torch.nn.Module, tokens: torch.Tensor, vocab_size: int
     else:
         logits = torch.empty(batch, seq, vocab_size, dtype=torch.float32, device=tokens.device)
     if ps.get_pipeline_model_parallel_world_size() > 1:
-        dist.broadcast(logits, src=ps.get_pipeline_model_parallel_last_rank(), group=ps.get_pipeline_model_parallel_group())
+        dist.broadcast(
+            logits, src=ps.get_pipeline_model_parallel_last_rank(), group=ps.get_pipeline_model_parallel_group()
+        )
     return logits
 
 

@@ -73,7 +73,9 @@ def _with_torch_norms(layer: Any, qk_layernorm: bool, norm: Any) -> Any:
     attention = subs.self_attention
     if qk_layernorm:
         attention = replace(attention, submodules=replace(attention.submodules, q_layernorm=norm, k_layernorm=norm))
-    return replace(layer, submodules=replace(subs, input_layernorm=norm, pre_mlp_layernorm=norm, self_attention=attention))
+    return replace(
+        layer, submodules=replace(subs, input_layernorm=norm, pre_mlp_layernorm=norm, self_attention=attention)
+    )
 
 
 def layer_spec(spec: ModelSpec, config: Any, vp_stage: int | None = None) -> Any:
@@ -92,14 +94,21 @@ def layer_spec(spec: ModelSpec, config: Any, vp_stage: int | None = None) -> Any
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
     norm = _torch_norm(config)
-    local = get_gpt_layer_local_spec(num_experts=spec.num_moe_experts, moe_grouped_gemm=False, normalization=spec.normalization,
-                                     qk_layernorm=spec.qk_layernorm)
+    local = get_gpt_layer_local_spec(
+        num_experts=spec.num_moe_experts,
+        moe_grouped_gemm=False,
+        normalization=spec.normalization,
+        qk_layernorm=spec.qk_layernorm,
+    )
     layers = get_num_layers_to_build(config, vp_stage=vp_stage)
-    return TransformerBlockSubmodules(layer_specs=[_with_torch_norms(local, spec.qk_layernorm, norm)] * layers, layer_norm=norm)
+    return TransformerBlockSubmodules(
+        layer_specs=[_with_torch_norms(local, spec.qk_layernorm, norm)] * layers, layer_norm=norm
+    )
 
 
 def build_gpt(spec: ModelSpec, *, seed: int, parallel_output: bool = False) -> torch.nn.Module:
-    """Build ``spec`` (a GPT, or a Mamba-hybrid MambaModel) for the current megatron parallel state (this rank's stage and shard); under
+    """Build ``spec`` (a GPT, or a Mamba-hybrid MambaModel) for the current megatron parallel state (this rank's stage
+    and shard); under
     virtual pipeline stages, a ``ModuleList`` of this rank's model chunks (``runtime.forward.chunks_of``).
 
     ``parallel_output=False`` gathers full-vocabulary logits (for comparisons); training needs True:

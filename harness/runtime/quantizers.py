@@ -36,8 +36,11 @@ def quantizer_census(model: torch.nn.Module) -> QuantizerCensus:
 
     dense = ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0
     expert = ps.get_expert_tensor_parallel_rank() == 0 and ps.get_expert_data_parallel_rank() == 0
-    quantizers = [(name, m) for name, m in model.named_modules()
-                  if isinstance(m, TensorQuantizer) and (expert if EXPERTS in name else dense)]
+    quantizers = [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, TensorQuantizer) and (expert if EXPERTS in name else dense)
+    ]
     counts = torch.tensor(
         [
             len(quantizers),
@@ -63,7 +66,9 @@ def expert_amaxes(model: torch.nn.Module) -> dict[str, torch.Tensor | None]:
 
     mine: dict[str, torch.Tensor | None] = {}
     if ps.get_expert_tensor_parallel_rank() == 0 and ps.get_expert_data_parallel_rank() == 0:
-        layers = [m for m in model.modules() if isinstance(m, TransformerLayer) and hasattr(m.mlp, "local_expert_indices")]
+        layers = [
+            m for m in model.modules() if isinstance(m, TransformerLayer) and hasattr(m.mlp, "local_expert_indices")
+        ]
         for layer in layers:
             for name, quantizer in layer.mlp.named_modules():
                 if isinstance(quantizer, TensorQuantizer) and quantizer.is_enabled and EXPERTS in name:

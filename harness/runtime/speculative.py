@@ -1,5 +1,6 @@
 """Draft heads on a megatron model through modelopt's speculative API (``mtsp.convert``), trained
-briefly by self-distillation and shipped as subjects (harness.models.subjects); acceptance measured the way Megatron's post-training code
+briefly by self-distillation and shipped as subjects (harness.models.subjects); acceptance measured the way Megatron's
+post-training code
 does it, and a real draft-then-verify decoding loop for losslessness and speed.
 
 No KV cache anywhere: autoregressive and speculative decoding both re-run the full prefix, so the
@@ -19,7 +20,9 @@ from harness.runtime.drafts import DraftAlgorithm, HeadRecipe
 from harness.runtime.forward import device, on_device, positions
 
 
-def with_drafts(spec: ModelSpec, algorithm: DraftAlgorithm, steps: int, seed: int, workaround: bool = True) -> torch.nn.Module:
+def with_drafts(
+    spec: ModelSpec, algorithm: DraftAlgorithm, steps: int, seed: int, workaround: bool = True
+) -> torch.nn.Module:
     """``spec`` converted by modelopt with ``steps`` draft heads of ``algorithm``, on the worker's device;
     ``workaround``: around the algorithm's known training defect (the heads the harness ships have it)."""
     import modelopt.torch.speculative as mtsp
@@ -52,14 +55,16 @@ def greedy(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tor
 
 
 @torch.no_grad()
-def speculative(model: torch.nn.Module, algorithm: DraftAlgorithm, prompt: torch.Tensor, new_tokens: int, steps: int) -> torch.Tensor:
+def speculative(
+    model: torch.nn.Module, algorithm: DraftAlgorithm, prompt: torch.Tensor, new_tokens: int, steps: int
+) -> torch.Tensor:
     """Draft, then verify every draft with one forward of the base: the accepted drafts and the
     base's own next token are kept. Greedy, so the output must equal ``greedy``'s exactly."""
     tokens, end = prompt, prompt.shape[1] + new_tokens
     while tokens.shape[1] < end:
         base, drafts = algorithm.draft(model, tokens, steps)
         candidate = torch.cat((tokens, base, drafts), dim=1)
-        verified = base_logits(model, candidate)[:, tokens.shape[1]:].argmax(dim=-1)  # after base, after each draft
+        verified = base_logits(model, candidate)[:, tokens.shape[1] :].argmax(dim=-1)  # after base, after each draft
         agree = (drafts[0] == verified[0, :-1]).int()
         accepted = int(agree.cumprod(0).sum())
         tokens = torch.cat((tokens, base, drafts[:, :accepted], verified[:, accepted : accepted + 1]), dim=1)
@@ -80,7 +85,9 @@ class Acceptance:
     base_mismatches: int = 0  # the draft step's base token differs from greedy decoding
     attempted: list[int] = field(default_factory=list)  # per draft position: reached (all earlier ones accepted)
     accepted: list[int] = field(default_factory=list)
-    forced_total: list[int] = field(default_factory=list)  # per draft position: ground-truth positions with a token there
+    forced_total: list[int] = field(
+        default_factory=list
+    )  # per draft position: ground-truth positions with a token there
     forced_correct: list[int] = field(default_factory=list)
     # per draft position: the draft's token from every ground-truth position (prompt by prompt), right or wrong
     draft_tokens: list[list[int]] = field(default_factory=list)
@@ -93,7 +100,8 @@ class Acceptance:
         return self.accepted[position] / self.attempted[position] if self.attempted[position] else 0.0
 
     def joint_rate(self, position: int) -> float:
-        """The chance a draft step accepts positions 1..N: the product of the conditional rates (vLLM's per-position gate)."""
+        """The chance a draft step accepts positions 1..N: the product of the conditional rates (vLLM's per-position
+        gate)."""
         joint = 1.0
         for j in range(position + 1):
             joint *= self.rate(j)
@@ -104,12 +112,20 @@ class Acceptance:
 
 
 @torch.no_grad()
-def measure_acceptance(model: torch.nn.Module, algorithm: DraftAlgorithm, truths: list[torch.Tensor], prompt_lens: list[int],
-                       steps: int) -> Acceptance:
-    result = Acceptance(attempted=[0] * steps, accepted=[0] * steps, forced_total=[0] * steps, forced_correct=[0] * steps,
-                        draft_tokens=[[] for _ in range(steps)])
+def measure_acceptance(
+    model: torch.nn.Module, algorithm: DraftAlgorithm, truths: list[torch.Tensor], prompt_lens: list[int], steps: int
+) -> Acceptance:
+    result = Acceptance(
+        attempted=[0] * steps,
+        accepted=[0] * steps,
+        forced_total=[0] * steps,
+        forced_correct=[0] * steps,
+        draft_tokens=[[] for _ in range(steps)],
+    )
     for truth, start in zip(truths, prompt_lens, strict=True):
-        drafted = {position: algorithm.draft(model, truth[:, :position], steps) for position in range(start, truth.shape[1])}
+        drafted = {
+            position: algorithm.draft(model, truth[:, :position], steps) for position in range(start, truth.shape[1])
+        }
         for position, (_, drafts) in drafted.items():
             for j in range(steps):
                 result.draft_tokens[j].append(int(drafts[0, j]))
@@ -155,7 +171,9 @@ def train_heads(model: torch.nn.Module, recipe: HeadRecipe, tokenizer: Tokenizer
     base frozen (what ``harness models build`` runs for a heads subject)."""
     from harness.data.text import CORPUS, token_rows
 
-    prefixes = torch.as_tensor(token_rows(CORPUS, tokenizer, corpus, 8 * recipe.batch_size, recipe.prefix_len, recipe.seed))
+    prefixes = torch.as_tensor(
+        token_rows(CORPUS, tokenizer, corpus, 8 * recipe.batch_size, recipe.prefix_len, recipe.seed)
+    )
     torch.manual_seed(recipe.seed)
     data = greedy(model, prefixes.to(device()), recipe.seq_len - recipe.prefix_len)
     _train(model, data.view(-1, recipe.batch_size, recipe.seq_len), recipe)

@@ -43,12 +43,16 @@ def shipped_file(name: str, recipe: dict) -> Path:
     shipped = manifest()
     entry = shipped.entry(name)
     if entry.get("recipe") != recipe:
-        raise SubjectError(f"subject {name} was built by recipe {entry.get('recipe')}, the harness now asks for {recipe}; "
-                           f"rebuild it with `harness models build {name}` (and re-record the baselines that use it)")
+        raise SubjectError(
+            f"subject {name} was built by recipe {entry.get('recipe')}, the harness now asks for {recipe}; "
+            f"rebuild it with `harness models build {name}` (and re-record the baselines that use it)"
+        )
     for base, digest in entry.get("requires", {}).items():  # heads belong to the base they were trained on
         if shipped.expected_hash(base) != digest:
-            raise SubjectError(f"subject {name} was trained on {base} sha256 {digest[:16]}..., the shipped {base} is "
-                               f"{shipped.expected_hash(base)[:16]}...; rebuild it with `harness models build {name}`")
+            raise SubjectError(
+                f"subject {name} was trained on {base} sha256 {digest[:16]}..., the shipped {base} is "
+                f"{shipped.expected_hash(base)[:16]}...; rebuild it with `harness models build {name}`"
+            )
     return shipped.verified_file(name)
 
 

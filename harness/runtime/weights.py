@@ -26,7 +26,9 @@ def _sharded_tensors(model: torch.nn.Module) -> Iterator[object]:
     metadata = {"dp_cp_group": ps.get_data_parallel_group(with_context_parallel=True)}
     states = [chunk.sharded_state_dict(metadata=metadata) for chunk in chunks_of(model)]
     for value in (value for state in states for value in nested_values(state)):
-        if isinstance(value, ShardedTensorFactory):  # a gated MLP's fc1 (EAGLE's draft layer): two halves, views of one weight
+        if isinstance(
+            value, ShardedTensorFactory
+        ):  # a gated MLP's fc1 (EAGLE's draft layer): two halves, views of one weight
             yield from (built for built in nested_values(value.build()) if isinstance(built, ShardedTensor))
         elif isinstance(value, ShardedTensor):
             yield value
@@ -68,7 +70,10 @@ def load_whole(model: torch.nn.Module, path: Path, *, partial: bool = False) -> 
                 continue
             whole = source.get_slice(sharded.key)
             if tuple(whole.get_shape()) != tuple(sharded.global_shape):
-                raise ValueError(f"{path}: {sharded.key} has shape {tuple(whole.get_shape())}, the model wants {tuple(sharded.global_shape)}")
+                raise ValueError(
+                    f"{path}: {sharded.key} has shape {tuple(whole.get_shape())}, the model wants "
+                    f"{tuple(sharded.global_shape)}"
+                )
             piece = whole[sharded.global_slice()]
             with torch.no_grad():
                 sharded.data.copy_(piece.reshape(sharded.data.shape))

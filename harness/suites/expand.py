@@ -79,14 +79,19 @@ def _limits(suite: Suite, overrides: list[OverrideModel]) -> tuple[dict[str, Tol
     return tolerances, budgets
 
 
-def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platform: str, resources: Resources) -> tuple[Case | None, list[str]]:
+def _case(
+    suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platform: str, resources: Resources
+) -> tuple[Case | None, list[str]]:
     declared, check, lines = suite.declared, suite.check, suite.lines
     layout: Layout = chosen["layout"].layout()
     check_params = {k: v for k, v in chosen.items() if k not in CORE_AXES}
     try:
         params = check.params.model_validate({**declared.params, **check_params})
     except ValidationError as err:
-        return None, [lines.problem(where.get(str(e["loc"][0]), ("params",)) if e["loc"] else ("params",), e["msg"]) for e in err.errors()]
+        return None, [
+            lines.problem(where.get(str(e["loc"][0]), ("params",)) if e["loc"] else ("params",), e["msg"])
+            for e in err.errors()
+        ]
     params = check.normalize(layout, params)
     matched = {**chosen, "platform": platform}
     if any(_matches(suite, entry, matched, layout, params) for entry in declared.exclude):
@@ -112,25 +117,51 @@ def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platfor
         if world % each.world_size:
             problems.append(lines.problem(where[key], f"{each.token} does not divide the case's world size {world}"))
         if each.vpp > 1 and not check.virtual_pipeline:
-            problems.append(lines.problem(where[key], f"check {check.name} does not run virtual pipeline stages (vpp > 1)"))
-        problems.extend(lines.problem(where[key], reason) for reason in get_optimization(chosen["optimization"]).layout_problems(each))
+            problems.append(
+                lines.problem(where[key], f"check {check.name} does not run virtual pipeline stages (vpp > 1)")
+            )
+        problems.extend(
+            lines.problem(where[key], reason)
+            for reason in get_optimization(chosen["optimization"]).layout_problems(each)
+        )
     if not model.unavailable:
-        problems.extend(lines.problem(where.get(key, ("params", key)), message) for key, message in check.case_problems(layout, params, model))
+        problems.extend(
+            lines.problem(where.get(key, ("params", key)), message)
+            for key, message in check.case_problems(layout, params, model)
+        )
     # More CPU ranks than the machine offers is a suite error (HARNESS_CPU_RANKS raises it); a GPU case
     # needing more GPUs than this machine has skips with the reason (harness.schedule), so one suite
     # serves one-GPU and eight-GPU machines alike.
     if platform == "cpu" and world > resources.cpu_ranks:
-        problems.append(lines.problem(where["layout"], f"needs {world} ranks but this machine offers {resources.cpu_ranks} cpu ranks"))
+        problems.append(
+            lines.problem(
+                where["layout"], f"needs {world} ranks but this machine offers {resources.cpu_ranks} cpu ranks"
+            )
+        )
     if problems:
         return None, problems
     tolerances, budgets = _limits(suite, overrides)
-    extra = [f"{k}={_value_token(suite.canonical(k, getattr(params, k)))}" for k in check_params if k not in check.label_params]
+    extra = [
+        f"{k}={_value_token(suite.canonical(k, getattr(params, k)))}"
+        for k in check_params
+        if k not in check.label_params
+    ]
     # fp32 is implicit in ids, so the ids (and baselines) of fp32 cases did not change with the dtype axis.
     dtype = [] if chosen["dtype"] == "fp32" else [chosen["dtype"]]
-    case_id = "/".join([declared.suite, chosen["model"], check.label(layout, params), chosen["optimization"], *dtype, *extra])
+    case_id = "/".join(
+        [declared.suite, chosen["model"], check.label(layout, params), chosen["optimization"], *dtype, *extra]
+    )
     parallel = set().union(*(each.markers for each in layouts.values()))
-    markers = (*declared.markers, check.name, chosen["model"], chosen["optimization"], chosen["dtype"], platform, *sorted(parallel),
-               *(("slow",) if declared.slow or any(o.slow for o in overrides) else ()))
+    markers = (
+        *declared.markers,
+        check.name,
+        chosen["model"],
+        chosen["optimization"],
+        chosen["dtype"],
+        platform,
+        *sorted(parallel),
+        *(("slow",) if declared.slow or any(o.slow for o in overrides) else ()),
+    )
     return Case(
         id=case_id,
         suite=declared.suite,
@@ -148,10 +179,16 @@ def _case(suite: Suite, chosen: dict[str, Any], where: dict[str, tuple], platfor
         timeout_s=declared.timeout_s,
         seed=declared.seed,
         source=f"{suite.path}:{lines.line(('matrix',))}",
-
-        known_defect=next((KnownDefect(k.defect, {name: b.budget() for name, b in k.symptom.items()}, k.id, k.upstream, tuple(k.affects))
-                           for k in declared.known_defects if _matches(suite, k.when, matched, layout, params) and installed_within(k.versions)),
-                          None),
+        known_defect=next(
+            (
+                KnownDefect(
+                    k.defect, {name: b.budget() for name, b in k.symptom.items()}, k.id, k.upstream, tuple(k.affects)
+                )
+                for k in declared.known_defects
+                if _matches(suite, k.when, matched, layout, params) and installed_within(k.versions)
+            ),
+            None,
+        ),
     ), []
 
 

@@ -62,7 +62,9 @@ def _validate_values(check_ref: str, lines: LineMap, entries: dict[str, Any], ba
     check = get_check(check_ref)
     for key, value in entries.items():
         if key not in MATCH_KEYS and key not in check.params.model_fields:
-            problems.append(lines.problem((*base, key), f"unknown key; keys are {', '.join(MATCH_KEYS)} or params of {check.name}"))
+            problems.append(
+                lines.problem((*base, key), f"unknown key; keys are {', '.join(MATCH_KEYS)} or params of {check.name}")
+            )
             continue
         _validate_value(check_ref, lines, key, value, (*base, key), problems)
 
@@ -75,8 +77,11 @@ def _validate_value(check_ref: str, lines: LineMap, key: str, value: Any, where:
 
 
 def _unknown_metrics(check: Check, names: dict[str, Any], base: Path_, lines: LineMap) -> list[str]:
-    return [lines.problem((*base, name), f"unknown metric; {check.name} emits {', '.join(check.metrics)}")
-            for name in names if metric_family(name) not in check.metrics]
+    return [
+        lines.problem((*base, name), f"unknown metric; {check.name} emits {', '.join(check.metrics)}")
+        for name in names
+        if metric_family(name) not in check.metrics
+    ]
 
 
 def _fixed_params(spec: SuiteModel, check: Check, lines: LineMap, params: dict[str, Any], base: Path_) -> list[str]:
@@ -85,7 +90,9 @@ def _fixed_params(spec: SuiteModel, check: Check, lines: LineMap, params: dict[s
     fields = check.params.model_fields
     for key, value in params.items():
         if key not in fields:
-            problems.append(lines.problem((*base, key), f"unknown key; {check.name} takes {', '.join(fields) or 'no params'}"))
+            problems.append(
+                lines.problem((*base, key), f"unknown key; {check.name} takes {', '.join(fields) or 'no params'}")
+            )
         elif key in (spec.matrix.model_extra or {}):
             problems.append(lines.problem((*base, key), "also a matrix axis; declare it in one place"))
         else:
@@ -100,10 +107,16 @@ def _declared_models(spec: SuiteModel, lines: LineMap, problems: list[str]) -> d
         if name in ZOO:
             problems.append(lines.problem(where, f"{name!r} is a zoo model; pick another name"))
         elif source.like is not None and source.like not in ZOO:
-            problems.append(lines.problem((*where, "like"), f"unknown zoo model {source.like!r}; known: {', '.join(ZOO)}"))
+            problems.append(
+                lines.problem((*where, "like"), f"unknown zoo model {source.like!r}; known: {', '.join(ZOO)}")
+            )
         else:
             try:
-                models[name] = hf_spec(name, source.hf) if source.hf is not None else torch_dist_spec(name, source.torch_dist, source.like)
+                models[name] = (
+                    hf_spec(name, source.hf)
+                    if source.hf is not None
+                    else torch_dist_spec(name, source.torch_dist, source.like)
+                )
             except (ModelSourceError, KeyError, ValueError, OSError) as err:
                 problems.append(lines.problem(where, f"cannot read the checkpoint: {err}"))
     return models
@@ -113,7 +126,9 @@ def _check_semantics(spec: SuiteModel, check: Check, lines: LineMap, models: dic
     problems: list[str] = []
     for i, model in enumerate(spec.matrix.model):
         if model not in models and model not in spec.models:  # a declared model that failed is already reported
-            problems.append(lines.problem(("matrix", "model", i), f"unknown model {model!r}; known: {', '.join(models)}"))
+            problems.append(
+                lines.problem(("matrix", "model", i), f"unknown model {model!r}; known: {', '.join(models)}")
+            )
     for i, opt in enumerate(spec.matrix.optimization):
         try:
             get_optimization(opt)
@@ -122,7 +137,9 @@ def _check_semantics(spec: SuiteModel, check: Check, lines: LineMap, models: dic
     fields = check.params.model_fields
     for axis, values in (spec.matrix.model_extra or {}).items():
         if axis not in fields:
-            problems.append(lines.problem(("matrix", axis), f"unknown key; {check.name} takes {', '.join(fields) or 'no params'}"))
+            problems.append(
+                lines.problem(("matrix", axis), f"unknown key; {check.name} takes {', '.join(fields) or 'no params'}")
+            )
         elif not isinstance(values, list) or not values:
             problems.append(lines.problem(("matrix", axis), "a matrix axis must be a non-empty list"))
         else:
@@ -136,7 +153,9 @@ def _check_semantics(spec: SuiteModel, check: Check, lines: LineMap, models: dic
     for i, known in enumerate(spec.known_defects):
         _validate_values(spec.check, lines, known.when, ("known_defects", i, "when"), problems)
         problems.extend(_unknown_metrics(check, known.symptom, ("known_defects", i, "symptom"), lines))
-        problems.extend(_unknown_metrics(check, {name: None for name in known.affects}, ("known_defects", i, "affects"), lines))
+        problems.extend(
+            _unknown_metrics(check, {name: None for name in known.affects}, ("known_defects", i, "affects"), lines)
+        )
     for i, override in enumerate(spec.overrides):
         _validate_values(spec.check, lines, override.when, ("overrides", i, "when"), problems)
         problems.extend(_unknown_metrics(check, override.tolerances, ("overrides", i, "tolerances"), lines))
@@ -197,17 +216,27 @@ def _runnable(spec: SuiteModel, check: Check, models: dict[str, ModelSpec]) -> S
         _validate_value(spec.check, LineMap("", {}), axis, value, (), found)
         return not found
 
-    extra = {axis: [v for v in values if value_ok(axis, v)] for axis, values in (spec.matrix.model_extra or {}).items()
-             if axis in fields and isinstance(values, list)}
-    matrix = {"model": [m for m in spec.matrix.model if m in models], "layout": spec.matrix.layout,
-              "optimization": [o for o in spec.matrix.optimization if _known_optimization(o)], "dtype": spec.matrix.dtype, **extra}
-    return spec.model_copy(update={
-        "matrix": spec.matrix.model_construct(**matrix),
-        "params": {k: v for k, v in spec.params.items() if k in fields and k not in extra},
-        "exclude": [e for e in spec.exclude if entry_ok(e)],
-        "overrides": [o for o in spec.overrides if entry_ok(o.when)],
-        "known_defects": [k for k in spec.known_defects if entry_ok(k.when)],
-    })
+    extra = {
+        axis: [v for v in values if value_ok(axis, v)]
+        for axis, values in (spec.matrix.model_extra or {}).items()
+        if axis in fields and isinstance(values, list)
+    }
+    matrix = {
+        "model": [m for m in spec.matrix.model if m in models],
+        "layout": spec.matrix.layout,
+        "optimization": [o for o in spec.matrix.optimization if _known_optimization(o)],
+        "dtype": spec.matrix.dtype,
+        **extra,
+    }
+    return spec.model_copy(
+        update={
+            "matrix": spec.matrix.model_construct(**matrix),
+            "params": {k: v for k, v in spec.params.items() if k in fields and k not in extra},
+            "exclude": [e for e in spec.exclude if entry_ok(e)],
+            "overrides": [o for o in spec.overrides if entry_ok(o.when)],
+            "known_defects": [k for k in spec.known_defects if entry_ok(k.when)],
+        }
+    )
 
 
 def read_suite(path: str | Path) -> Suite:
@@ -264,7 +293,11 @@ def load_suites(paths: list[str | Path]) -> list[Suite]:
     names: dict[str, str] = {}
     for suite in suites:
         if suite.declared.suite in names:
-            problems.append(suite.lines.problem(("suite",), f"suite name {suite.declared.suite!r} is also used by {names[suite.declared.suite]}"))
+            problems.append(
+                suite.lines.problem(
+                    ("suite",), f"suite name {suite.declared.suite!r} is also used by {names[suite.declared.suite]}"
+                )
+            )
         names[suite.declared.suite] = suite.path
     if problems:
         raise SuiteError([*problems, *(line for suite in suites for line in suite.problems)])

@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from pydantic import ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    field_validator,
+    model_validator,
+)
 
 from harness.checks.base import LayoutModel, StrictModel
 from harness.records import Budget, Direction, Dtype, Platform, Tolerance
@@ -82,7 +90,9 @@ class KnownDefectModel(StrictModel):
     symptom: dict[str, BudgetModel] = Field(min_length=1)
     affects: list[str] = Field(default_factory=list)
     upstream: str = ""  # an issue, PR or commit to watch
-    versions: dict[str, str] = Field(default_factory=dict)  # distribution -> PEP 440 specifier, e.g. {megatron-core: "<0.20"}
+    versions: dict[str, str] = Field(
+        default_factory=dict
+    )  # distribution -> PEP 440 specifier, e.g. {megatron-core: "<0.20"}
 
     @field_validator("versions")
     @classmethod

@@ -31,24 +31,54 @@ def source_tag() -> str:
 
 @pytest.fixture(scope="module")
 def image() -> str:
-    why = "podman not installed (apt-get install podman runc)" if shutil.which("podman") is None else \
-        "debootstrap not installed" if shutil.which("debootstrap") is None else \
-        "building the base image needs root (debootstrap)" if os.geteuid() != 0 else None
+    why = (
+        "podman not installed (apt-get install podman runc)"
+        if shutil.which("podman") is None
+        else "debootstrap not installed"
+        if shutil.which("debootstrap") is None
+        else "building the base image needs root (debootstrap)"
+        if os.geteuid() != 0
+        else None
+    )
     if why:
         assert not REQUIRED, f"HARNESS_REQUIRE_CONTAINER is set but {why}"
         pytest.skip(why)
     tag = source_tag()
     if subprocess.run(["podman", "image", "inspect", tag], capture_output=True, check=False).returncode != 0:
-        built = subprocess.run([str(ROOT / "containers" / "build-cpu-image.sh"), tag], capture_output=True, text=True, timeout=1800, check=False)
+        built = subprocess.run(
+            [str(ROOT / "containers" / "build-cpu-image.sh"), tag],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+        )
         assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     return tag
 
 
-def test_tp2_cases_inside_the_image_match_the_local_launcher(image: str, local_tp2: dict, tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_tp2_cases_inside_the_image_match_the_local_launcher(
+    image: str, local_tp2: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     inside = tmp_path / "container"
-    assert main(["run", str(ROOT / "suites" / "ckpt.yaml"), "--platform", "cpu", "-k", TP2_CASES, "--launcher", "container",
-                 "--image", image, "--artifacts", str(inside)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(ROOT / "suites" / "ckpt.yaml"),
+                "--platform",
+                "cpu",
+                "-k",
+                TP2_CASES,
+                "--launcher",
+                "container",
+                "--image",
+                image,
+                "--artifacts",
+                str(inside),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     found = measured_cases(inside / "results.json")
     assert len(found) == 2 and {verdict for verdict, _ in found.values()} == {"pass"}
@@ -63,9 +93,23 @@ def test_tp2_cases_inside_the_image_match_the_local_launcher(image: str, local_t
     assert "[harness] rank 1 ends ckpt/tiny-gpt/tp2pp1/int4_awq[cpu]" in log
 
 
-def test_an_unknown_image_is_refused_before_anything_starts(image: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["run", str(ROOT / "suites" / "ckpt.yaml"), "-k", TP2_CASES, "--launcher", "container", "--image", "localhost/no-such:image",
-                 "--artifacts", str(tmp_path / "a")])
+def test_an_unknown_image_is_refused_before_anything_starts(
+    image: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "run",
+            str(ROOT / "suites" / "ckpt.yaml"),
+            "-k",
+            TP2_CASES,
+            "--launcher",
+            "container",
+            "--image",
+            "localhost/no-such:image",
+            "--artifacts",
+            str(tmp_path / "a"),
+        ]
+    )
     assert code == EXIT_USAGE
     err = capsys.readouterr().err
     assert "--image localhost/no-such:image: not usable with" in err and "pull or build it first" in err

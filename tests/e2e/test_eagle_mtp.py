@@ -1,5 +1,6 @@
 """modelopt's Megatron EAGLE-MTP on CPU, end to end: the defect its reuse of the base decoder hits (config fields
 missing) and the workaround that drafts."""
+
 from __future__ import annotations
 
 import json
@@ -40,11 +41,14 @@ print(json.dumps({"applied": applied, "unpatched": unpatched, "drafts": list(dra
 
 @pytest.mark.e2e
 def test_modelopt_mtp_reuse_of_the_base_decoder_lacks_config_fields_and_the_workaround_drafts() -> None:
-    done = subprocess.run([sys.executable, "-c", _CONVERT_MTP, str(free_port())], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", _CONVERT_MTP, str(free_port())], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert {"eagle-local-core-attention", "eagle-torch-norm", "eagle-duplicated-linear"} <= set(result["applied"])
     assert "use_aux_hidden_state" in result["unpatched"], (
         f"FIXED? modelopt's EAGLE_MTP convert no longer fails on the base config ({result['unpatched']}): "
-        "remove drafts._reuse_base_config and this test")
+        "remove drafts._reuse_base_config and this test"
+    )
     assert result["drafts"] == [1, 2]

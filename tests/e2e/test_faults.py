@@ -17,13 +17,17 @@ from harness.reports.history import History
 
 pytestmark = pytest.mark.e2e
 
-FILL_SUITE = ("suite: fills\ncheck: tests.support.fault_checks:FILLS\ntimeout_s: 120\n"
-              "matrix:\n  model: [tiny-gpt]\n  kib: [256, 4096, 128]\n")
+FILL_SUITE = (
+    "suite: fills\ncheck: tests.support.fault_checks:FILLS\ntimeout_s: 120\n"
+    "matrix:\n  model: [tiny-gpt]\n  kib: [256, 4096, 128]\n"
+)
 
 
 def _mount(folder: Path, options: str) -> Iterator[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True, check=False)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True, check=False
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root in a namespace that allows it): {mounted.stderr.strip()}")
     try:
@@ -50,10 +54,25 @@ def history_verdicts(path: Path) -> dict[str, str]:
         history.close()
 
 
-def test_a_full_disk_loses_no_finished_case_and_says_no_space(write_suite, small_disk: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_a_full_disk_loses_no_finished_case_and_says_no_space(
+    write_suite,
+    small_disk: Path,
+    tmp_path: Path,
+    capsys,
+) -> None:
     history = tmp_path / "history.sqlite"
-    code = main(["run", str(write_suite(FILL_SUITE)), "--baselines", str(tmp_path / "baselines"), "--artifacts", str(small_disk),
-                 "--history", str(history)])
+    code = main(
+        [
+            "run",
+            str(write_suite(FILL_SUITE)),
+            "--baselines",
+            str(tmp_path / "baselines"),
+            "--artifacts",
+            str(small_disk),
+            "--history",
+            str(history),
+        ]
+    )
     captured = capsys.readouterr()
     print(captured.out, captured.err)
     assert code == EXIT_FAILED
@@ -70,20 +89,45 @@ def test_a_full_disk_loses_no_finished_case_and_says_no_space(write_suite, small
     assert "Traceback" not in captured.err
 
 
-def test_a_read_only_artifacts_folder_is_refused_before_start(write_suite, read_only: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
-    code = main(["run", str(write_suite(FILL_SUITE)), "--baselines", str(tmp_path / "baselines"), "--artifacts", str(read_only / "a"),
-                 "--history", str(tmp_path / "history.sqlite")])
+def test_a_read_only_artifacts_folder_is_refused_before_start(
+    write_suite,
+    read_only: Path,
+    tmp_path: Path,
+    capsys,
+) -> None:
+    code = main(
+        [
+            "run",
+            str(write_suite(FILL_SUITE)),
+            "--baselines",
+            str(tmp_path / "baselines"),
+            "--artifacts",
+            str(read_only / "a"),
+            "--history",
+            str(tmp_path / "history.sqlite"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == EXIT_USAGE
     assert f"--artifacts {read_only / 'a'}: Read-only file system" in err and "nothing was run" in err
     assert not (tmp_path / "history.sqlite").exists()
 
 
-def test_a_read_only_history_keeps_every_case_in_results(write_suite, read_only: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_a_read_only_history_keeps_every_case_in_results(write_suite, read_only: Path, tmp_path: Path, capsys) -> None:
     suite = write_suite(FILL_SUITE.replace("[256, 4096, 128]", "[16, 32]"))
     artifacts = tmp_path / "artifacts"
-    code = main(["run", str(suite), "--baselines", str(tmp_path / "baselines"), "--artifacts", str(artifacts),
-                 "--history", str(read_only / "history.sqlite")])
+    code = main(
+        [
+            "run",
+            str(suite),
+            "--baselines",
+            str(tmp_path / "baselines"),
+            "--artifacts",
+            str(artifacts),
+            "--history",
+            str(read_only / "history.sqlite"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == EXIT_FAILED
     assert f"cannot write the run history {read_only / 'history.sqlite'}" in err and "Read-only file system" in err

@@ -15,16 +15,34 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.e2e
 
 
-def test_a_perturbed_temperature_fails_the_trajectory_at_every_step(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_a_perturbed_temperature_fails_the_trajectory_at_every_step(tmp_path: Path, capsys) -> None:
     # Step-exact goldens judge only on the fingerprint that recorded them: record this machine's first, so
     # the test holds on any CPU (elsewhere the committed baselines judge the final-window statistics only).
     suites = tmp_path / "suites"
     suites.mkdir()
     original = (ROOT / "suites" / "kd_trajectory.yaml").read_text()
-    select = ["-k", "not tp2pp1 and not tp1pp2 and not bf16", "--platform", "cpu", "--baselines", str(tmp_path / "baselines")]
+    select = [
+        "-k",
+        "not tp2pp1 and not tp1pp2 and not bf16",
+        "--platform",
+        "cpu",
+        "--baselines",
+        str(tmp_path / "baselines"),
+    ]
     (suites / "kd_trajectory.yaml").write_text(original)
-    assert main(["run", str(suites / "kd_trajectory.yaml"), *select, "--update-baselines",
-                 "--artifacts", str(tmp_path / "recorded")]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(suites / "kd_trajectory.yaml"),
+                *select,
+                "--update-baselines",
+                "--artifacts",
+                str(tmp_path / "recorded"),
+            ]
+        )
+        == 0
+    )
     (suites / "kd_trajectory.yaml").write_text(original.replace("temperature: 2.0", "temperature: 2.5"))
     capsys.readouterr()
     artifacts = tmp_path / "artifacts"

@@ -1,5 +1,6 @@
 """The parallel layout axes end to end: expert, sequence and virtual pipeline layouts give TP1's logits
 (real workers, weights saved whole at TP1 and loaded under each layout)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,16 +45,28 @@ if rank == 0:
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize(("model", "layouts"), [("tiny-moe", ["tp1pp1ep2", "tp2pp1", "tp2pp1sp"]),
-                                               ("tiny-gpt", ["tp2pp1", "tp2pp1sp", "tp1pp2vpp2"])])
-def test_expert_sequence_and_virtual_pipeline_layouts_give_tp1s_logits(model: str, layouts: list[str], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("model", "layouts"),
+    [("tiny-moe", ["tp1pp1ep2", "tp2pp1", "tp2pp1sp"]), ("tiny-gpt", ["tp2pp1", "tp2pp1sp", "tp1pp2vpp2"])],
+)
+def test_expert_sequence_and_virtual_pipeline_layouts_give_tp1s_logits(
+    model: str, layouts: list[str], tmp_path: Path
+) -> None:
     import json
     import subprocess
     import sys
 
     root, port = ROOT, str(free_port())
-    ranks = [subprocess.Popen([sys.executable, "-c", _SAME_LOGITS, str(rank), port, model, str(tmp_path)], cwd=root, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for rank in (0, 1)]
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", _SAME_LOGITS, str(rank), port, model, str(tmp_path)],
+            cwd=root,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for rank in (0, 1)
+    ]
     outputs = [rank.communicate(timeout=600) for rank in ranks]
     assert all(rank.returncode == 0 for rank in ranks), "\n".join(err[-3000:] for _, err in outputs)
     diffs = json.loads(outputs[0][0].strip().splitlines()[-1])

@@ -18,22 +18,41 @@ SMALL = "{eval_batches: 2, calib_batches: 2, mmlu: corpus, mmlu_corpus_items: 40
 
 
 def quant_suite(name: str, models: str, model: str, layout: str, extra: str = "") -> str:
-    return (f"suite: {name}\ncheck: quant_accuracy\ntimeout_s: 900\nmodels:\n{models}\nparams: {SMALL % extra}\n"
-            f"matrix:\n  model: [{model}]\n  layout: [{layout}]\n  optimization: [fp8]\n")
+    return (
+        f"suite: {name}\ncheck: quant_accuracy\ntimeout_s: 900\nmodels:\n{models}\nparams: {SMALL % extra}\n"
+        f"matrix:\n  model: [{model}]\n  layout: [{layout}]\n  optimization: [fp8]\n"
+    )
 
 
 def run_recording(suite: Path, tmp_path: Path) -> dict[str, dict]:
     artifacts = tmp_path / f"artifacts-{suite.stem}"
-    code = main(["run", str(suite), "--baselines", str(tmp_path / "baselines"), "--artifacts", str(artifacts), "--update-baselines"])
+    code = main(
+        [
+            "run",
+            str(suite),
+            "--baselines",
+            str(tmp_path / "baselines"),
+            "--artifacts",
+            str(artifacts),
+            "--update-baselines",
+        ]
+    )
     assert code == 0
     results = json.loads((artifacts / "results.json").read_text())
     return {case["id"]: {m["name"]: m["measured"] for m in case["metrics"]} for case in results["cases"]}
 
 
-def test_hugging_face_checkpoint_is_imported_quantized_and_scored(write_suite, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_hugging_face_checkpoint_is_imported_quantized_and_scored(write_suite, tmp_path: Path, capsys) -> None:
     checkpoint = write_tiny_llama(tmp_path / "tiny-llama")
-    suite = write_suite(quant_suite("hf", f"  tiny-llama: {{hf: {checkpoint}}}", "tiny-llama", "{tp: 2, pp: 1}",
-                                    ", hf_reference: true, parity_layout: {tp: 1, pp: 1}"))
+    suite = write_suite(
+        quant_suite(
+            "hf",
+            f"  tiny-llama: {{hf: {checkpoint}}}",
+            "tiny-llama",
+            "{tp: 2, pp: 1}",
+            ", hf_reference: true, parity_layout: {tp: 1, pp: 1}",
+        )
+    )
     (metrics,) = run_recording(suite, tmp_path).values()
     print(capsys.readouterr().out)
     # megatron (GQA, SwiGLU, RMSNorm, RoPE) sharded over TP2 computes what transformers computes
@@ -46,10 +65,17 @@ def test_hugging_face_checkpoint_is_imported_quantized_and_scored(write_suite, t
     assert 0 <= metrics["base_mmlu_pct"] <= 100
 
 
-def test_hugging_face_mixture_of_experts_is_imported_under_expert_parallelism(write_suite, tmp_path: Path) -> None:  # noqa: ANN001
+def test_hugging_face_mixture_of_experts_is_imported_under_expert_parallelism(write_suite, tmp_path: Path) -> None:
     checkpoint = write_tiny_qwen3_moe(tmp_path / "tiny-qwen3-moe")
-    suite = write_suite(quant_suite("hf-moe", f"  tiny-qwen3-moe: {{hf: {checkpoint}}}", "tiny-qwen3-moe", "{tp: 1, pp: 1, ep: 2}",
-                                    ", hf_reference: true, parity_layout: {tp: 1, pp: 1}"))
+    suite = write_suite(
+        quant_suite(
+            "hf-moe",
+            f"  tiny-qwen3-moe: {{hf: {checkpoint}}}",
+            "tiny-qwen3-moe",
+            "{tp: 1, pp: 1, ep: 2}",
+            ", hf_reference: true, parity_layout: {tp: 1, pp: 1}",
+        )
+    )
     (metrics,) = run_recording(suite, tmp_path).values()
     # the experts split over two ranks compute what transformers' Qwen3MoeForCausalLM computes (measured 9e-7; with the
     # router's top-k renormalisation mapped the wrong way round, 0.27)
@@ -59,11 +85,18 @@ def test_hugging_face_mixture_of_experts_is_imported_under_expert_parallelism(wr
     assert metrics["parity_expert_amax_max_rel_diff"] <= 1e-4
 
 
-def test_torch_dist_checkpoint_scores_exactly_like_the_model_that_wrote_it(write_suite, tmp_path: Path) -> None:  # noqa: ANN001
-    trained = run_recording(write_suite(quant_suite("zoo", "  {}", "tiny-gpt-trained", "{tp: 1, pp: 1}"), "zoo.yaml"), tmp_path)
-    assert main(["models", "export", "tiny-gpt-trained", str(tmp_path / "ckpt"), "--artifacts", str(tmp_path / "export")]) == 0
+def test_torch_dist_checkpoint_scores_exactly_like_the_model_that_wrote_it(write_suite, tmp_path: Path) -> None:
+    trained = run_recording(
+        write_suite(quant_suite("zoo", "  {}", "tiny-gpt-trained", "{tp: 1, pp: 1}"), "zoo.yaml"), tmp_path
+    )
+    assert (
+        main(["models", "export", "tiny-gpt-trained", str(tmp_path / "ckpt"), "--artifacts", str(tmp_path / "export")])
+        == 0
+    )
     declared = f"  tiny-dist: {{torch_dist: {tmp_path / 'ckpt'}, like: tiny-gpt}}"
-    loaded = run_recording(write_suite(quant_suite("dist", declared, "tiny-dist", "{tp: 2, pp: 1}"), "dist.yaml"), tmp_path)
+    loaded = run_recording(
+        write_suite(quant_suite("dist", declared, "tiny-dist", "{tp: 2, pp: 1}"), "dist.yaml"), tmp_path
+    )
     (zoo_metrics,), (dist_metrics,) = trained.values(), loaded.values()
     for name in ("base_accuracy_pct", "base_mmlu_pct", "quant_accuracy_pct"):
         assert dist_metrics[name] == pytest.approx(zoo_metrics[name], abs=0.05), name

@@ -15,21 +15,44 @@ CASE = "quant/tiny-gpt-trained/tp1pp1/fp8[cpu]"
 
 
 @pytest.mark.e2e
-def test_a_noise_study_records_each_variation_and_the_run_is_judged_by_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_noise_study_records_each_variation_and_the_run_is_judged_by_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from harness.cli import main
 
     baselines = tmp_path / "baselines"
     shutil.copytree(ROOT / "baselines" / CPU_ENV, baselines / CPU_ENV)
     (baselines / CPU_ENV / "quant.noise.json").unlink(missing_ok=True)
     monkeypatch.chdir(ROOT)
-    assert main(["noise", "-k", CASE, "--variations", "repeat,unpinned", "--baselines", str(baselines),
-                 "--artifacts", str(tmp_path / "noise")]) == 0
-    record = json.loads((baselines / CPU_ENV / "quant.noise.json").read_text())["cases"]["quant/tiny-gpt-trained/tp1pp1/fp8"]
+    assert (
+        main(
+            [
+                "noise",
+                "-k",
+                CASE,
+                "--variations",
+                "repeat,unpinned",
+                "--baselines",
+                str(baselines),
+                "--artifacts",
+                str(tmp_path / "noise"),
+            ]
+        )
+        == 0
+    )
+    record = json.loads((baselines / CPU_ENV / "quant.noise.json").read_text())["cases"][
+        "quant/tiny-gpt-trained/tp1pp1/fp8"
+    ]
     assert record["variations"] == ["reference", "repeat", "unpinned"] and not record["errors"]
     metrics = record["metrics"]
-    # the pinned repeat is bit-identical; the unpinned kernels (AVX-512, MKL's own branch) move the fp32 logits somewhere
+    # the pinned repeat is bit-identical; the unpinned kernels (AVX-512, MKL's own branch) move the fp32 logits
+    # somewhere
     assert all(m["deviation_repeat"] == 0 for name, m in metrics.items() if not name.endswith(("_s", "_mib")))
-    assert any(m["deviation_all"] > 0 for name, m in metrics.items() if name.startswith(("kld", "base_perplexity", "layer_sqnr")))
+    assert any(
+        m["deviation_all"] > 0
+        for name, m in metrics.items()
+        if name.startswith(("kld", "base_perplexity", "layer_sqnr"))
+    )
     assert main(["run", "-k", CASE, "--baselines", str(baselines), "--artifacts", str(tmp_path / "run")]) == 0
     judged = {m["name"]: m for m in json.loads((tmp_path / "run" / "results.json").read_text())["cases"][0]["metrics"]}
     assert judged["kld_mean"]["note"].startswith("noise band 0 on its fingerprint")

@@ -28,7 +28,10 @@ pytestmark = pytest.mark.e2e
 
 def emits_suite(folder: Path, value: float) -> Path:
     path = folder / "emits.yaml"
-    path.write_text(f"suite: emits\ncheck: tests.support.fault_checks:EMITS\nparams: {{value: {value}}}\nmatrix:\n  model: [tiny-gpt]\n")
+    path.write_text(
+        f"suite: emits\ncheck: tests.support.fault_checks:EMITS\nparams: {{value: {value}}}\nmatrix:\n  model: "
+        "[tiny-gpt]\n"
+    )
     return path
 
 
@@ -43,20 +46,38 @@ def degraded_baselines(tmp_path: Path) -> Path:
     return degraded
 
 
-def test_three_runs_then_report_show_the_regression_its_start_and_the_drift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_three_runs_then_report_show_the_regression_its_start_and_the_drift(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     suites, history = tmp_path / "suites", tmp_path / "history.sqlite"
     suites.mkdir()
     baselines = tmp_path / "baselines"
     shutil.copytree(ROOT / "baselines", baselines)
-    (baselines / CPU_ENV / "emits.json").write_text(json.dumps(
-        {"format": 1, "cases": {"emits/tiny-gpt/tp1pp1/none": {"metrics": {"value": 1.0}, "provenance": {}}}}))
+    (baselines / CPU_ENV / "emits.json").write_text(
+        json.dumps(
+            {"format": 1, "cases": {"emits/tiny-gpt/tp1pp1/none": {"metrics": {"value": 1.0}, "provenance": {}}}}
+        )
+    )
     degraded = degraded_baselines(tmp_path)
     (degraded / CPU_ENV / "emits.json").write_text((baselines / CPU_ENV / "emits.json").read_text())
     # night 1 passes; night 2 the checkpoint baseline is degraded (a regression) and the emitted value
     # moves from 0.97 to 1.03: more than its tolerance (0.05), still inside the baseline band
     for value, recorded in ((0.97, baselines), (1.03, degraded), (1.04, degraded)):
-        args = ["run", str(ROOT / "suites" / "ckpt.yaml"), str(emits_suite(suites, value)), "-k", ONLY_TP1, "--platform", "cpu",
-                "--baselines", str(recorded), "--artifacts", str(tmp_path / "artifacts"), "--history", str(history)]
+        args = [
+            "run",
+            str(ROOT / "suites" / "ckpt.yaml"),
+            str(emits_suite(suites, value)),
+            "-k",
+            ONLY_TP1,
+            "--platform",
+            "cpu",
+            "--baselines",
+            str(recorded),
+            "--artifacts",
+            str(tmp_path / "artifacts"),
+            "--history",
+            str(history),
+        ]
         assert main(args) == (0 if recorded is baselines else EXIT_FAILED)
     capsys.readouterr()
     out = tmp_path / "report"
@@ -85,20 +106,46 @@ def recorded_cases(history: Path) -> list[tuple[str, str]]:
         return []
 
 
-def start_run(tmp_path: Path, write_suite: Callable[[str, str], Path], seconds: list[float]) -> tuple[subprocess.Popen, Path]:
+def start_run(
+    tmp_path: Path, write_suite: Callable[[str, str], Path], seconds: list[float]
+) -> tuple[subprocess.Popen, Path]:
     """``harness run`` in its own process: one quick sleeping case per entry of ``seconds``, in order."""
-    suites = [write_suite(f"suite: s{i}\ncheck: tests.support.fault_checks:SLEEPS\ntimeout_s: 300\nparams: {{seconds: {s}}}\n"
-                          "matrix:\n  model: [tiny-gpt]\n", f"s{i}.yaml") for i, s in enumerate(seconds)]
+    suites = [
+        write_suite(
+            f"suite: s{i}\ncheck: tests.support.fault_checks:SLEEPS\ntimeout_s: 300\nparams: {{seconds: {s}}}\n"
+            "matrix:\n  model: [tiny-gpt]\n",
+            f"s{i}.yaml",
+        )
+        for i, s in enumerate(seconds)
+    ]
     history = tmp_path / "history.sqlite"
-    command = [sys.executable, "-m", "harness.cli", "run", *map(str, suites), "--baselines", str(tmp_path / "none"),
-               "--artifacts", str(tmp_path / "artifacts"), "--history", str(history)]
+    command = [
+        sys.executable,
+        "-m",
+        "harness.cli",
+        "run",
+        *map(str, suites),
+        "--baselines",
+        str(tmp_path / "none"),
+        "--artifacts",
+        str(tmp_path / "artifacts"),
+        "--history",
+        str(history),
+    ]
     # started as a background job is (SIGINT ignored, inherited): the driver must arm it itself
-    driver = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    driver = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
     return driver, history
 
 
-def test_sigint_to_the_driver_keeps_the_finished_cases(tmp_path: Path, write_suite) -> None:  # noqa: ANN001
+def test_sigint_to_the_driver_keeps_the_finished_cases(tmp_path: Path, write_suite) -> None:
     driver, history = start_run(tmp_path, write_suite, [0.0, 600.0, 0.0])
     wait_for("the first case in the history", lambda: len(recorded_cases(history)) == 1)
     time.sleep(2)  # the second case is sleeping in its worker
@@ -118,7 +165,7 @@ def test_sigint_to_the_driver_keeps_the_finished_cases(tmp_path: Path, write_sui
     assert alive == []
 
 
-def test_sigkill_of_a_worker_fails_that_case_and_the_run_goes_on(tmp_path: Path, write_suite) -> None:  # noqa: ANN001
+def test_sigkill_of_a_worker_fails_that_case_and_the_run_goes_on(tmp_path: Path, write_suite) -> None:
     driver, history = start_run(tmp_path, write_suite, [0.0, 600.0, 0.0])
     wait_for("the first case in the history", lambda: len(recorded_cases(history)) == 1)
     time.sleep(2)
@@ -129,23 +176,45 @@ def test_sigkill_of_a_worker_fails_that_case_and_the_run_goes_on(tmp_path: Path,
     out, err = driver.communicate(timeout=300)
     assert driver.returncode == EXIT_FAILED, err
     verdicts = dict(recorded_cases(history))
-    assert verdicts == {"s0/tiny-gpt/tp1pp1/none[cpu]": "no-baseline", "s1/tiny-gpt/tp1pp1/none[cpu]": "error",
-                        "s2/tiny-gpt/tp1pp1/none[cpu]": "no-baseline"}
+    assert verdicts == {
+        "s0/tiny-gpt/tp1pp1/none[cpu]": "no-baseline",
+        "s1/tiny-gpt/tp1pp1/none[cpu]": "error",
+        "s2/tiny-gpt/tp1pp1/none[cpu]": "no-baseline",
+    }
     assert "exited with code -9" in out
     assert main(["history", "tiny-gpt", "--history", str(history)]) == 0
 
 
-def test_a_terminal_shows_the_progress_bar(tmp_path: Path, write_suite) -> None:  # noqa: ANN001
+def test_a_terminal_shows_the_progress_bar(tmp_path: Path, write_suite) -> None:
     import pty
     import re
 
-    suite = write_suite("suite: bar\ncheck: tests.support.fault_checks:SLEEPS\nparams: {seconds: 0.1}\nbudgets: {slept_s: {max: 0.01}}\n"
-                        "matrix:\n  model: [tiny-gpt]\n", "bar.yaml")
+    suite = write_suite(
+        "suite: bar\ncheck: tests.support.fault_checks:SLEEPS\nparams: {seconds: 0.1}\nbudgets: {slept_s: {max: "
+        "0.01}}\n"
+        "matrix:\n  model: [tiny-gpt]\n",
+        "bar.yaml",
+    )
     leader, follower = pty.openpty()
-    command = [sys.executable, "-m", "harness.cli", "run", str(suite), "--baselines", str(tmp_path / "none"),
-               "--artifacts", str(tmp_path / "artifacts")]
-    driver = subprocess.Popen(command, cwd=ROOT, stdin=follower, stdout=follower, stderr=follower,
-                              env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120", "TERM": "xterm"})
+    command = [
+        sys.executable,
+        "-m",
+        "harness.cli",
+        "run",
+        str(suite),
+        "--baselines",
+        str(tmp_path / "none"),
+        "--artifacts",
+        str(tmp_path / "artifacts"),
+    ]
+    driver = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120", "TERM": "xterm"},
+    )
     os.close(follower)
     screen = b""
     while True:

@@ -1,4 +1,5 @@
 """The mutation self-test end to end (CI's subset of `nox -s sensitivity`)."""
+
 from __future__ import annotations
 
 import json
@@ -21,5 +22,7 @@ def test_the_fast_defects_are_caught_on_any_machine(tmp_path: Path, monkeypatch:
     report = json.loads((tmp_path / "sensitivity.json").read_text())
     fast = {m.name for m in MUTATIONS.values() if m.fast}
     assert {run["mutation"] for run in report["runs"]} == fast
-    assert report["total"]["portable"] == report["total"]["defects"] == len(fast), (tmp_path / "sensitivity.md").read_text()
+    assert report["total"]["portable"] == report["total"]["defects"] == len(fast), (
+        tmp_path / "sensitivity.md"
+    ).read_text()
     assert code == 0

@@ -1,5 +1,6 @@
 """Speculative decoding speed end to end: a healthy baseline, then a 10% slower draft-then-verify loop that must
 fail its case (pytest-benchmark's table and files on the way)."""
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,9 @@ matrix:
 
 
 @pytest.mark.e2e
-def test_a_ten_percent_slower_draft_path_fails_its_case(pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_ten_percent_slower_draft_path_fails_its_case(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A healthy run under pytest records the baseline and shows the case in pytest-benchmark's table
     and JSON; the same case with its speculative loop 10% slower (tests.support.fault_checks:SLOWER_SPEC)
     must then fail on the speedup, naming baseline, measured value and tolerance."""
@@ -38,11 +41,27 @@ def test_a_ten_percent_slower_draft_path_fails_its_case(pytester: pytest.Pyteste
     (pytester.path / "suites" / "spec.yaml").write_text(SUITE.format(check="spec_decode"))
     pytester.makeini("[pytest]\ntestpaths = suites\n")
     healthy = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-m", "cpu", "--harness-update-baselines", "--harness-baselines", str(baselines),
-        "--harness-artifacts", str(tmp_path / "healthy"), "--benchmark-json", str(tmp_path / "healthy.json"),
-        "--benchmark-autosave", "--benchmark-storage", str(storage), "--benchmark-columns", "median,rounds")
+        "-p",
+        "no:cacheprovider",
+        "-m",
+        "cpu",
+        "--harness-update-baselines",
+        "--harness-baselines",
+        str(baselines),
+        "--harness-artifacts",
+        str(tmp_path / "healthy"),
+        "--benchmark-json",
+        str(tmp_path / "healthy.json"),
+        "--benchmark-autosave",
+        "--benchmark-storage",
+        str(storage),
+        "--benchmark-columns",
+        "median,rounds",
+    )
     assert healthy.ret == 0, healthy.stdout.str()
-    healthy.stdout.fnmatch_lines(["*- benchmark 'spec/tiny-gpt-trained/tp1pp1/medusa-k2-t150/none[[]cpu[]]': 2 tests -*"])
+    healthy.stdout.fnmatch_lines(
+        ["*- benchmark 'spec/tiny-gpt-trained/tp1pp1/medusa-k2-t150/none[[]cpu[]]': 2 tests -*"]
+    )
     table = healthy.stdout.str().partition("- benchmark 'spec/")[2]
     assert "medusa-k2-t150/none[autoregressive]" in table and "medusa-k2-t150/none[speculative]" in table
     cases = json.loads((tmp_path / "healthy" / "results.json").read_text())["cases"]
@@ -57,8 +76,20 @@ def test_a_ten_percent_slower_draft_path_fails_its_case(pytester: pytest.Pyteste
     mutated_suite.write_text(SUITE.format(check="tests.support.fault_checks:SLOWER_SPEC"))
     artifacts = tmp_path / "slower"
     monkeypatch.chdir(ROOT)  # the ranks import the mutated check from this checkout (pytester moved to its own folder)
-    code = main(["run", str(mutated_suite), "--platform", "cpu", "--baselines", str(baselines), "--artifacts", str(artifacts),
-                 "--benchmark-storage", str(storage)])
+    code = main(
+        [
+            "run",
+            str(mutated_suite),
+            "--platform",
+            "cpu",
+            "--baselines",
+            str(baselines),
+            "--artifacts",
+            str(artifacts),
+            "--benchmark-storage",
+            str(storage),
+        ]
+    )
     assert code == 1
     case = json.loads((artifacts / "results.json").read_text())["cases"][0]
     metrics = {m["name"]: m for m in case["metrics"]}
@@ -66,6 +97,12 @@ def test_a_ten_percent_slower_draft_path_fails_its_case(pytester: pytest.Pyteste
     assert metrics["lossless_mismatches"]["measured"] == 0  # slower, still correct
     assert 0.85 < metrics["speedup"]["measured"] / base["speedup"] < 1 / (1 + SLOWDOWN) + 0.04
     assert json.loads((artifacts / "benchmarks.json").read_text())["benchmarks"][1]["name"].endswith("[speculative]")
-    compare = subprocess.run([sys.executable, "-m", "pytest_benchmark", "--storage", str(storage), "compare", "--columns", "median"],
-                             capture_output=True, text=True, check=False)
-    assert compare.returncode == 0 and "(0001" in compare.stdout and "(0002" in compare.stdout, compare.stdout + compare.stderr
+    compare = subprocess.run(
+        [sys.executable, "-m", "pytest_benchmark", "--storage", str(storage), "compare", "--columns", "median"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert compare.returncode == 0 and "(0001" in compare.stdout and "(0002" in compare.stdout, (
+        compare.stdout + compare.stderr
+    )

@@ -44,7 +44,13 @@ def _emit(ctx: CheckContext) -> dict[str, float]:
 
 
 # A metric the test sets through the suite: lets a test move it run by run (an injected drift).
-EMITS = Check("emits", "returns params.value", ValueParams, {"value": MetricSpec("the value of params.value", Tolerance(abs=0.05))}, _emit)
+EMITS = Check(
+    "emits",
+    "returns params.value",
+    ValueParams,
+    {"value": MetricSpec("the value of params.value", Tolerance(abs=0.05))},
+    _emit,
+)
 
 
 class FillParams(StrictModel):
@@ -58,26 +64,43 @@ def _fill(ctx: CheckContext) -> dict[str, float]:
 
 
 # Writes params.kib KiB into its artifacts folder: fills a size-limited disk on purpose.
-FILLS = Check("fills", "writes params.kib KiB into the case's artifacts", FillParams,
-              {"value": MetricSpec("KiB written", Tolerance())}, _fill)
+FILLS = Check(
+    "fills",
+    "writes params.kib KiB into the case's artifacts",
+    FillParams,
+    {"value": MetricSpec("KiB written", Tolerance())},
+    _fill,
+)
 
 
 def fault_suite(name: str, check: str, seconds: float, timeout_s: float) -> str:
     """A TP=2 suite running one of these checks (``check`` names it: SLEEPS, CRASHES, RAISES)."""
-    return (f"suite: {name}\ncheck: tests.support.fault_checks:{check}\ntimeout_s: {timeout_s}\n"
-            f"params: {{seconds: {seconds}}}\nmatrix:\n  model: [tiny-gpt]\n  layout: [{{tp: 2, pp: 1}}]\n")
+    return (
+        f"suite: {name}\ncheck: tests.support.fault_checks:{check}\ntimeout_s: {timeout_s}\n"
+        f"params: {{seconds: {seconds}}}\nmatrix:\n  model: [tiny-gpt]\n  layout: [{{tp: 2, pp: 1}}]\n"
+    )
 
 
 def _numerics(ctx: CheckContext) -> dict[str, float]:
     import torch
 
-    return {"threads": float(torch.get_num_threads()), "avx2_kernels": float(torch.backends.cpu.get_cpu_capability() == "AVX2")}
+    return {
+        "threads": float(torch.get_num_threads()),
+        "avx2_kernels": float(torch.backends.cpu.get_cpu_capability() == "AVX2"),
+    }
 
 
 # What a worker rank computes with: the pinned thread count and kernel ISA must have taken effect there.
-NUMERICS = Check("numerics", "the rank's torch threads and ATen kernel ISA", SleepParams,
-                 {"threads": MetricSpec("torch threads", Tolerance()), "avx2_kernels": MetricSpec("1 when ATen runs AVX2", Tolerance())},
-                 _numerics)
+NUMERICS = Check(
+    "numerics",
+    "the rank's torch threads and ATen kernel ISA",
+    SleepParams,
+    {
+        "threads": MetricSpec("torch threads", Tolerance()),
+        "avx2_kernels": MetricSpec("1 when ATen runs AVX2", Tolerance()),
+    },
+    _numerics,
+)
 
 
 SLOWDOWN = 0.10

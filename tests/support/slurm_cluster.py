@@ -52,7 +52,8 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/filetxt
 JobCompLoc={folder}/jobcomp.txt
 KillWait=5
-NodeName=node[1-{nodes}] NodeHostname=localhost NodeAddr=127.0.0.1 Port=[{NODE_PORT}-{last}] CPUs={CPUS_PER_NODE} State=UNKNOWN
+NodeName=node[1-{nodes}] NodeHostname=localhost NodeAddr=127.0.0.1 Port=[{NODE_PORT}-{last}] CPUs={CPUS_PER_NODE}
+State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
 
@@ -63,7 +64,9 @@ def queued(env: Mapping[str, str] | None = None) -> str:
 
 
 def _idle_nodes(env: dict[str, str]) -> int:
-    out = subprocess.run(["sinfo", "--noheader", "--states=idle", "--format=%D"], env=env, capture_output=True, text=True, check=False).stdout
+    out = subprocess.run(
+        ["sinfo", "--noheader", "--states=idle", "--format=%D"], env=env, capture_output=True, text=True, check=False
+    ).stdout
     return sum(int(n) for n in out.split() if n.isdigit())
 
 
@@ -82,14 +85,41 @@ def local_cluster(folder: Path, nodes: int) -> Iterator[dict[str, str]]:
     key.chmod(0o400)
     started: list[subprocess.Popen] = []
     try:
-        subprocess.run(["munged", f"--socket={munge}/munge.sock", f"--key-file={key}", f"--pid-file={munge}/munged.pid",
-                        f"--log-file={munge}/munged.log", f"--seed-file={munge}/munged.seed", "--force"], check=True, capture_output=True)
-        started.append(subprocess.Popen(["slurmctld", "-D", "-i", "-c", "-f", str(conf)], env=env,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True))
+        subprocess.run(
+            [
+                "munged",
+                f"--socket={munge}/munge.sock",
+                f"--key-file={key}",
+                f"--pid-file={munge}/munged.pid",
+                f"--log-file={munge}/munged.log",
+                f"--seed-file={munge}/munged.seed",
+                "--force",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        started.append(
+            subprocess.Popen(
+                ["slurmctld", "-D", "-i", "-c", "-f", str(conf)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         for index in range(1, nodes + 1):
-            started.append(subprocess.Popen(["slurmd", "-D", "-N", f"node{index}", "-f", str(conf)], env=env,
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True))
-        wait_for(f"local Slurm cluster: {nodes} idle node(s)", lambda: _idle_nodes(env) >= nodes, timeout_s=60, poll_s=0.2)
+            started.append(
+                subprocess.Popen(
+                    ["slurmd", "-D", "-N", f"node{index}", "-f", str(conf)],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        wait_for(
+            f"local Slurm cluster: {nodes} idle node(s)", lambda: _idle_nodes(env) >= nodes, timeout_s=60, poll_s=0.2
+        )
         yield env
     finally:
         # jobs first (a slurmstepd left behind outlives the daemons), then the daemons

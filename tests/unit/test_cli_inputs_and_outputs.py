@@ -20,13 +20,19 @@ from tests.support.cases import make_case
 CKPT = str(ROOT / "suites" / "ckpt.yaml")
 
 
-def test_a_corrupt_baseline_is_refused_before_start_with_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_corrupt_baseline_is_refused_before_start_with_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     baselines = tmp_path / "baselines" / CPU_ENV
     baselines.mkdir(parents=True)
     good = (ROOT / "baselines" / CPU_ENV / "ckpt.json").read_text()
-    (baselines / "ckpt.json").write_text(good[: len(good) // 2])  # cut mid-JSON, as a killed editor or a bad merge leaves it
+    (baselines / "ckpt.json").write_text(
+        good[: len(good) // 2]
+    )  # cut mid-JSON, as a killed editor or a bad merge leaves it
     artifacts = tmp_path / "artifacts"
-    code = main(["run", CKPT, "-k", "tp1pp1/none", "--baselines", str(tmp_path / "baselines"), "--artifacts", str(artifacts)])
+    code = main(
+        ["run", CKPT, "-k", "tp1pp1/none", "--baselines", str(tmp_path / "baselines"), "--artifacts", str(artifacts)]
+    )
     err = capsys.readouterr().err
     assert code == EXIT_USAGE
     line = good[: len(good) // 2].count("\n") + 1
@@ -73,8 +79,13 @@ def test_report_refuses_what_is_not_a_history(tmp_path: Path, capsys: pytest.Cap
     other = tmp_path / "other.sqlite"
     with sqlite3.connect(other) as db:
         db.execute("CREATE TABLE t (x)")
-    expected = {tmp_path: "a directory", empty: "an empty file", text: "not an SQLite database", other: "without the table(s) cases, metrics, runs",
-                tmp_path / "missing.sqlite": "no run history there"}
+    expected = {
+        tmp_path: "a directory",
+        empty: "an empty file",
+        text: "not an SQLite database",
+        other: "without the table(s) cases, metrics, runs",
+        tmp_path / "missing.sqlite": "no run history there",
+    }
     for path, why in expected.items():
         assert main(["report", "--history", str(path), "--out", str(tmp_path / "report")]) == EXIT_USAGE
         err = capsys.readouterr().err.strip()
@@ -86,8 +97,12 @@ def test_report_refuses_what_is_not_a_history(tmp_path: Path, capsys: pytest.Cap
 def _result(tmp_path: Path, x: float):  # noqa: ANN202
     from harness.records import CaseOutcome
 
-    return compare(CaseOutcome(make_case(f"s/tiny-gpt/tp1pp1/x{x:g}"), {"x": x}, None, 1.0, "/a"),
-                   BaselineStore(tmp_path / "b"), update=False, provenance={})
+    return compare(
+        CaseOutcome(make_case(f"s/tiny-gpt/tp1pp1/x{x:g}"), {"x": x}, None, 1.0, "/a"),
+        BaselineStore(tmp_path / "b"),
+        update=False,
+        provenance={},
+    )
 
 
 def test_result_stores_keep_every_case_in_the_store_that_works(tmp_path: Path) -> None:
@@ -111,8 +126,11 @@ def test_result_stores_keep_every_case_in_the_store_that_works(tmp_path: Path) -
     assert stores.keep(_result(tmp_path, 1.0)) == [] and stores.finish() == [] and stores.summary() is None
 
 
-def test_every_data_file_problem_is_said_before_start_in_one_report(write_suite, tmp_path: Path,  # noqa: ANN001
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_data_file_problem_is_said_before_start_in_one_report(
+    write_suite,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     mmlu = tmp_path / "mmlu"
     (mmlu / "test").mkdir(parents=True)
     (mmlu / "test" / "law_test.csv").write_text("q,a,b,c,d,A\nq,a,b,c,d,E\n")
@@ -122,11 +140,17 @@ def test_every_data_file_problem_is_said_before_start_in_one_report(write_suite,
     latin.write_bytes(b"caf\xe9\n")
     questions = tmp_path / "question.jsonl"
     questions.write_text('{"question_id": 1, "category": "writing", "turns": ["hi"]}\n{"question_id": 2\n')
-    quant = write_suite("suite: q\ncheck: quant_accuracy\n"
-                        f"params: {{mmlu: {mmlu}, mmlu_shots: 3, eval_text: {latin}}}\n"
-                        "matrix:\n  model: [tiny-gpt-trained]\n  optimization: [fp8]\n", "q.yaml")
-    spec = write_suite(f"suite: s\ncheck: spec_decode\nparams: {{prompts: {questions}, train_steps: 0}}\n"
-                       "matrix:\n  model: [tiny-gpt-trained]\n", "s.yaml")
+    quant = write_suite(
+        "suite: q\ncheck: quant_accuracy\n"
+        f"params: {{mmlu: {mmlu}, mmlu_shots: 3, eval_text: {latin}}}\n"
+        "matrix:\n  model: [tiny-gpt-trained]\n  optimization: [fp8]\n",
+        "q.yaml",
+    )
+    spec = write_suite(
+        f"suite: s\ncheck: spec_decode\nparams: {{prompts: {questions}, train_steps: 0}}\n"
+        "matrix:\n  model: [tiny-gpt-trained]\n",
+        "s.yaml",
+    )
     artifacts = tmp_path / "artifacts"
     assert main(["run", str(quant), str(spec), "--platform", "cpu", "--artifacts", str(artifacts)]) == EXIT_USAGE
     err = capsys.readouterr().err
@@ -139,4 +163,7 @@ def test_every_data_file_problem_is_said_before_start_in_one_report(write_suite,
     (mmlu / "test" / "law_test.csv").write_text("q,a,b,c,d,A\n")
     latin.write_text("café\n")
     assert main(["run", str(quant), "--platform", "cpu", "--artifacts", str(artifacts)]) == EXIT_USAGE
-    assert f"params.mmlu: {mmlu / 'dev' / 'law_dev.csv'}:1: 1 dev question(s), mmlu_shots asks 3" in capsys.readouterr().err
+    assert (
+        f"params.mmlu: {mmlu / 'dev' / 'law_dev.csv'}:1: 1 dev question(s), mmlu_shots asks 3"
+        in capsys.readouterr().err
+    )

@@ -46,16 +46,18 @@ def test_compare_record_and_fail_message(tmp_path: Path) -> None:
     recorded = compare(outcome, store, update=True, provenance={"commit": "abc"})
     assert recorded.verdict is Verdict.UPDATED
     saved = json.loads((tmp_path / "cpu" / "s.json").read_text())
-    assert saved["cases"]["s/tiny-gpt/tp1pp1/none"] == {"metrics": {"x": 1.0, "speed": 2.0},
-                                                       "provenance": {"commit": "abc", "platform": "cpu", "environment": "cpu", "subjects": {},
-                                                                      "params": {}}}
+    assert saved["cases"]["s/tiny-gpt/tp1pp1/none"] == {
+        "metrics": {"x": 1.0, "speed": 2.0},
+        "provenance": {"commit": "abc", "platform": "cpu", "environment": "cpu", "subjects": {}, "params": {}},
+    }
     assert compare(outcome, store, update=False, provenance={}).verdict is Verdict.PASS
     worse = CaseOutcome(make_case(), {"x": 1.2, "speed": 2.5}, None, 1.0, "/art/case")
     result = compare(worse, store, update=False, provenance={})
     assert result.verdict is Verdict.FAIL
     assert result.message().splitlines() == [
         "s/tiny-gpt/tp1pp1/none [cpu]: fail",
-        "  speed: measured 2.5, baseline 2, tolerance abs 0 + rel 0.1, higher_is_better (no noise record: judged as declared) -> pass",
+        "  speed: measured 2.5, baseline 2, tolerance abs 0 + rel 0.1, higher_is_better (no noise record: judged as "
+        "declared) -> pass",
         "  x: measured 1.2, baseline 1, tolerance abs 0.1 (no noise record: judged as declared) -> fail",
         "  artifacts: /art/case",
     ]
@@ -77,14 +79,26 @@ def test_noise_widens_a_tolerance_by_the_rule_and_goldens_hold_only_on_their_fin
 
     store = BaselineStore(tmp_path)
     case = replace(make_case(), check="kd_trajectory", tolerances={})
-    compare(CaseOutcome(case, {"kd_loss_last": 1.0, "kd_loss@001": 5.0}, None, 1.0, "/a"), store, update=True, provenance=HERE)
-    runs = {"reference": {"kd_loss_last": 1.0, "kd_loss@001": 5.0}, "repeat": {"kd_loss_last": 1.0, "kd_loss@001": 5.0},
-            "unpinned": {"kd_loss_last": 1.003, "kd_loss@001": 5.2}}
+    compare(
+        CaseOutcome(case, {"kd_loss_last": 1.0, "kd_loss@001": 5.0}, None, 1.0, "/a"),
+        store,
+        update=True,
+        provenance=HERE,
+    )
+    runs = {
+        "reference": {"kd_loss_last": 1.0, "kd_loss@001": 5.0},
+        "repeat": {"kd_loss_last": 1.0, "kd_loss@001": 5.0},
+        "unpinned": {"kd_loss_last": 1.003, "kd_loss@001": 5.2},
+    }
     write_case_noise(noise_path(store.path("cpu", "s")), "s", "cpu", case.id, CaseNoise.from_samples(runs, {}, HERE))
 
     def judged(last: float, step: float, provenance: dict) -> dict[str, object]:
-        result = compare(CaseOutcome(case, {"kd_loss_last": last, "kd_loss@001": step}, None, 1.0, "/a"), store, update=False,
-                         provenance=provenance)
+        result = compare(
+            CaseOutcome(case, {"kd_loss_last": last, "kd_loss@001": step}, None, 1.0, "/a"),
+            store,
+            update=False,
+            provenance=provenance,
+        )
         return {m.name: m for m in result.metrics}
 
     same = judged(1.0 + 1e-9, 5.0, HERE)
@@ -92,7 +106,9 @@ def test_noise_widens_a_tolerance_by_the_rule_and_goldens_hold_only_on_their_fin
     assert "on its fingerprint" in same["kd_loss_last"].note
     assert judged(1.0, 5.0, HERE)["kd_loss_last"].verdict is Verdict.PASS
     other = judged(1.005, 5.3, ELSEWHERE)
-    assert other["kd_loss_last"].verdict is Verdict.PASS and other["kd_loss_last"].tolerance.abs == pytest.approx(MULTIPLIER * 0.003)
+    assert other["kd_loss_last"].verdict is Verdict.PASS and other["kd_loss_last"].tolerance.abs == pytest.approx(
+        MULTIPLIER * 0.003
+    )
     assert other["kd_loss@001"].verdict is Verdict.PASS and "recording fingerprint" in other["kd_loss@001"].note
     assert judged(1.007, 5.0, ELSEWHERE)["kd_loss_last"].verdict is Verdict.FAIL
     assert judged(1.0, 5.3, HERE)["kd_loss@001"].verdict is Verdict.FAIL  # the golden holds where it was recorded
@@ -102,13 +118,26 @@ def test_a_timed_median_is_judged_no_tighter_than_its_own_and_its_baselines_inte
     from dataclasses import replace
 
     store = BaselineStore(tmp_path)
-    case = replace(make_case(), check="spec_decode", params={"algorithm": "medusa", "train_steps": 0},
-                   tolerances={"speedup": Tolerance(rel=0.05, direction=Direction.HIGHER_IS_BETTER)})
-    compare(CaseOutcome(case, {"speedup": 1.5, "speedup_ci_half_width": 0.06}, None, 1.0, "/a"), store, update=True, provenance=HERE)
+    case = replace(
+        make_case(),
+        check="spec_decode",
+        params={"algorithm": "medusa", "train_steps": 0},
+        tolerances={"speedup": Tolerance(rel=0.05, direction=Direction.HIGHER_IS_BETTER)},
+    )
+    compare(
+        CaseOutcome(case, {"speedup": 1.5, "speedup_ci_half_width": 0.06}, None, 1.0, "/a"),
+        store,
+        update=True,
+        provenance=HERE,
+    )
 
     def speedup(value: float, half_width: float) -> object:
-        result = compare(CaseOutcome(case, {"speedup": value, "speedup_ci_half_width": half_width}, None, 1.0, "/a"), store,
-                         update=False, provenance=HERE)
+        result = compare(
+            CaseOutcome(case, {"speedup": value, "speedup_ci_half_width": half_width}, None, 1.0, "/a"),
+            store,
+            update=False,
+            provenance=HERE,
+        )
         return next(m for m in result.metrics if m.name == "speedup")
 
     wide = speedup(1.38, 0.06)  # 8% down, inside the 95% band of two +-6% medians (hypot: 0.12 abs)
@@ -131,16 +160,26 @@ def test_known_defects_excuse_only_their_symptom_and_flag_a_fix(tmp_path: Path) 
 
     store = BaselineStore(tmp_path)
     # as in a real suite, the baseline is recorded with the defect present: x = 5
-    compare(CaseOutcome(make_case(), {"x": 5.0, "speed": 2.0, "y": 1.0}, None, 1.0, "/a"), store, update=True, provenance={})
-    defective = replace(make_case(), known_defect=KnownDefect("upstream bug 123 makes x drift", {"x": Budget(min=3.0)}, affects=("y",)))
+    compare(
+        CaseOutcome(make_case(), {"x": 5.0, "speed": 2.0, "y": 1.0}, None, 1.0, "/a"), store, update=True, provenance={}
+    )
+    defective = replace(
+        make_case(), known_defect=KnownDefect("upstream bug 123 makes x drift", {"x": Budget(min=3.0)}, affects=("y",))
+    )
 
     def verdict(x: float, speed: float = 2.0, error: str | None = None, y: float = 1.0) -> CaseResult:
-        return compare(CaseOutcome(defective, {"x": x, "speed": speed, "y": y}, error, 1.0, "/a"), store, update=False, provenance={})
+        return compare(
+            CaseOutcome(defective, {"x": x, "speed": speed, "y": y}, error, 1.0, "/a"),
+            store,
+            update=False,
+            provenance={},
+        )
 
     shown = verdict(5.0)
     assert shown.verdict is Verdict.XFAIL and shown.ok
-    assert shown.message().splitlines()[0] == ("s/tiny-gpt/tp1pp1/none [cpu]: xfail (known defect: upstream bug 123 makes x drift "
-                                               "[symptom: x in [3, inf]])")
+    assert shown.message().splitlines()[0] == (
+        "s/tiny-gpt/tp1pp1/none [cpu]: xfail (known defect: upstream bug 123 makes x drift [symptom: x in [3, inf]])"
+    )
     assert verdict(4.0).verdict is Verdict.XFAIL  # the defect moved x off its recorded value, still the defect
     both = verdict(5.0, speed=1.0)  # the symptom shows, but speed (not excused) fails too
     assert both.verdict is Verdict.FAIL and "metrics it does not excuse fail too" in both.message()
@@ -151,14 +190,20 @@ def test_known_defects_excuse_only_their_symptom_and_flag_a_fix(tmp_path: Path) 
     assert fixed.verdict is Verdict.XPASS and not fixed.ok
     # with a budget on x (the defect breaches it), a symptom that no longer matches is a plain failure
     bounded = replace(defective, budgets={"x": Budget(max=2.0)})
-    judged = compare(CaseOutcome(bounded, {"x": 5.0, "speed": 2.0, "y": 1.0}, None, 1.0, "/a"), store, update=False, provenance={})
+    judged = compare(
+        CaseOutcome(bounded, {"x": 5.0, "speed": 2.0, "y": 1.0}, None, 1.0, "/a"), store, update=False, provenance={}
+    )
     assert judged.verdict is Verdict.XFAIL
     mismatched = replace(bounded, known_defect=replace(bounded.known_defect, symptom={"x": Budget(min=6.0)}))
-    judged = compare(CaseOutcome(mismatched, {"x": 5.0, "speed": 2.0, "y": 1.0}, None, 1.0, "/a"), store, update=False, provenance={})
+    judged = compare(
+        CaseOutcome(mismatched, {"x": 5.0, "speed": 2.0, "y": 1.0}, None, 1.0, "/a"), store, update=False, provenance={}
+    )
     assert judged.verdict is Verdict.FAIL and "not the known defect's symptom" in judged.message()
     assert "FIXED? the known defect's symptom is gone; remove its known_defects entry" in fixed.message()
-    assert summary([shown, fixed]).splitlines() == ["2 cases: 1 xfail, 1 xpass",
-                                                    "FIXED? 1 known defect(s) no longer show their symptom: s/tiny-gpt/tp1pp1/none[cpu]"]
+    assert summary([shown, fixed]).splitlines() == [
+        "2 cases: 1 xfail, 1 xpass",
+        "FIXED? 1 known defect(s) no longer show their symptom: s/tiny-gpt/tp1pp1/none[cpu]",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -182,8 +227,11 @@ def test_bad_expressions(bad: str) -> None:
 
 
 def test_select_by_keyword_and_marker() -> None:
-    cases = [make_case("s/m/tp2pp1/fp8", ("fp8", "tp2")), make_case("s/m/tp1pp1/fp8", ("fp8",)),
-             make_case("s/m/tp1pp2->tp1pp1/none", ("none", "pp2"))]
+    cases = [
+        make_case("s/m/tp2pp1/fp8", ("fp8", "tp2")),
+        make_case("s/m/tp1pp1/fp8", ("fp8",)),
+        make_case("s/m/tp1pp2->tp1pp1/none", ("none", "pp2")),
+    ]
     assert [c.id for c in select(cases, keyword="tp1pp1")] == ["s/m/tp1pp1/fp8", "s/m/tp1pp2->tp1pp1/none"]
     assert [c.id for c in select(cases, markexpr="fp8 and not tp2")] == ["s/m/tp1pp1/fp8"]
 

@@ -37,8 +37,13 @@ def unplaced_tensors(path: Path, relative: str | None = None) -> list[str]:
     relative = relative or str(path.relative_to(ROOT))
     found = []
     for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in FACTORIES
-                and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch"):
+        if not (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in FACTORIES
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "torch"
+        ):
             continue
         if any(keyword.arg == "device" for keyword in node.keywords):
             continue
@@ -47,12 +52,18 @@ def unplaced_tensors(path: Path, relative: str | None = None) -> list[str]:
             continue
         if (relative, owner.get(node, "")) in HOST_SIDE:
             continue
-        found.append(f"{relative}:{node.lineno}: torch.{node.func.attr}(...) without device= in {owner.get(node, '<module>')}")
+        found.append(
+            f"{relative}:{node.lineno}: torch.{node.func.attr}(...) without device= in {owner.get(node, '<module>')}"
+        )
     return found
 
 
 def test_worker_code_places_every_tensor_it_creates() -> None:
-    files = [p for entry in WORKER_CODE for p in ([ROOT / entry] if entry.endswith(".py") else sorted((ROOT / entry).rglob("*.py")))]
+    files = [
+        p
+        for entry in WORKER_CODE
+        for p in ([ROOT / entry] if entry.endswith(".py") else sorted((ROOT / entry).rglob("*.py")))
+    ]
     assert len(files) > 15
     problems = [line for path in files for line in unplaced_tensors(path)]
     assert problems == [], "\n".join(problems)
@@ -61,8 +72,11 @@ def test_worker_code_places_every_tensor_it_creates() -> None:
 def test_the_audit_finds_a_host_tensor_handed_to_a_collective(tmp_path: Path) -> None:
     """The defect it exists for (a pipeline broadcast of ``torch.empty(n)``, NCCL refuses it)."""
     sample = tmp_path / "sample.py"
-    sample.write_text("import torch\n\n\ndef losses(dist, group, n):\n    values = torch.empty(n, dtype=torch.float64)\n"
-                      "    dist.broadcast(values, src=0, group=group)\n    placed = torch.zeros(n).to('cuda')\n    return values, placed\n")
+    sample.write_text(
+        "import torch\n\n\ndef losses(dist, group, n):\n    values = torch.empty(n, dtype=torch.float64)\n"
+        "    dist.broadcast(values, src=0, group=group)\n    placed = torch.zeros(n).to('cuda')\n    return values, "
+        "placed\n"
+    )
     assert unplaced_tensors(sample, "sample.py") == ["sample.py:5: torch.empty(...) without device= in losses"]
 
 

@@ -16,5 +16,3 @@ def test_eagle_runs_on_cpu_only_on_the_modelopt_its_stand_ins_were_verified_on(m
     reason = drafts.ALGORITHMS["eagle3"].cpu_blocker()
     assert reason is not None and "verified on nvidia-modelopt [0.47.0, 0.48.0), not 0.46.1" in reason
     assert drafts.ALGORITHMS["medusa"].cpu_blocker() is None
-
-

@@ -44,14 +44,26 @@ def test_every_shipped_subject_matches_its_manifest(capsys: pytest.CaptureFixtur
     assert "tiny-gpt-trained  sha256" in capsys.readouterr().out
 
 
-def test_a_subject_whose_hash_differs_is_refused_not_retrained(tampered: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_subject_whose_hash_differs_is_refused_not_retrained(
+    tampered: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SubjectError, match=r"tiny-gpt-trained: .* has sha256 .*the manifest says"):
         Manifest(tampered).verified_file("tiny-gpt-trained")
     assert main(["models", "verify"]) == EXIT_FAILED
     assert "MISMATCH" in capsys.readouterr().out
     # a run that needs it stops before any worker starts, naming the subject and what to do
-    code = main(["run", str(ROOT / "suites" / "quant.yaml"), "-k", "tp1pp1 and int8_sq and not kv", "--platform", "cpu",
-                 "--artifacts", str(tampered.parent / "artifacts")])
+    code = main(
+        [
+            "run",
+            str(ROOT / "suites" / "quant.yaml"),
+            "-k",
+            "tp1pp1 and int8_sq and not kv",
+            "--platform",
+            "cpu",
+            "--artifacts",
+            str(tampered.parent / "artifacts"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == EXIT_USAGE
     assert "quant/tiny-gpt-trained/tp1pp1/int8_sq: subject tiny-gpt-trained" in err and "nothing was run" in err
@@ -61,12 +73,16 @@ def test_a_subject_whose_hash_differs_is_refused_not_retrained(tampered: Path, c
 def test_a_changed_recipe_is_refused_until_the_subject_is_rebuilt() -> None:
     from harness.runtime.subject import shipped_file
 
-    with pytest.raises(SubjectError, match=r"was built by recipe .* rebuild it with `harness models build tiny-gpt-trained`"):
+    with pytest.raises(
+        SubjectError, match=r"was built by recipe .* rebuild it with `harness models build tiny-gpt-trained`"
+    ):
         shipped_file("tiny-gpt-trained", {"steps": 1})
 
 
 def test_a_subject_nobody_built_says_how_to_build_it() -> None:
-    with pytest.raises(SubjectError, match=r"no shipped subject 'tiny-gpt-trained\+medusa-k9-t5'.*harness models build"):
+    with pytest.raises(
+        SubjectError, match=r"no shipped subject 'tiny-gpt-trained\+medusa-k9-t5'.*harness models build"
+    ):
         manifest().verified_file("tiny-gpt-trained+medusa-k9-t5")
 
 
@@ -128,7 +144,10 @@ def test_baselines_live_per_environment_and_record_the_subjects(tmp_path: Path) 
     stale = compare(CaseOutcome(case, {"x": 1.0}, None, 1.0, "/a"), store, update=False, provenance={})
     assert stale.verdict is Verdict.ERROR and "measured on subject tiny-gpt-trained sha256 0000" in stale.message()
     # and another environment does not see this one's baselines
-    other = compare(CaseOutcome(case, {"x": 1.0}, None, 1.0, "/a"), BaselineStore(tmp_path, {"cpu": "cpu-aarch64-native"}), False, {})
+    other = compare(
+        CaseOutcome(case, {"x": 1.0}, None, 1.0, "/a"),
+        BaselineStore(tmp_path, {"cpu": "cpu-aarch64-native"}),
+        False,
+        {},
+    )
     assert other.verdict is Verdict.NO_BASELINE and other.new_environment
-
-

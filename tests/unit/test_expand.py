@@ -31,11 +31,20 @@ def suites(draw: st.DrawFn) -> dict:
         "optimization": draw(subsets(OPTIMIZATIONS)),
         "reload_layout": draw(subsets(RELOADS)),
     }
-    keys = draw(st.lists(st.lists(st.sampled_from(["layout", "optimization", "reload_layout"]), min_size=1, max_size=2,
-                                  unique=True), max_size=3))
+    keys = draw(
+        st.lists(
+            st.lists(st.sampled_from(["layout", "optimization", "reload_layout"]), min_size=1, max_size=2, unique=True),
+            max_size=3,
+        )
+    )
     exclude = [{k: draw(st.sampled_from(matrix[k])) for k in entry} for entry in keys]
-    return {"suite": "gen", "check": "ckpt_roundtrip", "platforms": draw(subsets(["cpu", "gpu"])),
-            "matrix": matrix, "exclude": exclude}
+    return {
+        "suite": "gen",
+        "check": "ckpt_roundtrip",
+        "platforms": draw(subsets(["cpu", "gpu"])),
+        "matrix": matrix,
+        "exclude": exclude,
+    }
 
 
 def expand_text(text: str) -> list[Case]:

@@ -10,9 +10,13 @@ import pytest
 from tests.conftest import ROOT
 
 
-@pytest.mark.parametrize(("page", "command"), [("baselines.md", ["baselines", "--markdown"]),
-                                              ("subjects.md", ["models", "list", "--markdown"])])
-def test_a_generated_page_is_current(page: str, command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("page", "command"),
+    [("baselines.md", ["baselines", "--markdown"]), ("subjects.md", ["models", "list", "--markdown"])],
+)
+def test_a_generated_page_is_current(
+    page: str, command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from harness.cli import main
 
     monkeypatch.chdir(ROOT)

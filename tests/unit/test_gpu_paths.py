@@ -27,7 +27,13 @@ SUITES = sorted(str(p) for p in (ROOT / "suites").glob("*.yaml"))
 def test_every_smoke_id_is_a_gpu_case_and_the_expression_selects_exactly_them() -> None:
     chosen = collect(SUITES, TWO_GPUS, keyword=smoke_expression())
     assert sorted(case.key for case in chosen) == sorted(GPU_SMOKE)
-    assert {case.check for case in chosen} == {"ckpt_roundtrip", "quant_accuracy", "kd_parity", "kd_trajectory", "spec_decode"}
+    assert {case.check for case in chosen} == {
+        "ckpt_roundtrip",
+        "quant_accuracy",
+        "kd_parity",
+        "kd_trajectory",
+        "spec_decode",
+    }
 
 
 def test_gpu_cases_build_the_modelopt_spec_and_cpu_cases_the_local_one() -> None:
@@ -51,7 +57,10 @@ def test_the_gpu_layer_spec_is_transformer_engines(monkeypatch: pytest.MonkeyPat
     from harness.models.zoo import ZOO
     from harness.runtime.megatron import layer_spec
 
-    for module in ("megatron.core.transformer.transformer_block", "megatron.core.post_training.modelopt.gpt.model_specs"):
+    for module in (
+        "megatron.core.transformer.transformer_block",
+        "megatron.core.post_training.modelopt.gpt.model_specs",
+    ):
         monkeypatch.setattr(f"{module}.get_num_layers_to_build", lambda config, *args, **kwargs: config.num_layers)
 
     config = TransformerConfig(num_layers=4, hidden_size=256, num_attention_heads=8, normalization="RMSNorm")
@@ -71,8 +80,13 @@ def test_gpu_ranks_run_without_tf32() -> None:
 
 
 def test_an_image_constraint_outside_the_harness_range_is_named(tmp_path: Path) -> None:
-    assert conflicts(["nvidia-modelopt>=0.47,<0.48", "pyyaml>=6"], "nvidia-modelopt==0.33.0\nPyYAML==6.0.2\n# comment\n-c other.txt\n") == [
-        "nvidia-modelopt: the constraint file pins nvidia-modelopt==0.33.0, the harness needs nvidia-modelopt<0.48,>=0.47"]
+    assert conflicts(
+        ["nvidia-modelopt>=0.47,<0.48", "pyyaml>=6"],
+        "nvidia-modelopt==0.33.0\nPyYAML==6.0.2\n# comment\n-c other.txt\n",
+    ) == [
+        "nvidia-modelopt: the constraint file pins nvidia-modelopt==0.33.0, the harness needs "
+        "nvidia-modelopt<0.48,>=0.47"
+    ]
     constraints = tmp_path / "constraint.txt"
     constraints.write_text("transformers==4.40.0\ntorch==2.6.0a0+ecf3bae40a.nv25.1\n")
     found = constraint_conflicts(ROOT / "pyproject.toml", {"PIP_CONSTRAINT": str(constraints)})

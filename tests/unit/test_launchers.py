@@ -27,7 +27,9 @@ NGC = "nvcr.io#nvidia/pytorch:25.10-py3"
 
 
 def batch(platform: str, world: int, count: int = 2) -> Batch:
-    cases = [c for c in collect([ROOT / "suites" / "ckpt.yaml"], Resources(cpu_ranks=64, gpus=64)) if c.platform == platform]
+    cases = [
+        c for c in collect([ROOT / "suites" / "ckpt.yaml"], Resources(cpu_ranks=64, gpus=64)) if c.platform == platform
+    ]
     chosen = [c for c in cases if c.world_size == min(world, 2)][:count]
     return Batch(platform, world, tuple(Task(c, f"/results/{i}") for i, c in enumerate(chosen)))
 
@@ -38,8 +40,16 @@ def option(command: list[str], name: str) -> str:
 
 
 def test_sbatch_for_an_ngc_gpu_batch_over_two_nodes(tmp_path: Path) -> None:
-    settings = LaunchSettings("slurm", tmp_path / "artifacts", image=NGC, nodes=2, gpus_per_node=8, partition="batch",
-                              account="llm", slurm_args=("--qos=high",))
+    settings = LaunchSettings(
+        "slurm",
+        tmp_path / "artifacts",
+        image=NGC,
+        nodes=2,
+        gpus_per_node=8,
+        partition="batch",
+        account="llm",
+        slurm_args=("--qos=high",),
+    )
     command = sbatch_command(tmp_path / "job1", batch("gpu", 16), settings)
     assert command[:2] == ["sbatch", "--parsable"]
     assert option(command, "--nodes") == "2" and option(command, "--ntasks-per-node") == "8"
@@ -88,7 +98,13 @@ def test_the_batch_script_quotes_every_value(tmp_path: Path, monkeypatch: pytest
     script = batch_script(folder, batch("cpu", 2), LaunchSettings("slurm", tmp_path, image="my image's;ls"))
     # bash reads the exports back verbatim and runs nothing from them
     echo = script.replace("exec srun", "printf '%s\\n' srun")
-    out = subprocess.run(["bash", "-c", echo + 'printf "NOTE=%s\\n" "$HARNESS_NOTE"'], cwd=tmp_path, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["bash", "-c", echo + 'printf "NOTE=%s\\n" "$HARNESS_NOTE"'],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert f"NOTE={hostile}" in out.stdout.splitlines()
     assert "--container-image=my image's;ls" in out.stdout.splitlines()
     assert str(folder) in out.stdout.splitlines()
@@ -96,7 +112,13 @@ def test_the_batch_script_quotes_every_value(tmp_path: Path, monkeypatch: pytest
 
 
 def test_container_run_command_for_docker_and_podman(tmp_path: Path) -> None:
-    settings = LaunchSettings("container", tmp_path / "artifacts", image=NGC.replace("#", "/"), extra_mounts=("/data/mmlu:/mmlu",), env=("HOME",))
+    settings = LaunchSettings(
+        "container",
+        tmp_path / "artifacts",
+        image=NGC.replace("#", "/"),
+        extra_mounts=("/data/mmlu:/mmlu",),
+        env=("HOME",),
+    )
     docker = run_command("/usr/bin/docker", "harness-x", tmp_path / "job", batch("gpu", 2), settings)
     podman = run_command("podman", "harness-x", tmp_path / "job", batch("gpu", 2), settings)
     assert "--gpus=all" in docker and "--device=nvidia.com/gpu=all" in podman
@@ -105,10 +127,16 @@ def test_container_run_command_for_docker_and_podman(tmp_path: Path) -> None:
         assert "--volume=/data/mmlu:/mmlu" in command
         assert f"--env=HOME={os.environ['HOME']}" in command
         image_at = command.index(settings.image)
-        assert command[image_at + 1:image_at + 6] == ["python", "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
+        assert command[image_at + 1 : image_at + 6] == [
+            "python",
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nnodes=1",
+        ]
         assert command[-4:] == ["-m", "harness.launchers.batch_job", str(tmp_path / "job"), "torchrun"]
     cpu = run_command("podman", "harness-x", tmp_path / "job", batch("cpu", 2), settings)
-    assert "--env=CUDA_VISIBLE_DEVICES=" in cpu and not any("gpu" in arg for arg in cpu[:cpu.index(settings.image)])
+    assert "--env=CUDA_VISIBLE_DEVICES=" in cpu and not any("gpu" in arg for arg in cpu[: cpu.index(settings.image)])
 
 
 def test_container_ulimits_never_exceed_this_hosts_hard_limits() -> None:
@@ -122,15 +150,28 @@ def test_container_ulimits_never_exceed_this_hosts_hard_limits() -> None:
 
 
 def test_rendezvous_from_slurm_variables() -> None:
-    env = {"SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NTASKS": "4", "SLURM_JOB_ID": "123456",
-           "SLURM_JOB_NODELIST": "gpu-a[07-08]"}
+    env = {
+        "SLURM_PROCID": "3",
+        "SLURM_LOCALID": "1",
+        "SLURM_NTASKS": "4",
+        "SLURM_JOB_ID": "123456",
+        "SLURM_JOB_NODELIST": "gpu-a[07-08]",
+    }
     found = from_slurm(env, address_of=lambda node: f"addr-of-{node}")
     assert (found.rank, found.local_rank, found.world_size) == (3, 1, 4)
     assert found.master_addr in ("addr-of-gpu-a07", "addr-of-gpu-a7")
     assert found.master_port == PORT_BASE + 123456 % 20000
     assert found.environment()["MASTER_PORT"] == str(found.master_port)
-    torchrun = from_torchrun({"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"})
-    assert torchrun.environment() == {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    torchrun = from_torchrun(
+        {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    )
+    assert torchrun.environment() == {
+        "RANK": "1",
+        "LOCAL_RANK": "1",
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29500",
+    }
 
 
 @pytest.mark.skipif(shutil.which("scontrol") is None, reason="scontrol (slurm-client) not installed")
@@ -145,8 +186,9 @@ def no_tools_path(tmp_path: Path) -> str:
     return str(folder)
 
 
-def test_missing_slurm_tools_are_named_before_anything_is_submitted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_slurm_tools_are_named_before_anything_is_submitted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("PATH", no_tools_path(tmp_path))
     with pytest.raises(LauncherError, match="sbatch, squeue, scontrol, scancel, sinfo not found"):
         SlurmBackend(LaunchSettings("slurm"))
@@ -172,10 +214,14 @@ def test_a_pyxis_image_file_that_does_not_exist_is_refused(tmp_path: Path) -> No
         SlurmBackend(LaunchSettings("slurm", image=str(missing)))
 
 
-def test_mounts_create_the_harness_folders_and_refuse_missing_extras(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mounts_create_the_harness_folders_and_refuse_missing_extras(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HARNESS_SUBJECTS", str(tmp_path / "fresh" / "subjects"))
     settings = LaunchSettings("container", tmp_path / "artifacts", image="x")
     settings.prepare_mounts()  # an engine refuses to mount a path that does not exist yet
     assert (tmp_path / "fresh" / "subjects").is_dir() and (tmp_path / "artifacts").is_dir()
     with pytest.raises(LauncherError, match=f"--mount {tmp_path / 'no-data'}: no such file"):
-        LaunchSettings("container", tmp_path / "artifacts", image="x", extra_mounts=(f"{tmp_path / 'no-data'}:/data",)).prepare_mounts()
+        LaunchSettings(
+            "container", tmp_path / "artifacts", image="x", extra_mounts=(f"{tmp_path / 'no-data'}:/data",)
+        ).prepare_mounts()

@@ -20,7 +20,9 @@ def logprobs() -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tenso
     generator = torch.Generator().manual_seed(0)
     logits = [torch.randn(ROWS, SEQ, VOCAB, generator=generator) for _ in range(BATCHES)]
     base = [torch.log_softmax(x.double(), -1).float() for x in logits]
-    quant = [torch.log_softmax((x + 0.05 * torch.randn(x.shape, generator=generator)).double(), -1).float() for x in logits]
+    quant = [
+        torch.log_softmax((x + 0.05 * torch.randn(x.shape, generator=generator)).double(), -1).float() for x in logits
+    ]
     return base, quant, [torch.randint(0, VOCAB, (ROWS, SEQ), generator=generator) for _ in range(BATCHES)]
 
 
@@ -33,5 +35,11 @@ def test_distribution_metrics_cost(benchmark: Any, logprobs: tuple[list[torch.Te
 def test_parity_metrics_cost(benchmark: Any) -> None:
     generator = torch.Generator().manual_seed(1)
     reference = torch.randn(4, SEQ, VOCAB, generator=generator)
-    found = benchmark(parity_metrics, "p_", reference + 1e-7 * torch.randn(reference.shape, generator=generator), reference, bound(4, "fp32"))
+    found = benchmark(
+        parity_metrics,
+        "p_",
+        reference + 1e-7 * torch.randn(reference.shape, generator=generator),
+        reference,
+        bound(4, "fp32"),
+    )
     assert found["p_control_to_bound"] > 1

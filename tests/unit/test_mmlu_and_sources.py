@@ -43,7 +43,10 @@ def test_corpus_questions_round_trip_through_the_mmlu_layout(tmp_path: Path) -> 
 
 def test_several_subjects_and_a_subject_filter(tmp_path: Path) -> None:
     algebra = [McItem("abstract_algebra", "1+1?", ("1", "2", "3", "4"), "B")]
-    law = [McItem("law", "Is it?", ("yes", "no", "maybe", "never"), "A"), McItem("law", "Q, with comma", ("a", "b", "c", "d"), "D")]
+    law = [
+        McItem("law", "Is it?", ("yes", "no", "maybe", "never"), "A"),
+        McItem("law", "Q, with comma", ("a", "b", "c", "d"), "D"),
+    ]
     write_mmlu(tmp_path, "dev", algebra + law)
     assert load_mmlu(tmp_path, "dev") == algebra + law
     assert load_mmlu(tmp_path, "dev", subjects=["law"]) == law
@@ -53,7 +56,10 @@ def test_several_subjects_and_a_subject_filter(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("row", "message"),
-    [("q,a,b,c,d\n", r"law_test.csv:2: expected 6 columns"), ("q,a,b,c,d,E\n", r"law_test.csv:2: answer 'E' is not one of")],
+    [
+        ("q,a,b,c,d\n", r"law_test.csv:2: expected 6 columns"),
+        ("q,a,b,c,d,E\n", r"law_test.csv:2: answer 'E' is not one of"),
+    ],
 )
 def test_malformed_rows_name_file_and_line(tmp_path: Path, row: str, message: str) -> None:
     (tmp_path / "test").mkdir()
@@ -117,33 +123,54 @@ matrix:
         ("  tiny-gpt: {hf: /x}", r"suite.yaml:4: models.tiny-gpt: 'tiny-gpt' is a zoo model"),
     ],
 )
-def test_bad_model_declarations_name_the_line(write_suite, models: str, message: str) -> None:  # noqa: ANN001
+def test_bad_model_declarations_name_the_line(write_suite, models: str, message: str) -> None:
     with pytest.raises(SuiteError, match=message):
         load_suite(write_suite(SOURCES.format(models=models, model="m")))
 
 
-def test_a_checkpoint_that_is_not_here_skips_its_cases_with_the_reason(write_suite, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_a_checkpoint_that_is_not_here_skips_its_cases_with_the_reason(
+    write_suite,
+    tmp_path: Path,
+    monkeypatch,
+) -> None:
     monkeypatch.setenv("MODEL_STORE", str(tmp_path))
-    suite = load_suite(write_suite(SOURCES.format(models="  m: {hf: \"${MODEL_STORE}/Llama-3.1-8B\"}", model="m")))
+    suite = load_suite(write_suite(SOURCES.format(models='  m: {hf: "${MODEL_STORE}/Llama-3.1-8B"}', model="m")))
     (case,) = expand([suite], Resources(cpu_ranks=2, gpus=0))
     reason = skip_reason(case, Resources(cpu_ranks=2, gpus=0))
     assert reason == f"model m: no Hugging Face checkpoint at {tmp_path}/Llama-3.1-8B (config.json not found)"
 
 
-def test_hf_config_gives_the_architecture_and_layouts_are_judged(write_suite, tmp_path: Path) -> None:  # noqa: ANN001
-    config = {"architectures": ["LlamaForCausalLM"], "hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 3,
-              "num_key_value_heads": 3, "intermediate_size": 128, "vocab_size": 1000, "rope_theta": 500000.0}
+def test_hf_config_gives_the_architecture_and_layouts_are_judged(write_suite, tmp_path: Path) -> None:
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 3,
+        "num_key_value_heads": 3,
+        "intermediate_size": 128,
+        "vocab_size": 1000,
+        "rope_theta": 500000.0,
+    }
     (tmp_path / "config.json").write_text(json.dumps(config))
     # no tokenizer beside the config: one line before start, no spurious "unknown model" after it
-    with pytest.raises(SuiteError, match=r"suite.yaml:4: models.m: cannot read the checkpoint: .*no tokenizer") as refused:
+    with pytest.raises(
+        SuiteError, match=r"suite.yaml:4: models.m: cannot read the checkpoint: .*no tokenizer"
+    ) as refused:
         load_suite(write_suite(SOURCES.format(models=f"  m: {{hf: {tmp_path}}}", model="m")))
     assert len(refused.value.problems) == 1
     (tmp_path / "tokenizer.json").write_text("{}")
-    with pytest.raises(SuiteError, match=r"suite.yaml:7: matrix.layout\[0\]: num_attention_heads 3 of model m is not divisible by tp=2"):
-        expand([load_suite(write_suite(SOURCES.format(models=f"  m: {{hf: {tmp_path}}}", model="m")))], Resources(cpu_ranks=2, gpus=0))
+    with pytest.raises(
+        SuiteError, match=r"suite.yaml:7: matrix.layout\[0\]: num_attention_heads 3 of model m is not divisible by tp=2"
+    ):
+        expand(
+            [load_suite(write_suite(SOURCES.format(models=f"  m: {{hf: {tmp_path}}}", model="m")))],
+            Resources(cpu_ranks=2, gpus=0),
+        )
     config |= {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(SuiteError, match=r"suite.yaml:4: models.m: cannot read the checkpoint: .*rope_scaling type 'yarn'"):
+    with pytest.raises(
+        SuiteError, match=r"suite.yaml:4: models.m: cannot read the checkpoint: .*rope_scaling type 'yarn'"
+    ):
         load_suite(write_suite(SOURCES.format(models=f"  m: {{hf: {tmp_path}}}", model="m")))
     (tmp_path / "config.json").write_text(json.dumps(config | {"architectures": ["MixtralForCausalLM"]}))
     with pytest.raises(SuiteError, match=r"architecture MixtralForCausalLM") as refused:
@@ -154,15 +181,34 @@ def test_hf_config_gives_the_architecture_and_layouts_are_judged(write_suite, tm
 def test_a_qwen3_moe_config_gives_the_experts_and_mixed_dense_layers_are_refused(tmp_path: Path) -> None:
     from harness.models.sources import ModelSourceError, hf_spec
 
-    config = {"architectures": ["Qwen3MoeForCausalLM"], "hidden_size": 2048, "num_hidden_layers": 48, "num_attention_heads": 32,
-              "num_key_value_heads": 4, "head_dim": 128, "intermediate_size": 6144, "moe_intermediate_size": 768, "num_experts": 128,
-              "num_experts_per_tok": 8, "norm_topk_prob": True, "vocab_size": 151936, "rope_theta": 1000000.0}
+    config = {
+        "architectures": ["Qwen3MoeForCausalLM"],
+        "hidden_size": 2048,
+        "num_hidden_layers": 48,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "head_dim": 128,
+        "intermediate_size": 6144,
+        "moe_intermediate_size": 768,
+        "num_experts": 128,
+        "num_experts_per_tok": 8,
+        "norm_topk_prob": True,
+        "vocab_size": 151936,
+        "rope_theta": 1000000.0,
+    }
     (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / "tokenizer.json").write_text("{}")
     spec = hf_spec("qwen3-30b-a3b", str(tmp_path))
-    assert (spec.num_moe_experts, spec.moe_router_topk, spec.ffn_hidden_size, spec.moe_router_pre_softmax) == (128, 8, 768, False)
+    assert (spec.num_moe_experts, spec.moe_router_topk, spec.ffn_hidden_size, spec.moe_router_pre_softmax) == (
+        128,
+        8,
+        768,
+        False,
+    )
     assert spec.qk_layernorm and spec.kv_channels == 128
-    assert hf_spec("m", str(tmp_path)).layout_errors(Layout(1, 1, ep=3)) == ["num_moe_experts 128 of model m is not divisible by ep=3"]
+    assert hf_spec("m", str(tmp_path)).layout_errors(Layout(1, 1, ep=3)) == [
+        "num_moe_experts 128 of model m is not divisible by ep=3"
+    ]
     (tmp_path / "config.json").write_text(json.dumps(config | {"norm_topk_prob": False}))
     assert hf_spec("m", str(tmp_path)).moe_router_pre_softmax
     (tmp_path / "config.json").write_text(json.dumps(config | {"mlp_only_layers": [0]}))
@@ -174,14 +220,18 @@ def test_mmlu_files_as_users_have_them(tmp_path: Path) -> None:
     """A byte-order mark, a question with a newline inside quotes, a non-UTF-8 byte, an empty subject."""
     (tmp_path / "test").mkdir()
     law = tmp_path / "test" / "law_test.csv"
-    law.write_bytes('\ufeff"Is it, really?",yes,no,maybe,never,A\n"Two\nlines",a,b,c,d,B\n\n"third",a,b,c,d,X\n'.encode())
+    law.write_bytes(
+        '\ufeff"Is it, really?",yes,no,maybe,never,A\n"Two\nlines",a,b,c,d,B\n\n"third",a,b,c,d,X\n'.encode()
+    )
     with pytest.raises(MmluError, match=r"law_test.csv:5: answer 'X'"):  # the file line, not the record number (4)
         load_mmlu(tmp_path)
     law.write_bytes('\ufeff"Is it, really?",yes,no,maybe,never,A\n"Two\nlines",a,b,c,d,B\n'.encode())
     first, second = load_mmlu(tmp_path)
     assert first.question == "Is it, really?" and first.answer == "A"  # the BOM is gone, the quoting intact
     assert second.question == "Two\nlines"
-    (tmp_path / "test" / "art_test.csv").write_bytes(b"q,a,b,c,d,A\nq\xe9,a,b,c,d,B\n")  # Latin-1, as old exports write it
+    (tmp_path / "test" / "art_test.csv").write_bytes(
+        b"q,a,b,c,d,A\nq\xe9,a,b,c,d,B\n"
+    )  # Latin-1, as old exports write it
     with pytest.raises(MmluError, match=r"art_test.csv:2: not UTF-8 \(byte 0xe9\)"):
         load_mmlu(tmp_path)
     (tmp_path / "test" / "art_test.csv").write_text("")
@@ -205,4 +255,6 @@ def test_shots_come_from_dev_and_a_short_dev_split_is_an_error(tmp_path: Path) -
 def test_scores_per_subject_micro_and_macro() -> None:
     scores = McScores(accuracy=0.7, items=10, by_subject={"law": (1, 2), "art": (6, 8)})
     assert scores.subject_accuracy("law") == 0.5 and scores.subject_accuracy("art") == 0.75
-    assert scores.macro_accuracy == pytest.approx(0.625)  # every subject weighs the same; micro (0.7) weighs every question
+    assert scores.macro_accuracy == pytest.approx(
+        0.625
+    )  # every subject weighs the same; micro (0.7) weighs every question

@@ -20,31 +20,54 @@ def test_every_check_kind_faces_at_least_three_defects_on_cases_the_suites_have(
     from harness.pipeline import collect
     from harness.suites.expand import Resources
 
-    cases = {c.key: c for c in collect(sorted((ROOT / "suites").glob("*.yaml")), Resources(cpu_ranks=2, gpus=0), markexpr="cpu")}
+    cases = {
+        c.key: c
+        for c in collect(sorted((ROOT / "suites").glob("*.yaml")), Resources(cpu_ranks=2, gpus=0), markexpr="cpu")
+    }
     faced: Counter[str] = Counter()
     for mutation in MUTATIONS.values():
         assert mutation.cases and all(key in cases for key in mutation.cases), mutation.name
-        assert not any(cases[key].known_defect for key in mutation.cases), mutation.name  # a known defect would blur the verdict
+        assert not any(cases[key].known_defect for key in mutation.cases), (
+            mutation.name
+        )  # a known defect would blur the verdict
         faced.update({cases[key].check for key in mutation.cases})
     assert all(faced[check] >= 3 for check in CHECKS), faced
-    assert {m.kind for m in MUTATIONS.values()} >= {"calibration statistic", "scale synchronisation across ranks", "state restore",
-                                                    "a loss term's temperature", "a draft position", "a router choice", "a slowed code path"}
+    assert {m.kind for m in MUTATIONS.values()} >= {
+        "calibration statistic",
+        "scale synchronisation across ranks",
+        "state restore",
+        "a loss term's temperature",
+        "a draft position",
+        "a router choice",
+        "a slowed code path",
+    }
     assert any(m.fast for m in MUTATIONS.values())
 
 
 def test_a_defect_counts_once_however_many_of_its_cases_catch_it_and_portability_is_kept_apart() -> None:
     portable, exact = Catch("x", 1.0, 2.0, 0.1, True), Catch("y", 1.0, 1.0 + 1e-9, 0.0, False)
-    runs = [CaseRun("a", "q/1", "quant_accuracy", catches=(portable,)), CaseRun("a", "q/2", "quant_accuracy"),
-            CaseRun("b", "q/1", "quant_accuracy", catches=(exact,)), CaseRun("c", "k/1", "kd_parity", error="boom"),
-            CaseRun("d", "k/1", "kd_parity"), CaseRun("e", "k/2", "kd_parity", skipped="GPU only")]
+    runs = [
+        CaseRun("a", "q/1", "quant_accuracy", catches=(portable,)),
+        CaseRun("a", "q/2", "quant_accuracy"),
+        CaseRun("b", "q/1", "quant_accuracy", catches=(exact,)),
+        CaseRun("c", "k/1", "kd_parity", error="boom"),
+        CaseRun("d", "k/1", "kd_parity"),
+        CaseRun("e", "k/2", "kd_parity", skipped="GPU only"),
+    ]
     total, table = scores(runs)
     assert (total.defects, total.caught, total.portable, total.missed) == (4, 3, 2, ["b", "d"])
     assert (table["quant_accuracy"].defects, table["quant_accuracy"].portable) == (2, 1)
     text = markdown(runs, total, table)
-    assert "**2 of 4 defects caught by a portable metric**" in text and "bit-exact only" in text and "**not caught**" in text
+    assert (
+        "**2 of 4 defects caught by a portable metric**" in text
+        and "bit-exact only" in text
+        and "**not caught**" in text
+    )
 
 
-def test_a_mutation_in_the_callers_environment_never_reaches_a_real_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_a_mutation_in_the_callers_environment_never_reaches_a_real_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """Only a sensitivity run injects a defect: a HARNESS_MUTATION left in a shell is dropped by every launcher."""
     from harness.launchers.common import MUTATION_VARIABLE
     from harness.launchers.local import WorkerPool

@@ -29,7 +29,9 @@ def test_records_round_trip_one_case_at_a_time_and_a_bad_file_is_named(tmp_path:
     path = tmp_path / "quant.noise.json"
     first = CaseNoise.from_samples({"reference": {"x": 1.0}, "repeat": {"x": 1.0}}, {}, {"commit": "a"})
     write_case_noise(path, "quant", "cpu-x", "a", first)
-    write_case_noise(path, "quant", "cpu-x", "b", CaseNoise.from_samples({"reference": {"y": 2.0}}, {"unpinned": "boom"}, {}))
+    write_case_noise(
+        path, "quant", "cpu-x", "b", CaseNoise.from_samples({"reference": {"y": 2.0}}, {"unpinned": "boom"}, {})
+    )
     records = read_noise_file(path)
     assert set(records) == {"a", "b"} and records["a"] == first and records["b"].errors == {"unpinned": "boom"}
     saved = json.loads(path.read_text())
@@ -42,7 +44,11 @@ def test_records_round_trip_one_case_at_a_time_and_a_bad_file_is_named(tmp_path:
 def test_variations_change_what_they_say() -> None:
     assert VARIATIONS["threads"].environment(1) == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     assert VARIATIONS["threads"].environment(2) == {}  # one thread per rank already: the study skips it there
-    assert VARIATIONS["unpinned"].environment(1) == {"ATEN_CPU_CAPABILITY": None, "MKL_CBWR": None, "ONEDNN_MAX_CPU_ISA": None}
+    assert VARIATIONS["unpinned"].environment(1) == {
+        "ATEN_CPU_CAPABILITY": None,
+        "MKL_CBWR": None,
+        "ONEDNN_MAX_CPU_ISA": None,
+    }
     assert VARIATIONS["isa-avx512"].unavailable({"avx2"}) == "this CPU lacks avx512bw, avx512f"
     assert VARIATIONS["repeat"].environment(2) == {}
 
@@ -98,7 +104,9 @@ def test_bootstrap_intervals_cover_the_estimate_repeat_with_the_seed_and_narrow_
     assert rms(np.full((3, 4), 2.0), 0).value == pytest.approx(2.0)
 
 
-@pytest.mark.parametrize(("lost", "gained", "p"), [(0, 0, 1.0), (5, 5, 1.0), (0, 5, 0.0625), (1, 10, 24 / 2048), (0, 2000, 0.0)])
+@pytest.mark.parametrize(
+    ("lost", "gained", "p"), [(0, 0, 1.0), (5, 5, 1.0), (0, 5, 0.0625), (1, 10, 24 / 2048), (0, 2000, 0.0)]
+)
 def test_mcnemar_exact(lost: int, gained: int, p: float) -> None:
     assert mcnemar_exact(lost, gained) == pytest.approx(p, abs=1e-300)
     assert mcnemar_exact(gained, lost) == mcnemar_exact(lost, gained)

@@ -27,18 +27,30 @@ def compared(tmp_path: Path, case_id: str, x: float) -> CaseResult:
     """``x`` judged against a recorded baseline of 1.0 with tolerance abs 0.1 (``make_case``)."""
     store = BaselineStore(tmp_path / "baselines")
     if store.lookup("cpu", "s", case_id) is None:
-        compare(CaseOutcome(make_case(case_id), {"x": 1.0, "speed": 2.0}, None, 1.0, "/a"), store, update=True, provenance={})
-    return compare(CaseOutcome(make_case(case_id), {"x": x, "speed": 2.0}, None, 1.0, f"/artifacts/{case_id}"), store, update=False, provenance={})
+        compare(
+            CaseOutcome(make_case(case_id), {"x": 1.0, "speed": 2.0}, None, 1.0, "/a"),
+            store,
+            update=True,
+            provenance={},
+        )
+    return compare(
+        CaseOutcome(make_case(case_id), {"x": x, "speed": 2.0}, None, 1.0, f"/artifacts/{case_id}"),
+        store,
+        update=False,
+        provenance={},
+    )
 
 
 # run by run: (megatron-core version, {case: x}); the drifting case moves by 0.15 > 0.1 at run 4 but
 # stays inside the baseline band until run 6; the flaky one fails every other run.
-NIGHTS = [("0.16.1", {STABLE: 1.0, FLAKY: 1.0, DRIFTING: 0.92}),
-          ("0.16.1", {STABLE: 1.01, FLAKY: 1.5, DRIFTING: 0.93}),
-          ("0.16.1", {STABLE: 1.0, FLAKY: 1.0, DRIFTING: 0.92}),
-          ("0.19.2", {STABLE: 1.0, FLAKY: 1.5, DRIFTING: 1.07}),
-          ("0.19.2", {STABLE: 1.3, FLAKY: 1.0, DRIFTING: 1.08}),
-          ("0.19.2", {STABLE: 1.4, FLAKY: 1.5, DRIFTING: 1.11})]
+NIGHTS = [
+    ("0.16.1", {STABLE: 1.0, FLAKY: 1.0, DRIFTING: 0.92}),
+    ("0.16.1", {STABLE: 1.01, FLAKY: 1.5, DRIFTING: 0.93}),
+    ("0.16.1", {STABLE: 1.0, FLAKY: 1.0, DRIFTING: 0.92}),
+    ("0.19.2", {STABLE: 1.0, FLAKY: 1.5, DRIFTING: 1.07}),
+    ("0.19.2", {STABLE: 1.3, FLAKY: 1.0, DRIFTING: 1.08}),
+    ("0.19.2", {STABLE: 1.4, FLAKY: 1.5, DRIFTING: 1.11}),
+]
 
 
 @pytest.fixture
@@ -46,7 +58,9 @@ def history_path(tmp_path: Path) -> Path:
     path = tmp_path / "history.sqlite"
     history = History(path)
     for night, (mcore, values) in enumerate(NIGHTS):
-        run_id = history.start_run({"commit": f"c{night}", "versions": {"megatron-core": mcore, "nvidia-modelopt": "0.47.0"}})
+        run_id = history.start_run(
+            {"commit": f"c{night}", "versions": {"megatron-core": mcore, "nvidia-modelopt": "0.47.0"}}
+        )
         for case_id, x in values.items():
             history.record(run_id, compared(tmp_path, case_id, x))
         history.finish_run(run_id)
@@ -65,10 +79,16 @@ def analysis_of(path: Path, settings: Settings) -> Analysis:
 def test_statuses_since_when_and_flakiness(history_path: Path) -> None:
     analysis = analysis_of(history_path, Settings(runs=20, drift_runs=2, drift_window=3))
     status = {s.key.split("[")[0]: s for s in analysis.cases}
-    assert status[STABLE].status == "still failing" and status[STABLE].since is not None and status[STABLE].since.id == 5
+    assert (
+        status[STABLE].status == "still failing" and status[STABLE].since is not None and status[STABLE].since.id == 5
+    )
     assert status[STABLE].detail == "x 1.4 vs 1"
     assert (status[FLAKY].status, status[FLAKY].flips) == ("flaky", 5)
-    assert status[DRIFTING].status == "new failure" and status[DRIFTING].since is not None and status[DRIFTING].since.id == 6
+    assert (
+        status[DRIFTING].status == "new failure"
+        and status[DRIFTING].since is not None
+        and status[DRIFTING].since.id == 6
+    )
     # a window of the last run only: the stable case's failure has no earlier run to start from
     short = analysis_of(history_path, Settings(runs=1))
     assert {s.key.split("[")[0]: s.status for s in short.cases}[STABLE] == "new failure"
@@ -103,7 +123,10 @@ def test_markdown_tables_and_versions_side_by_side(history_path: Path) -> None:
 
 def test_report_cli_writes_both_files(history_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "report"
-    assert main(["report", "--history", str(history_path), "--out", str(out), "--drift-runs", "2", "--drift-window", "3"]) == 0
+    assert (
+        main(["report", "--history", str(history_path), "--out", str(out), "--drift-runs", "2", "--drift-window", "3"])
+        == 0
+    )
     assert "1 still failing" in capsys.readouterr().out
     page = (out / "report.html").read_text()
     assert page.count('<svg class="trend"') == 6  # 3 cases x (x, speed)
@@ -116,8 +139,10 @@ def _browser() -> str | None:
     return shutil.which("chromium-headless-shell") or shutil.which("chromium")
 
 
-@pytest.mark.skipif(_browser() is None and not os.environ.get("HARNESS_REQUIRE_BROWSER"),
-                    reason="no headless chromium here (.ci/run installs Debian's chromium-headless-shell)")
+@pytest.mark.skipif(
+    _browser() is None and not os.environ.get("HARNESS_REQUIRE_BROWSER"),
+    reason="no headless chromium here (.ci/run installs Debian's chromium-headless-shell)",
+)
 def test_html_report_renders_in_a_real_browser(history_path: Path, tmp_path: Path) -> None:
     from PIL import Image
 
@@ -125,17 +150,35 @@ def test_html_report_renders_in_a_real_browser(history_path: Path, tmp_path: Pat
     assert browser is not None, "HARNESS_REQUIRE_BROWSER is set but no chromium is installed"
     page = tmp_path / "report.html"
     page.write_text(html(analysis_of(history_path, Settings(runs=20, drift_runs=2, drift_window=3))))
-    flags = ["--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,2600", "--enable-logging=stderr", "--v=0"]
+    flags = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--window-size=1200,2600",
+        "--enable-logging=stderr",
+        "--v=0",
+    ]
     shot = tmp_path / "report.png"
-    run = subprocess.run([browser, *flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, text=True, timeout=120, check=False)
+    run = subprocess.run(
+        [browser, *flags, f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     console = [line for line in run.stderr.splitlines() if ":CONSOLE" in line]
     assert console == [], console  # no page errors, no failed resource loads
-    dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120, check=True).stdout
+    dom = subprocess.run(
+        [browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     assert dom.count('<svg class="trend"') == 6 and "Drifts (2)" in dom
     # the plots were drawn: the measured lines' blue, the failed points' red and the band's green are on screen
     pixels = Image.open(shot).convert("RGB").getdata()
     colours = {"measured": (31, 119, 180), "failed": (214, 39, 40)}
-    seen = {name: sum(1 for p in pixels if all(abs(a - b) <= 12 for a, b in zip(p, rgb, strict=True))) for name, rgb in colours.items()}
+    seen = {
+        name: sum(1 for p in pixels if all(abs(a - b) <= 12 for a, b in zip(p, rgb, strict=True)))
+        for name, rgb in colours.items()
+    }
     band = sum(1 for r, g, b in pixels if g > r + 15 and g > b + 15)  # the translucent green band
     assert seen["measured"] > 500 and seen["failed"] > 20 and band > 2000, (seen, band)

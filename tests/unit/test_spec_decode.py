@@ -28,12 +28,15 @@ def write_questions(path: Path, rows: list[object]) -> Path:
 
 
 def test_mtbench_scores_every_question_first_turn_only(tmp_path: Path) -> None:
-    path = write_questions(tmp_path / "question.jsonl", [
-        {"question_id": 81, "category": "writing", "turns": ["w12 w7 w3", "second turn"]},
-        {"question_id": 82, "category": "writing", "turns": ["w1"]},
-        {"question_id": 101, "category": "reasoning", "turns": ["w5 w6"]},
-        "",
-    ])
+    path = write_questions(
+        tmp_path / "question.jsonl",
+        [
+            {"question_id": 81, "category": "writing", "turns": ["w12 w7 w3", "second turn"]},
+            {"question_id": 82, "category": "writing", "turns": ["w1"]},
+            {"question_id": 101, "category": "reasoning", "turns": ["w5 w6"]},
+            "",
+        ],
+    )
     tokenizer = WordTokenizer(1024)
     # every question (not one per category, not a prefix of the file), first turns only
     assert prompts(str(path), tokenizer, MarkovCorpus(992, 0), 1, 16) == [[12, 7, 3], [1], [5, 6]]
@@ -51,27 +54,35 @@ def test_mtbench_goes_through_the_chat_template_of_a_tokenizer_that_has_one(tmp_
     path = write_questions(tmp_path / "question.jsonl", [{"question_id": 1, "category": "math", "turns": ["w5 w6"]}])
     plain = prompts(str(path), tokenizer, MarkovCorpus(992, 0), 1, 16)
     assert plain == [tokenizer.encode("w5 w6")]
-    tokenizer.chat_template = "{% for m in messages %}<s> {{ m['content'] }} </s>{% endfor %}{% if add_generation_prompt %} w9{% endif %}"
+    tokenizer.chat_template = (
+        "{% for m in messages %}<s> {{ m['content'] }} </s>{% endfor %}{% if add_generation_prompt %} w9{% endif %}"
+    )
     (templated,) = prompts(str(path), tokenizer, MarkovCorpus(992, 0), 1, 16)
     assert templated == tokenizer.encode("<s> w5 w6 </s> w9", add_special_tokens=False) and templated != plain[0]
 
 
 def test_a_prompt_of_mostly_unknown_tokens_is_reported_not_scored(tmp_path: Path) -> None:
-    path = write_questions(tmp_path / "question.jsonl", [
-        {"question_id": 7, "category": "writing", "turns": ["w1 w2 w3"]},
-        {"question_id": 8, "category": "coding", "turns": ["Write a C++ program w4"]},  # 4 of 5 words unknown
-    ])
+    path = write_questions(
+        tmp_path / "question.jsonl",
+        [
+            {"question_id": 7, "category": "writing", "turns": ["w1 w2 w3"]},
+            {"question_id": 8, "category": "coding", "turns": ["Write a C++ program w4"]},  # 4 of 5 words unknown
+        ],
+    )
     with pytest.raises(TextSourceError, match=r"1 of 2 prompts .* question 8 \(coding\): 80% unknown tokens"):
         prompts(str(path), WordTokenizer(1024), MarkovCorpus(992, 0), 1, 16)
 
 
-@pytest.mark.parametrize(("rows", "message"), [
-    (["{not json"], ":1: not JSON"),
-    (["[1, 2]"], ":1: expected a JSON object"),
-    ([{"question_id": 1, "category": "x", "turns": []}], ":1: expected an object with a string \"category\""),
-    (["", {"question_id": 1, "turns": ["a"]}], ":2: expected an object"),
-    ([""], ": no questions"),
-])
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (["{not json"], ":1: not JSON"),
+        (["[1, 2]"], ":1: expected a JSON object"),
+        ([{"question_id": 1, "category": "x", "turns": []}], ':1: expected an object with a string "category"'),
+        (["", {"question_id": 1, "turns": ["a"]}], ":2: expected an object"),
+        ([""], ": no questions"),
+    ],
+)
 def test_bad_question_files_name_the_line(tmp_path: Path, rows: list[object], message: str) -> None:
     with pytest.raises(TextSourceError, match=message):
         read_questions(write_questions(tmp_path / "question.jsonl", rows))
@@ -111,8 +122,10 @@ def planted_drafts(wrong_at: set[int]) -> DraftAlgorithm:
     """Drafts the model's true continuation, except at absolute positions in ``wrong_at``."""
 
     def draft(model: torch.nn.Module, prefix: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-        truth = greedy(model, prefix, steps + 1)[0, prefix.shape[1]:]
-        drafts = [int(t) if prefix.shape[1] + 1 + j not in wrong_at else (int(t) + 1) % 11 for j, t in enumerate(truth[1:])]
+        truth = greedy(model, prefix, steps + 1)[0, prefix.shape[1] :]
+        drafts = [
+            int(t) if prefix.shape[1] + 1 + j not in wrong_at else (int(t) + 1) % 11 for j, t in enumerate(truth[1:])
+        ]
         return truth[:1].view(1, 1), torch.tensor([drafts])
 
     return DraftAlgorithm("planted", "planted_heads", lambda steps, base: [], draft)
@@ -134,18 +147,29 @@ def test_acceptance_counts_like_megatron_and_decoding_stays_lossless() -> None:
         assert torch.equal(speculative(model, planted_drafts(wrong), prompt, 10, steps=3), truth)
 
 
-def test_pipeline_layouts_are_rejected_and_eagle_skips_on_cpu_only_with_a_reason(write_suite, monkeypatch) -> None:  # noqa: ANN001
+def test_pipeline_layouts_are_rejected_and_eagle_skips_on_cpu_only_with_a_reason(write_suite, monkeypatch) -> None:
     from harness.schedule import skip_reason
     from harness.suites.expand import Resources, expand
     from harness.suites.load import load_suite
     from harness.suites.yaml_lines import SuiteError
 
-    text = "suite: sp\ncheck: spec_decode\nmatrix:\n  model: [tiny-gpt]\n  layout: [{layout}]\n  algorithm: [medusa, eagle3]\n"
+    text = (
+        "suite: sp\ncheck: spec_decode\nmatrix:\n  model: [tiny-gpt]\n"
+        "  layout: [{layout}]\n  algorithm: [medusa, eagle3]\n"
+    )
     with pytest.raises(SuiteError, match="speculative decoding runs without pipeline parallelism"):
-        expand([load_suite(write_suite(text.format(layout="{tp: 1, pp: 2}"), "pp.yaml"))], Resources(cpu_ranks=2, gpus=0))
-    cases = expand([load_suite(write_suite(text.format(layout="{tp: 1, pp: 1}"), "tp.yaml"))], Resources(cpu_ranks=2, gpus=0))
+        expand(
+            [load_suite(write_suite(text.format(layout="{tp: 1, pp: 2}"), "pp.yaml"))], Resources(cpu_ranks=2, gpus=0)
+        )
+    cases = expand(
+        [load_suite(write_suite(text.format(layout="{tp: 1, pp: 1}"), "tp.yaml"))], Resources(cpu_ranks=2, gpus=0)
+    )
     reasons = {c.id: skip_reason(c, Resources(cpu_ranks=2, gpus=0)) for c in cases}
     assert reasons == {"sp/tiny-gpt/tp1pp1/medusa-k3-t150/none": None, "sp/tiny-gpt/tp1pp1/eagle3-k3-t150/none": None}
-    monkeypatch.setattr("harness.runtime.drafts.version", lambda package: "0.46.1")  # a modelopt the stand-ins were not verified on
+    monkeypatch.setattr(
+        "harness.runtime.drafts.version", lambda package: "0.46.1"
+    )  # a modelopt the stand-ins were not verified on
     eagle = skip_reason(cases[1], Resources(cpu_ranks=2, gpus=0))
-    assert eagle is not None and eagle.startswith("GPU only: eagle3: modelopt's Megatron EAGLE module is built from Transformer Engine")
+    assert eagle is not None and eagle.startswith(
+        "GPU only: eagle3: modelopt's Megatron EAGLE module is built from Transformer Engine"
+    )

@@ -38,8 +38,14 @@ def test_pairs_stop_once_the_interval_is_tight_and_warm_up_is_discarded(cv: floa
 
 def test_noisier_timings_take_more_pairs_and_max_pairs_bounds_them() -> None:
     plan = PairingPlan(warmup=0, min_pairs=10, max_pairs=60, half_width=0.02)
-    pairs = [len(interleaved(noisy_timer(2.0, cv, random.Random(5), []), noisy_timer(1.0, cv, random.Random(6), []), plan, 1).a_s)
-             for cv in (0.01, 0.04, 0.5)]
+    pairs = [
+        len(
+            interleaved(
+                noisy_timer(2.0, cv, random.Random(5), []), noisy_timer(1.0, cv, random.Random(6), []), plan, 1
+            ).a_s
+        )
+        for cv in (0.01, 0.04, 0.5)
+    ]
     assert pairs[0] < pairs[1] <= pairs[2] == 60
 
 
@@ -60,8 +66,11 @@ def test_the_interval_target_follows_what_the_case_judges() -> None:
     assert (tight.half_width, tight.min_pairs, tight.max_pairs) == (pytest.approx(0.02), 15, 60)
 
     def tiers(platform: str, trained: bool) -> set[tuple[float, int, int, float]]:
-        return {(round(plan.half_width, 9), plan.min_pairs, plan.max_pairs, budgets[key]) for key, plan in plans.items()
-                if key.endswith(f"[{platform}]") and not key.startswith("spec-hf/") and ("-t0/" not in key) == trained}
+        return {
+            (round(plan.half_width, 9), plan.min_pairs, plan.max_pairs, budgets[key])
+            for key, plan in plans.items()
+            if key.endswith(f"[{platform}]") and not key.startswith("spec-hf/") and ("-t0/" not in key) == trained
+        }
 
     assert tiers("cpu", trained=True) == {(0.04, 15, 120, 0.05)}
     assert tiers("cpu", trained=False) == {(0.12, 10, 20, 0.15)}
@@ -73,14 +82,32 @@ def test_the_interval_target_follows_what_the_case_judges() -> None:
 
 def spec_result(case: Case, ar: tuple[float, ...], spec: tuple[float, ...]) -> CaseResult:
     metrics = {"speedup": 1.5, "speedup_ci_half_width": 0.02, "timing_pairs": float(len(ar)), "acceptance_length": 2.0}
-    return CaseResult(CaseOutcome(case, metrics, None, 1.0, "/tmp/x", timings={"autoregressive": ar, "speculative": spec}))
+    return CaseResult(
+        CaseOutcome(case, metrics, None, 1.0, "/tmp/x", timings={"autoregressive": ar, "speculative": spec})
+    )
 
 
 def test_the_benchmark_document_is_pytest_benchmarks_and_compare_reads_two_runs(tmp_path: Path) -> None:
     from harness.models.zoo import ZOO
 
-    case = Case("spec/m/tp1pp1/medusa-k2-t150/none", "spec", "spec_decode", "m", ZOO["tiny-gpt"], Layout(), "none", {}, "cpu", 1, (),
-                {}, {}, 60.0, 0, "suites/spec.yaml:1")
+    case = Case(
+        "spec/m/tp1pp1/medusa-k2-t150/none",
+        "spec",
+        "spec_decode",
+        "m",
+        ZOO["tiny-gpt"],
+        Layout(),
+        "none",
+        {},
+        "cpu",
+        1,
+        (),
+        {},
+        {},
+        60.0,
+        0,
+        "suites/spec.yaml:1",
+    )
     results = [spec_result(case, (1.5, 1.6, 1.4), (1.0, 1.1, 0.9))]
     benches = timed_paths(results[0])
     assert [b.name for b in benches] == [f"{case.id}[autoregressive]", f"{case.id}[speculative]"]
@@ -89,11 +116,24 @@ def test_the_benchmark_document_is_pytest_benchmarks_and_compare_reads_two_runs(
     assert {"machine_info", "commit_info", "benchmarks", "datetime", "version"} <= set(document)
     assert document["benchmarks"][0]["stats"]["data"] == [1.5, 1.6, 1.4]
     first = save_to_storage(tmp_path / "store", document)
-    second = save_to_storage(tmp_path / "store", benchmark_document([spec_result(case, (1.5, 1.5, 1.5), (1.2, 1.2, 1.3))], {}))
+    second = save_to_storage(
+        tmp_path / "store", benchmark_document([spec_result(case, (1.5, 1.5, 1.5), (1.2, 1.2, 1.3))], {})
+    )
     assert first.name.startswith("0001_") and second.name.startswith("0002_") and first.parent == second.parent
-    compare = subprocess.run([sys.executable, "-m", "pytest_benchmark", "--storage", str(tmp_path / "store"), "compare", "--columns", "median"],
-                             capture_output=True, text=True, check=False)
+    compare = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest_benchmark",
+            "--storage",
+            str(tmp_path / "store"),
+            "compare",
+            "--columns",
+            "median",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert compare.returncode == 0, compare.stderr
     assert "medusa-k2-t150/none[speculative] (0001" in compare.stdout and "(0002" in compare.stdout
-
-

@@ -35,75 +35,86 @@ def problems(path: Path, resources: Resources = TWO_RANKS) -> list[str]:
     return lines
 
 
-def test_good_suite_expands(write_suite) -> None:  # noqa: ANN001
+def test_good_suite_expands(write_suite) -> None:
     cases = expand(load_suites([write_suite(GOOD)]), TWO_RANKS)
-    assert sorted(c.id for c in cases) == sorted([
-        "demo/tiny-gpt/tp1pp1/none", "demo/tiny-gpt/tp1pp1/int4_awq",
-        "demo/tiny-gpt/tp2pp1/none", "demo/tiny-gpt/tp2pp1/int4_awq",
-        "demo/tiny-gpt/tp2pp1->tp1pp1/none", "demo/tiny-gpt/tp2pp1->tp1pp1/int4_awq",
-    ])
+    assert sorted(c.id for c in cases) == sorted(
+        [
+            "demo/tiny-gpt/tp1pp1/none",
+            "demo/tiny-gpt/tp1pp1/int4_awq",
+            "demo/tiny-gpt/tp2pp1/none",
+            "demo/tiny-gpt/tp2pp1/int4_awq",
+            "demo/tiny-gpt/tp2pp1->tp1pp1/none",
+            "demo/tiny-gpt/tp2pp1->tp1pp1/int4_awq",
+        ]
+    )
 
 
-def test_typo_in_top_level_key(write_suite) -> None:  # noqa: ANN001
+def test_typo_in_top_level_key(write_suite) -> None:
     path = write_suite(GOOD.replace("matrix:", "matrix:", 1) + "tolerence: {}\n")
-    assert problems(path) == [f"{path}:10: tolerence: unknown key; a suite takes suite, check, description, markers, platforms, slow, "
-                              "timeout_s, seed, params, models, matrix, exclude, tolerances, budgets, overrides, known_defects"]
+    assert problems(path) == [
+        f"{path}:10: tolerence: unknown key; a suite takes suite, check, description, markers, platforms, slow, "
+        "timeout_s, seed, params, models, matrix, exclude, tolerances, budgets, overrides, known_defects"
+    ]
 
 
-def test_every_problem_of_a_suite_in_one_run(write_suite) -> None:  # noqa: ANN001
+def test_every_problem_of_a_suite_in_one_run(write_suite) -> None:
     """A duplicate key, a top-level typo, an unknown `when:` key and an impossible layout: four stages
     of validation, one report."""
-    text = GOOD.replace("check: ckpt_roundtrip\n", "check: ckpt_roundtrip\ntimeout_s: 60\ntimeout_s: 90\ntolerence: {}\n")
+    text = GOOD.replace(
+        "check: ckpt_roundtrip\n", "check: ckpt_roundtrip\ntimeout_s: 60\ntimeout_s: 90\ntolerence: {}\n"
+    )
     text = text.replace("    - {tp: 2, pp: 1}\n", "    - {tp: 1, pp: 3}\n")
     text += "overrides:\n  - when: {optimisation: int4_awq}\n    tolerances: {max_abs_logit_diff: {abs: 1.0}}\n"
     path = write_suite(text)
     found = [line.removeprefix(f"{path}:") for line in problems(path, Resources(cpu_ranks=4, gpus=0))]
     assert found == [
         "4: timeout_s: duplicate key",
-        "5: tolerence: unknown key; a suite takes suite, check, description, markers, platforms, slow, timeout_s, seed, params, models, "
+        "5: tolerence: unknown key; a suite takes suite, check, description, markers, platforms, slow, timeout_s, "
+        "seed, params, models, "
         "matrix, exclude, tolerances, budgets, overrides, known_defects",
-        "14: overrides[0].when.optimisation: unknown key; keys are model, layout, optimization, dtype, platform or params of ckpt_roundtrip",
+        "14: overrides[0].when.optimisation: unknown key; keys are model, layout, optimization, dtype, platform or "
+        "params of ckpt_roundtrip",
         "10: matrix.layout[1]: num_layers 4 of model tiny-gpt is not divisible by pp=3",
     ]
 
 
-def test_typo_in_matrix_axis(write_suite) -> None:  # noqa: ANN001
+def test_typo_in_matrix_axis(write_suite) -> None:
     path = write_suite(GOOD.replace("reload_layout:", "reload_layuot:"))
     [line] = problems(path)
     assert line.startswith(f"{path}:9: matrix.reload_layuot: unknown key")
 
 
-def test_unknown_model(write_suite) -> None:  # noqa: ANN001
+def test_unknown_model(write_suite) -> None:
     path = write_suite(GOOD.replace("[tiny-gpt]", "[tiny-gtp]"))
     [line] = problems(path)
     assert line.startswith(f"{path}:4: matrix.model[0]: unknown model 'tiny-gtp'")
 
 
-def test_heads_not_divisible_by_tp(write_suite) -> None:  # noqa: ANN001
+def test_heads_not_divisible_by_tp(write_suite) -> None:
     path = write_suite(GOOD.replace("{tp: 2, pp: 1}\n  opt", "{tp: 3, pp: 1}\n  opt"))
     found = problems(path, Resources(cpu_ranks=8, gpus=0))
     assert f"{path}:7: matrix.layout[1]: num_attention_heads 8 of model tiny-gpt is not divisible by tp=3" in found
     assert all(line.startswith(f"{path}:7: matrix.layout[1]: ") for line in found)
 
 
-def test_reload_layout_is_validated_too(write_suite) -> None:  # noqa: ANN001
+def test_reload_layout_is_validated_too(write_suite) -> None:
     path = write_suite(GOOD.replace("reload_layout: [same, {tp: 1, pp: 1}]", "reload_layout: [same, {tp: 1, pp: 3}]"))
     found = problems(path, Resources(cpu_ranks=8, gpus=0))
     assert f"{path}:9: matrix.reload_layout[1]: num_layers 4 of model tiny-gpt is not divisible by pp=3" in found
 
 
-def test_more_ranks_than_the_machine_has(write_suite) -> None:  # noqa: ANN001
+def test_more_ranks_than_the_machine_has(write_suite) -> None:
     path = write_suite(GOOD.replace("{tp: 2, pp: 1}\n  opt", "{tp: 2, pp: 2}\n  opt"))
     [line] = problems(path)
     assert line == f"{path}:7: matrix.layout[1]: needs 4 ranks but this machine offers 2 cpu ranks"
 
 
-def test_gpu_cases_without_gpus_are_not_rejected(write_suite) -> None:  # noqa: ANN001
+def test_gpu_cases_without_gpus_are_not_rejected(write_suite) -> None:
     path = write_suite("platforms: [gpu]\n" + GOOD.replace("{tp: 2, pp: 1}\n  opt", "{tp: 4, pp: 2}\n  opt"))
     assert len(expand(load_suites([path]), TWO_RANKS)) == 6
 
 
-def test_a_one_gpu_machine_skips_the_cases_that_need_more_gpus(write_suite) -> None:  # noqa: ANN001
+def test_a_one_gpu_machine_skips_the_cases_that_need_more_gpus(write_suite) -> None:
     from harness.schedule import schedule
 
     one_gpu = Resources(cpu_ranks=2, gpus=1, gpu_name="NVIDIA H100 80GB HBM3")
@@ -118,33 +129,57 @@ def test_a_one_gpu_machine_skips_the_cases_that_need_more_gpus(write_suite) -> N
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
-        (lambda t: t.replace("[none, int4_awq]", "[none, int3_awq]"), ":8: matrix.optimization[1]: unknown optimization 'int3_awq'"),
-        (lambda t: t.replace("check: ckpt_roundtrip", "check: ckpt_rondtrip"), ":2: check: unknown check 'ckpt_rondtrip'"),
-        (lambda t: t + "tolerances:\n  max_abs_logit_dif: {abs: 0}\n", ":11: tolerances.max_abs_logit_dif: unknown metric"),
-        (lambda t: t + "tolerances:\n  max_abs_logit_diff: {abs: -1}\n", ":11: tolerances.max_abs_logit_diff.abs: Input should be greater"),
+        (
+            lambda t: t.replace("[none, int4_awq]", "[none, int3_awq]"),
+            ":8: matrix.optimization[1]: unknown optimization 'int3_awq'",
+        ),
+        (
+            lambda t: t.replace("check: ckpt_roundtrip", "check: ckpt_rondtrip"),
+            ":2: check: unknown check 'ckpt_rondtrip'",
+        ),
+        (
+            lambda t: t + "tolerances:\n  max_abs_logit_dif: {abs: 0}\n",
+            ":11: tolerances.max_abs_logit_dif: unknown metric",
+        ),
+        (
+            lambda t: t + "tolerances:\n  max_abs_logit_diff: {abs: -1}\n",
+            ":11: tolerances.max_abs_logit_diff.abs: Input should be greater",
+        ),
         (lambda t: t + "exclude:\n  - {layuot: {tp: 2}}\n", ":11: exclude[0].layuot: unknown key"),
         (lambda t: t + "params: {decode_tokens: 0}\n", ":10: params.decode_tokens: Input should be greater than 0"),
         (lambda t: t + "params: {reload_layout: same}\n", ":10: params.reload_layout: also a matrix axis"),
-        (lambda t: t + "overrides:\n  - when: {optimization: none}\n    params: {reload_layout: same}\n",
-         ":12: overrides[0].params.reload_layout: also a matrix axis"),
-        (lambda t: t + "overrides:\n  - when: {optimization: none}\n    params: {decode_tokns: 4}\n",
-         ":12: overrides[0].params.decode_tokns: unknown key"),
-        (lambda t: t + "overrides:\n  - when: {optimization: none}\n    params: {decode_tokens: 0}\n",
-         ":12: overrides[0].params.decode_tokens: Input should be greater than 0"),
-        (lambda t: t.replace("{tp: 1, pp: 1}\n    - {tp: 2", "{tp: 1, pp: 1, dp: 2}\n    - {tp: 2"), ":6: matrix.layout[0].dp: Extra inputs"),
+        (
+            lambda t: t + "overrides:\n  - when: {optimization: none}\n    params: {reload_layout: same}\n",
+            ":12: overrides[0].params.reload_layout: also a matrix axis",
+        ),
+        (
+            lambda t: t + "overrides:\n  - when: {optimization: none}\n    params: {decode_tokns: 4}\n",
+            ":12: overrides[0].params.decode_tokns: unknown key",
+        ),
+        (
+            lambda t: t + "overrides:\n  - when: {optimization: none}\n    params: {decode_tokens: 0}\n",
+            ":12: overrides[0].params.decode_tokens: Input should be greater than 0",
+        ),
+        (
+            lambda t: t.replace("{tp: 1, pp: 1}\n    - {tp: 2", "{tp: 1, pp: 1, dp: 2}\n    - {tp: 2"),
+            ":6: matrix.layout[0].dp: Extra inputs",
+        ),
         (lambda t: t + "suite: again\n", ":10: suite: duplicate key"),
         (lambda t: t.replace("  model: [tiny-gpt]", "  model: [tiny-gpt"), ":5: <yaml>:"),
     ],
 )
-def test_one_line_errors(write_suite, edit, expected: str) -> None:  # noqa: ANN001
+def test_one_line_errors(write_suite, edit, expected: str) -> None:
     path = write_suite(edit(GOOD))
     found = problems(path)
     assert any(line.startswith(f"{path}{expected}") for line in found), found
 
 
-def test_an_override_sets_params_of_the_cases_it_names_and_no_id_changes(write_suite) -> None:  # noqa: ANN001
+def test_an_override_sets_params_of_the_cases_it_names_and_no_id_changes(write_suite) -> None:
     plain = {c.id: c for c in expand(load_suites([write_suite(GOOD)]), TWO_RANKS)}
-    path = write_suite(GOOD + "overrides:\n  - when: {optimization: int4_awq, layout: {tp: 2, pp: 1}}\n    params: {decode_tokens: 3}\n")
+    path = write_suite(
+        GOOD
+        + "overrides:\n  - when: {optimization: int4_awq, layout: {tp: 2, pp: 1}}\n    params: {decode_tokens: 3}\n"
+    )
     cases = {c.id: c for c in expand(load_suites([path]), TWO_RANKS)}
     assert cases.keys() == plain.keys()
     changed = {case_id for case_id, case in cases.items() if case.params != plain[case_id].params}
@@ -161,13 +196,14 @@ def test_real_suites_are_valid() -> None:
     assert len({c.optimization for c in ckpt} - {"none"}) >= 2
 
 
-def test_cli_reports_suite_errors_without_traceback(write_suite, capsys) -> None:  # noqa: ANN001
+def test_cli_reports_suite_errors_without_traceback(write_suite, capsys) -> None:
     from harness.cli import EXIT_USAGE, main
 
     path = write_suite(textwrap.dedent(GOOD).replace("[tiny-gpt]", "[nope]"))
     assert main(["list", str(path)]) == EXIT_USAGE
     err = capsys.readouterr().err
-    known = "tiny-gpt, tiny-gpt-student, tiny-gpt-layernorm, tiny-moe, tiny-gpt-trained, tiny-moe-trained, tiny-mamba-hybrid"
+    dense = ["tiny-gpt", "tiny-gpt-student", "tiny-gpt-layernorm"]
+    known = ", ".join([*dense, "tiny-moe", "tiny-gpt-trained", "tiny-moe-trained", "tiny-mamba-hybrid"])
     assert err.strip() == f"harness: {path}:4: matrix.model[0]: unknown model 'nope'; known: {known}"
 
 
@@ -182,13 +218,17 @@ def test_quant_suite_covers_formats_and_layouts() -> None:
     assert int8.budgets["accuracy_delta_pts"].min == -0.5  # the suite's absolute budget, via an override
 
 
-def test_an_override_may_name_the_platform(write_suite) -> None:  # noqa: ANN001
+def test_an_override_may_name_the_platform(write_suite) -> None:
     """One suite, two platforms, a budget per platform (spec.yaml's speedup interval: +-5% CPU, +-2% GPU)."""
     text = GOOD.replace("check: ckpt_roundtrip\n", "check: ckpt_roundtrip\nplatforms: [cpu, gpu]\n")
     text += "overrides:\n  - when: {platform: gpu}\n    budgets: {max_abs_logit_diff: {max: 0.5}}\n"
     cases = expand(load_suites([write_suite(text)]), TWO_RANKS)
-    limits = {platform: {(b.max if (b := c.budgets.get("max_abs_logit_diff")) else None) for c in cases if c.platform == platform}
-              for platform in ("cpu", "gpu")}
+    limits = {
+        platform: {
+            (b.max if (b := c.budgets.get("max_abs_logit_diff")) else None) for c in cases if c.platform == platform
+        }
+        for platform in ("cpu", "gpu")
+    }
     assert limits["gpu"] == {0.5} and 0.5 not in limits["cpu"]  # every GPU case, no CPU case
     bad = write_suite(text.replace("{platform: gpu}", "{platform: tpu}"))
     [line] = problems(bad)
