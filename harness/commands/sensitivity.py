@@ -132,7 +132,10 @@ def run_case(
     ]
     if not applied:
         return CaseRun(mutation.name, case.key, case.check, skipped="the workers did not report the mutation applied")
-    here = _failing(compare(outcome, store, False, info, across_machines=False))
+    judged = compare(outcome, store, False, info, across_machines=False)
+    # the mutated case's verdict as `harness run` prints it: what a user would see if the defect shipped
+    write_text_atomic(Path(outcome.artifacts) / "verdict.txt", judged.message() + "\n")
+    here = _failing(judged)
     elsewhere = compare(outcome, store, False, info, across_machines=True)
     there, judged_there = _failing(elsewhere), {m.name: m for m in elsewhere.metrics}
     catches = tuple(
