@@ -168,6 +168,19 @@ class CaseNoise:
         }
         return cls(metrics, tuple(runs), dict(errors), provenance)
 
+    def extended(self, newer: CaseNoise) -> CaseNoise:
+        """This record with ``newer``'s samples added (``newer`` wins where both ran a label): a study can grow
+        one variation at a time, all against the same reference."""
+        names = sorted(set(self.metrics) | set(newer.metrics))
+        empty = MetricNoise({})
+        metrics = {
+            name: MetricNoise(self.metrics.get(name, empty).samples | newer.metrics.get(name, empty).samples)
+            for name in names
+        }
+        variations = tuple(dict.fromkeys((*self.variations, *newer.variations)))
+        earlier = [*self.provenance.get("earlier", []), {k: self.provenance.get(k) for k in ("date", "commit")}]
+        return CaseNoise(metrics, variations, self.errors | newer.errors, newer.provenance | {"earlier": earlier})
+
     def to_json(self) -> dict[str, Any]:
         return {
             "variations": list(self.variations),

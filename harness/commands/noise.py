@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from harness.noise import (
     CaseNoise,
     Variation,
     noise_path,
+    read_noise_file,
     write_case_noise,
 )
 from harness.pipeline import launch, with_reference
@@ -63,6 +65,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--artifacts", type=Path, default=Path("artifacts") / "noise", help="worker logs and case files"
     )
+    parser.add_argument(
+        "--add",
+        action="store_true",
+        help="add these variations' samples to the cases' existing records (needs --reference baseline: the same "
+        "reference) instead of replacing them",
+    )
+    parser.add_argument(
+        "--from-run",
+        type=Path,
+        metavar="RESULTS",
+        help="take one variation's samples from a finished `harness run --variation NAME` (its results.json, run on "
+        "this fingerprint) instead of running it again",
+    )
 
 
 def _runs(variations: list[Variation], repeats: int) -> dict[str, Variation | None]:
@@ -98,6 +113,8 @@ def _study(
     info: dict[str, object],
     artifacts: Path,
     reuse_baseline: bool,
+    imported: dict[str, dict[str, dict[str, float]]],
+    add: bool,
 ) -> str:
     case = item.case
     entry = store.entry(case.platform, case.suite, case.id) or {}
@@ -109,6 +126,10 @@ def _study(
             label in VARIATIONS and label != REPEAT and not VARIATIONS[label].environment(case.world_size)
         ):
             continue  # the reused reference, or a variation that changes nothing for this world size
+        if label in imported:
+            if case.id in imported[label]:
+                runs[label] = imported[label][case.id]
+            continue
         outcome = launch(with_reference(item, store, update=False), launcher, artifacts)
         seconds[label] = outcome.duration_s
         if outcome.error is not None:
@@ -119,6 +140,10 @@ def _study(
         return f"{case.key}: no record, the reference run failed: {errors.get(REFERENCE)}"
     reference = "a fresh run" if REFERENCE in seconds else "the recorded baseline"
     record = CaseNoise.from_samples(runs, errors, info | {"reference": reference})
+    if add and REFERENCE in seconds:
+        return f"{case.key}: not added: its baseline was recorded on another fingerprint (the record's reference)"
+    earlier = read_noise_file(noise_path(store.path(case.platform, case.suite))).get(case.id) if add else None
+    record = earlier.extended(record) if earlier is not None else record
     write_case_noise(
         noise_path(store.path(case.platform, case.suite)), case.suite, store.environment(case.platform), case.id, record
     )
@@ -149,6 +174,25 @@ def _study(
     return "\n".join(lines)
 
 
+def _finished_run(path: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """A `harness run --variation NAME` results file as {NAME: {case id: metrics}}: its finished CPU cases'
+    metrics are that variation's samples, measured on this fingerprint (checked) like a study's own run."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    recorded = data["provenance"]
+    name = recorded.get("variation")
+    if name not in VARIATIONS:
+        raise ValueError(f"not a run under a noise variation (provenance variation: {name!r})")
+    here = provenance(Path.cwd())
+    if fingerprint(recorded | {"variation": None}, "cpu") != fingerprint(here | {"variation": None}, "cpu"):
+        raise ValueError("measured on another fingerprint (processor, pins, threads or torch) than this machine's")
+    cases = {
+        c["id"]: {m["name"]: m["measured"] for m in c["metrics"] if m["measured"] is not None}
+        for c in data["cases"]
+        if c["platform"] == "cpu" and c["metrics"] and not c["error"]
+    }
+    return {name: cases}
+
+
 def main(args: argparse.Namespace) -> int:
     from harness.pipeline import collect
     from harness.schedule import schedule
@@ -164,6 +208,19 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    if args.add and args.reference != "baseline":
+        print(
+            "harness: --add extends records measured against the baseline: give --reference baseline", file=sys.stderr
+        )
+        return EXIT_USAGE
+    imported = {}
+    if args.from_run is not None:
+        try:
+            imported = _finished_run(args.from_run)
+        except (OSError, ValueError, KeyError) as err:
+            print(f"harness: --from-run {args.from_run}: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        names += [name for name in imported if name not in names]
     variations = []
     for name in names:
         why = VARIATIONS[name].unavailable()
@@ -197,9 +254,8 @@ def main(args: argparse.Namespace) -> int:
             }
             try:
                 for item in group:
-                    print(
-                        _study(item, launchers, store, info, args.artifacts, args.reference == "baseline"), flush=True
-                    )
+                    reuse = args.reference == "baseline"
+                    print(_study(item, launchers, store, info, args.artifacts, reuse, imported, args.add), flush=True)
             finally:
                 for launcher in launchers.values():
                     launcher.close()

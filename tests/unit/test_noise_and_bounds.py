@@ -41,6 +41,19 @@ def test_records_round_trip_one_case_at_a_time_and_a_bad_file_is_named(tmp_path:
         read_noise_file(path)
 
 
+def test_a_record_grows_one_variation_at_a_time_against_the_same_reference() -> None:
+    first = CaseNoise.from_samples(
+        {"reference": {"x": 1.0}, "unpinned": {"x": 1.002}}, {}, {"date": "d1", "commit": "a"}
+    )
+    later = CaseNoise.from_samples({"reference": {"x": 1.0, "y": 5.0}, "isa-avx512": {"x": 0.99, "y": 5.0}}, {}, {})
+    grown = first.extended(later)
+    assert grown.variations == ("reference", "unpinned", "isa-avx512")
+    assert grown.metrics["x"].samples == {"reference": 1.0, "unpinned": 1.002, "isa-avx512": 0.99}
+    assert grown.metrics["x"].band(True) == pytest.approx(MULTIPLIER * 0.01)
+    assert grown.metrics["y"].samples == {"reference": 5.0, "isa-avx512": 5.0}
+    assert grown.provenance["earlier"] == [{"date": "d1", "commit": "a"}]
+
+
 def test_variations_change_what_they_say() -> None:
     assert VARIATIONS["threads"].environment(1) == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     assert VARIATIONS["threads"].environment(2) == {}  # one thread per rank already: the study skips it there
