@@ -25,6 +25,10 @@ def missing() -> list[str]:
 
 def slurm_conf(folder: Path, nodes: int) -> str:
     last = NODE_PORT + nodes - 1
+    node = (
+        f"NodeName=node[1-{nodes}] NodeHostname=localhost NodeAddr=127.0.0.1 "
+        f"Port=[{NODE_PORT}-{last}] CPUs={CPUS_PER_NODE} State=UNKNOWN"
+    )
     return f"""\
 ClusterName=harness
 SlurmctldHost=localhost(127.0.0.1)
@@ -52,8 +56,7 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/filetxt
 JobCompLoc={folder}/jobcomp.txt
 KillWait=5
-NodeName=node[1-{nodes}] NodeHostname=localhost NodeAddr=127.0.0.1 Port=[{NODE_PORT}-{last}] CPUs={CPUS_PER_NODE}
-State=UNKNOWN
+{node}
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
 
