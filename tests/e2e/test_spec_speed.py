@@ -1,4 +1,4 @@
-"""Speculative decoding speed end to end: a healthy baseline, then a 10% slower draft-then-verify loop that must
+"""Speculative decoding speed end to end: a healthy baseline, then a 20% slower draft-then-verify loop that must
 fail its case (pytest-benchmark's table and files on the way)."""
 
 from __future__ import annotations
@@ -28,12 +28,14 @@ matrix:
 
 
 @pytest.mark.e2e
-def test_a_ten_percent_slower_draft_path_fails_its_case(
+def test_a_twenty_percent_slower_draft_path_fails_its_case(
     pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A healthy run under pytest records the baseline and shows the case in pytest-benchmark's table
-    and JSON; the same case with its speculative loop 10% slower (tests.support.fault_checks:SLOWER_SPEC)
-    must then fail on the speedup, naming baseline, measured value and tolerance."""
+    and JSON; the same case with its speculative loop 20% slower (tests.support.fault_checks:SLOWER_SPEC)
+    must then fail on the speedup, naming baseline, measured value and tolerance. The verdict widens the 5%
+    requirement by both runs' 95% intervals (their hypot), so on a shared machine (+-3.5% and +-4.6% seen in
+    CI) a 10% drop is honestly "not sure"; the 10% catch is the sensitivity self-test's (spec-draft-loop-10pct)."""
     from harness.cli import main
 
     baselines, storage = tmp_path / "baselines", tmp_path / "benchmarks"
@@ -95,7 +97,7 @@ def test_a_ten_percent_slower_draft_path_fails_its_case(
     metrics = {m["name"]: m for m in case["metrics"]}
     assert case["verdict"] == "fail" and metrics["speedup"]["verdict"] == "fail", metrics["speedup"]
     assert metrics["lossless_mismatches"]["measured"] == 0  # slower, still correct
-    assert 0.85 < metrics["speedup"]["measured"] / base["speedup"] < 1 / (1 + SLOWDOWN) + 0.04
+    assert 0.75 < metrics["speedup"]["measured"] / base["speedup"] < 1 / (1 + SLOWDOWN) + 0.04
     assert json.loads((artifacts / "benchmarks.json").read_text())["benchmarks"][1]["name"].endswith("[speculative]")
     compare = subprocess.run(
         [sys.executable, "-m", "pytest_benchmark", "--storage", str(storage), "compare", "--columns", "median"],

@@ -1,4 +1,4 @@
-"""Speculative decoding speed: interleaved pairs until the speedup's interval is tight, a 10% slower
+"""Speculative decoding speed: interleaved pairs until the speedup's interval is tight, a slower
 draft-then-verify loop fails its case, and the timings land in pytest-benchmark's format (its table
 under pytest, its JSON files, and `pytest-benchmark compare` across two runs)."""
 
