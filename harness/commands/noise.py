@@ -13,7 +13,7 @@ from pathlib import Path
 from harness.baselines import BaselineStore
 from harness.environment import fingerprint
 from harness.exit_codes import EXIT_USAGE
-from harness.launchers.local import LocalLauncher
+from harness.launchers.local import LocalLauncher, raised
 from harness.noise import (
     DEFAULT_VARIATIONS,
     REFERENCE,
@@ -133,7 +133,7 @@ def _study(
         outcome = launch(with_reference(item, store, update=False), launcher, artifacts)
         seconds[label] = outcome.duration_s
         if outcome.error is not None:
-            errors[label] = outcome.error.strip().splitlines()[-1][:300]
+            errors[label] = raised(outcome.error)
         else:
             runs[label] = outcome.metrics
     if REFERENCE not in runs:

@@ -15,7 +15,7 @@ from harness.atomic import write_json_atomic, write_text_atomic
 from harness.baselines import BaselineStore, compare
 from harness.exit_codes import EXIT_FAILED, EXIT_USAGE
 from harness.launchers.common import MUTATION_VARIABLE
-from harness.launchers.local import LocalLauncher
+from harness.launchers.local import LocalLauncher, raised, traceback_lines
 from harness.mutations import MUTATIONS
 from harness.mutations.base import Mutation
 from harness.pipeline import launch, with_reference
@@ -74,21 +74,8 @@ class CaseRun:
         return (self.error is not None and not self.broken) or any(c.portable for c in self.catches)
 
 
-def _traceback(error: str) -> list[str]:
-    """The worker's traceback: the case error's lines before the log tail the launcher appends."""
-    lines = error.strip().splitlines()
-    tail = next((i for i, line in enumerate(lines) if line.startswith("--- rank")), len(lines))
-    return [line for line in lines[:tail] if line.strip()]
-
-
-def _raised(error: str) -> str:
-    """The exception a mutated case ended with (its traceback's last line)."""
-    lines = _traceback(error)
-    return (lines[-1] if lines else error.strip())[:300]
-
-
 def _in_mutation(error: str) -> bool:
-    frames = [line for line in _traceback(error) if line.lstrip().startswith('File "')]
+    frames = [line for line in traceback_lines(error) if line.lstrip().startswith('File "')]
     return bool(frames) and "harness/mutations/" in frames[-1]
 
 
@@ -125,7 +112,7 @@ def run_case(
     outcome = launch(with_reference(Scheduled(case, None), store, update=False), launcher, artifacts)
     if outcome.error is not None:
         return CaseRun(
-            mutation.name, case.key, case.check, error=_raised(outcome.error), broken=_in_mutation(outcome.error)
+            mutation.name, case.key, case.check, error=raised(outcome.error), broken=_in_mutation(outcome.error)
         )
     applied = [
         a for pool in launcher.pools.values() for a in pool.adaptations if a.startswith(f"MUTATION {mutation.name}:")

@@ -40,6 +40,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def traceback_lines(error: str) -> list[str]:
+    """A case error's own lines: those before the rank log tails ``_explain`` appends ("--- rank N log")."""
+    lines = error.strip().splitlines()
+    end = next((i for i, line in enumerate(lines) if line.startswith("--- rank")), len(lines))
+    return [line for line in lines[:end] if line.strip()]
+
+
+def raised(error: str) -> str:
+    """The exception a case ended with (its traceback's last line), not the last line of a log tail."""
+    lines = traceback_lines(error)
+    return (lines[-1] if lines else error.strip())[:300]
+
+
 class PoolBroken(RuntimeError):
     """The pool can no longer run cases; its message says why (with log tails)."""
 
