@@ -233,3 +233,32 @@ def test_an_override_may_name_the_platform(write_suite) -> None:
     bad = write_suite(text.replace("{platform: gpu}", "{platform: tpu}"))
     [line] = problems(bad)
     assert line == f"{bad}:12: overrides[0].when.platform: Input should be 'cpu' or 'gpu'"
+
+
+def test_yaml_merge_keys_share_matrix_parts(write_suite) -> None:
+    """``<<: *one`` works as in ``yaml.safe_load``; a stated key overrides a merged one without being a duplicate."""
+    shared = GOOD.replace("- {tp: 1, pp: 1}\n    - {tp: 2, pp: 1}", "- &one {tp: 1, pp: 1}\n    - {<<: *one, tp: 2}")
+    shared = shared.replace("[same, {tp: 1, pp: 1}]", "[same, *one]")
+    assert "<<: *one" in shared
+    plain = expand(load_suites([write_suite(GOOD)]), TWO_RANKS)
+    assert expand(load_suites([write_suite(shared)]), TWO_RANKS) == plain
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("suite: demo\nmatrix: &m\n  model: *m\n", ":2: <yaml>: an alias refers to a node that contains it"),
+        ("suite: demo\n? [a, b]\n: 1\n", ":2: <top>: a key must be a plain value, not a sequence"),
+        ("suite: demo\nmatrix:\n  <<: 3\n", ":3: matrix: expected a mapping or list of mappings for merging"),
+        (
+            "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            + "".join(f"{n}: &{n} [{', '.join([f'*{p}'] * 10)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True))
+            + "suite: demo\n",
+            "<yaml>: aliases expand this document past 100000 values",
+        ),
+    ],
+)
+def test_yaml_that_safe_load_refuses_or_explodes_is_one_line(write_suite, text: str, expected: str) -> None:
+    path = write_suite(text)
+    found = problems(path)
+    assert any(line.startswith(str(path)) and expected in line for line in found), found
