@@ -104,6 +104,8 @@ def _case(
             params = check.normalize(layout, check.params.model_validate({**params.model_dump(), **override.params}))
         except ValidationError:
             return None, []  # reported, with its line, where the suite was loaded (load._fixed_params)
+    if chosen["model"] not in suite.models:
+        return None, []  # a declared model that could not be read: reported, with its line, by load
     # The case's own copy of the model: its dtype axis value and its platform's layer spec.
     model = suite.models[chosen["model"]]
     model = replace(model, dtype=chosen["dtype"], layers=model.layers or LAYERS_BY_PLATFORM[platform])

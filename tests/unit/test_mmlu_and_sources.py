@@ -258,3 +258,25 @@ def test_scores_per_subject_micro_and_macro() -> None:
     assert scores.macro_accuracy == pytest.approx(
         0.625
     )  # every subject weighs the same; micro (0.7) weighs every question
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"architectures": ["FooForCausalLM"]}, "architecture FooForCausalLM"),
+        ({"architectures": ["LlamaForCausalLM"], "num_attention_heads": 4}, "no tokenizer"),
+    ],
+)
+def test_a_declared_model_that_cannot_be_read_is_one_line_from_list_and_run(
+    write_suite, tmp_path: Path, capsys, files: dict, expected: str
+) -> None:
+    """Not a ``KeyError`` from the expansion: the loader's own reason, its file and line, exit 2."""
+    from harness.cli import EXIT_USAGE, main
+
+    (tmp_path / "config.json").write_text(json.dumps(files))
+    path = write_suite(SOURCES.format(models=f"  m: {{hf: {tmp_path}}}", model="m"))
+    for command in (["list"], ["run", "--artifacts", str(tmp_path / "artifacts")]):
+        assert main([*command, str(path)]) == EXIT_USAGE
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"harness: {path}:4: models.m: cannot read the checkpoint"), err
+        assert expected in err[0]
