@@ -271,5 +271,10 @@ def compare(
         for name in sorted(set(outcome.metrics) | set(recorded))
     ]
     if update:
-        store.record(outcome, provenance)
+        try:
+            store.record(outcome, provenance)
+        except OSError as err:  # the folder went away or filled up mid-run: the measurement stays in the results
+            where = err.filename or store.path(case.platform, case.suite)
+            error = f"measured, but the baseline could not be written to {where}: {err.strerror or err}"
+            return CaseResult(replace(outcome, error=error), tuple(results), environment=environment)
     return CaseResult(outcome, tuple(results), environment=environment, new_environment=not known and not update)

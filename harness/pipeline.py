@@ -95,8 +95,8 @@ def run_case(item: Scheduled, launcher: Launcher, options: RunOptions, provenanc
 
 def preflight(plan: list[Scheduled], store: BaselineStore, update: bool = False) -> list[str]:
     """Problems to say before any worker starts: shipped subjects the runnable cases need that are
-    missing or not the manifest's bytes, baseline files they need that cannot be read, and
-    environments with no baselines yet (said once each)."""
+    missing or not the manifest's bytes, baseline files they need that cannot be read, a baseline folder
+    a re-record cannot write, and environments with no baselines yet (said once each)."""
     problems, notes = [], []
     for item in plan:
         if item.skip is not None:
@@ -109,6 +109,8 @@ def preflight(plan: list[Scheduled], store: BaselineStore, update: bool = False)
     files = sorted({(item.case.platform, item.case.suite) for item in plan if item.skip is None})
     problems.extend(problem for platform, suite in files if (problem := store.problem(platform, suite)) is not None)
     for platform in sorted({item.case.platform for item in plan if item.skip is None}):
+        if update and (why := unwritable(store.path(platform, "probe").parent)) is not None:
+            problems.append(f"--update-baselines cannot write there: {why}")
         if store.has_environment(platform):
             continue
         if update:

@@ -167,3 +167,24 @@ def test_every_data_file_problem_is_said_before_start_in_one_report(
         f"params.mmlu: {mmlu / 'dev' / 'law_dev.csv'}:1: 1 dev question(s), mmlu_shots asks 3"
         in capsys.readouterr().err
     )
+
+
+def test_update_baselines_into_a_folder_it_cannot_write_is_refused_before_start(tmp_path: Path, capsys) -> None:
+    (tmp_path / "baselines").mkdir()
+    (tmp_path / "baselines" / CPU_ENV).write_text("a file where the environment's folder belongs")
+    argv = ["run", CKPT, "-k", "tp1pp1/none", "--baselines", str(tmp_path / "baselines"), "--update-baselines"]
+    assert main([*argv, "--artifacts", str(tmp_path / "artifacts")]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"--update-baselines cannot write there: {tmp_path / 'baselines' / CPU_ENV}" in err
+    assert "Traceback" not in err and "nothing was run" in err
+
+
+def test_a_baseline_write_that_fails_mid_run_keeps_the_measurement_as_the_cases_error(tmp_path: Path) -> None:
+    from harness.records import CaseOutcome, Verdict
+
+    (tmp_path / "cpu").write_text("a file where the environment's folder belongs")
+    outcome = CaseOutcome(make_case(), {"x": 1.0}, None, 1.0, "/art/case")
+    result = compare(outcome, BaselineStore(tmp_path), update=True, provenance={})
+    assert result.verdict is Verdict.ERROR
+    assert result.outcome.error.startswith(f"measured, but the baseline could not be written to {tmp_path / 'cpu'}")
+    assert [(m.name, m.measured) for m in result.metrics] == [("x", 1.0)]
