@@ -278,6 +278,15 @@ def _also_write(stores: ResultStores, what: str, where: Path, write: Callable[[]
         stores.failures[what] = f"{what} {where}: {err.strerror}"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, what Slurm, CI runners and ``timeout`` send: handled as Ctrl-C is (workers, containers and
+    Slurm jobs ended, finished cases kept, the stores closed)."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def run_cases(launched: Launched, request: Request) -> Finished:
     """launch -> compare every case, each kept as it finishes (history first, then results.json), until the plan is
     done or the driver is interrupted; then the run's other outputs."""
@@ -292,15 +301,18 @@ def run_cases(launched: Launched, request: Request) -> Finished:
     # A run started in the background (nohup, cron, `cmd &` in a script) inherits an ignored SIGINT;
     # `kill -INT` is how a person or a scheduler stops a run cleanly (below), so it is always armed.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         with case_progress(len(plan)) as advance:
             for result in run_plan(plan, launcher, options, info):
                 print(result.message(), flush=True)
                 say(stores.keep(result))
                 advance(result)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up short
         interrupted = True
-        print(f"harness: interrupted after {len(results)} of {len(plan)} cases", file=sys.stderr)
+        how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+        print(f"harness: {how} after {len(results)} of {len(plan)} cases", file=sys.stderr)
     finally:
         launcher.close()
         say(stores.finish(interrupted))
@@ -322,9 +334,9 @@ def run_cases(launched: Launched, request: Request) -> Finished:
 
 
 def tell(finished: Finished, request: Request) -> int:
+    print(summary(finished.results))
     if finished.interrupted:
         return EXIT_FAILED
-    print(summary(finished.results))
     if request.update_baselines:
         print(
             f"baselines written under {request.baselines}/ "

@@ -145,16 +145,23 @@ def start_run(
     return driver, history
 
 
-def test_sigint_to_the_driver_keeps_the_finished_cases(tmp_path: Path, write_suite) -> None:
+@pytest.mark.parametrize(
+    ("stop", "said"), [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated (SIGTERM)")], ids=["int", "term"]
+)
+def test_sigint_or_sigterm_to_the_driver_keeps_the_finished_cases(
+    tmp_path: Path, write_suite, stop: signal.Signals, said: str
+) -> None:
+    """SIGTERM is what Slurm, CI runners and ``timeout`` send: the same clean stop as Ctrl-C."""
     driver, history = start_run(tmp_path, write_suite, [0.0, 600.0, 0.0])
     wait_for("the first case in the history", lambda: len(recorded_cases(history)) == 1)
     time.sleep(2)  # the second case is sleeping in its worker
     workers = psutil.Process(driver.pid).children(recursive=True)
     assert workers
-    driver.send_signal(signal.SIGINT)
-    _, err = driver.communicate(timeout=120)
+    driver.send_signal(stop)
+    out, err = driver.communicate(timeout=120)
     assert driver.returncode == EXIT_FAILED, err
-    assert "interrupted after 1 of 3 cases" in err
+    assert f"{said} after 1 of 3 cases" in err and "Traceback" not in err
+    assert "1 cases: 1 no-baseline" in out  # the summary of what finished
     store = History(history)
     (runs,) = store.case_runs("s0/").values()
     assert [(r.verdict, r.finished) for r in runs] == [("no-baseline", False)]
