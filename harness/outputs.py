@@ -16,9 +16,9 @@ from typing import Any
 from harness.atomic import unwritable
 from harness.records import CaseResult
 from harness.report import write_results
-from harness.reports.history import History
+from harness.reports.history import History, HistoryError
 
-STORE_ERRORS = (OSError, sqlite3.Error)
+STORE_ERRORS = (OSError, sqlite3.Error, HistoryError)
 
 
 def say(problems: list[str]) -> None:

@@ -32,6 +32,7 @@ from harness.provenance import provenance
 from harness.records import Case, CaseOutcome, CaseResult, Verdict
 from harness.report import summary
 from harness.reports.benchmarks import BENCHMARKS, benchmark_document, save_to_storage
+from harness.reports.history import foreign
 from harness.reports.junit import write_junit
 from harness.schedule import Scheduled, schedule
 from harness.selection import ExpressionError, select
@@ -239,6 +240,9 @@ def check_before_start(plan: list[Scheduled], request: Request) -> list[Schedule
         if not request.allow_no_gpu:
             return EXIT_NO_GPU
     said = preflight(plan, BaselineStore(request.baselines, request.resources.environments), request.update_baselines)
+    history = request.history or request.artifacts / HISTORY_FILE
+    if (problem := foreign(history)) is not None:
+        said.append(f"--history {history}: {problem}")
     problems = [line for line in said if not line.startswith("note:")]
     for line in said:
         print(f"harness: {line}", file=sys.stderr)

@@ -4,11 +4,12 @@ opens a history (read-only, refusing what is not one)."""
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from pathlib import Path
 
 from harness.exit_codes import EXIT_USAGE
-from harness.reports.history import History, format_case_runs, not_a_history
+from harness.reports.history import History, HistoryError, format_case_runs, not_a_history
 
 DEFAULT_HISTORY = Path("artifacts") / "history.sqlite"
 
@@ -27,7 +28,16 @@ def open_history(path: Path) -> History | None:
     if problem is not None:
         print(f"harness: {path}: {problem}", file=sys.stderr)
         return None
-    return History(path)
+    try:
+        return History(path)
+    except (HistoryError, sqlite3.Error) as err:
+        print(f"harness: {path}: not a readable run history ({err})", file=sys.stderr)
+        return None
+
+
+def unreadable(err: HistoryError) -> int:
+    print(f"harness: {err}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def main(args: argparse.Namespace) -> int:
@@ -36,6 +46,8 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         found = store.case_runs(args.case, args.n)
+    except HistoryError as err:
+        return unreadable(err)
     finally:
         store.close()
     if not found:

@@ -11,8 +11,9 @@ from collections import Counter
 from pathlib import Path
 
 from harness.atomic import write_text_atomic
-from harness.commands.history import DEFAULT_HISTORY, open_history
+from harness.commands.history import DEFAULT_HISTORY, open_history, unreadable
 from harness.exit_codes import EXIT_USAGE
+from harness.reports.history import HistoryError
 from harness.reports.html import html
 from harness.reports.render import markdown, sensitivity_table
 from harness.reports.trends import Settings, analyse, run_label
@@ -55,6 +56,8 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         window = store.window(args.runs)
+    except HistoryError as err:
+        return unreadable(err)
     finally:
         store.close()
     if not window.runs:

@@ -87,6 +87,13 @@ def _tolerance(text: str) -> Tolerance:
     return Tolerance.from_json(json.loads(text))
 
 
+def _provenance(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(f"a run's provenance is a JSON {type(value).__name__}, not an object")
+    return value
+
+
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
@@ -118,10 +125,29 @@ def not_a_history(path: Path) -> str | None:
     )
 
 
+class HistoryError(ValueError):
+    """A history that cannot be used; the message names the file and what is wrong with it."""
+
+
+BUSY_TIMEOUT_S = 120.0  # another run writing the same history holds its lock for one case's transaction
+
+
+def foreign(path: Path) -> str | None:
+    """Why a run must not write its history into ``path``: a file that holds something else (another tool's
+    SQLite database gets no tables of ours). None for a history, a missing or an empty file."""
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        return None
+    problem = not_a_history(path)
+    return None if problem is None else f"{problem}; --history takes a harness run history or a new file"
+
+
 class History:
     def __init__(self, path: Path) -> None:
+        if (problem := foreign(path)) is not None:
+            raise HistoryError(f"{path}: {problem}")
+        self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path)
+        self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(cases)")}
@@ -175,9 +201,19 @@ class History:
         with self._db:
             self._db.execute("UPDATE runs SET ended = ? WHERE id = ?", (_now(), run_id))
 
+    def _unreadable(self, err: Exception) -> HistoryError:
+        return HistoryError(f"{self.path}: not a readable run history ({type(err).__name__}: {err})")
+
     def window(self, last: int) -> Window:
+        """Raises HistoryError where a page, a column or a stored field is damaged."""
+        try:
+            return self._window(last)
+        except (sqlite3.Error, ValueError, TypeError, KeyError, AttributeError) as err:
+            raise self._unreadable(err) from None
+
+    def _window(self, last: int) -> Window:
         runs = [
-            RunRow(i, started, ended, json.loads(prov))
+            RunRow(i, started, ended, _provenance(prov))
             for i, started, ended, prov in self._db.execute(
                 "SELECT id, started, ended, provenance FROM runs ORDER BY id DESC LIMIT ?", (last,)
             )
@@ -203,7 +239,14 @@ class History:
         return Window(runs, cases, metrics)
 
     def case_runs(self, pattern: str, limit: int = 20) -> dict[str, list[CaseRun]]:
-        """The last ``limit`` runs of every case whose key contains ``pattern``, oldest first."""
+        """The last ``limit`` runs of every case whose key contains ``pattern``, oldest first. Raises HistoryError
+        where a page, a column or a stored field is damaged."""
+        try:
+            return self._case_runs(pattern, limit)
+        except (sqlite3.Error, ValueError, TypeError, KeyError, AttributeError) as err:
+            raise self._unreadable(err) from None
+
+    def _case_runs(self, pattern: str, limit: int) -> dict[str, list[CaseRun]]:
         rows = self._db.execute(
             "SELECT c.key, r.id, r.started, r.ended, r.provenance, c.verdict FROM cases c JOIN runs r ON r.id = "
             "c.run_id "
@@ -222,7 +265,7 @@ class History:
                 )
             }
             found[key].append(
-                CaseRun(run_id, started, ended is not None, json.loads(provenance).get("commit"), verdict, metrics)
+                CaseRun(run_id, started, ended is not None, _provenance(provenance).get("commit"), verdict, metrics)
             )
         return {key: runs[::-1] for key, runs in found.items()}
 
