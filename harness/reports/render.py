@@ -15,6 +15,7 @@ SECTIONS = (
     ("flaky", "Flaky"),
     ("fixed", "Fixed"),
     ("known defect", "Known defects (failing as declared)"),
+    ("no baseline", "No baseline yet (not failures: `harness run --update-baselines` records them)"),
 )
 
 

@@ -30,7 +30,7 @@ class Settings:
 @dataclass(frozen=True)
 class CaseStatus:
     key: str
-    status: str  # new failure | still failing | fixed | flaky | fixed? | known defect | passing | skipped
+    status: str  # new failure | still failing | fixed | flaky | fixed? | known defect | no baseline | passing | skipped
     verdict: str
     since: RunRow | None  # the first run of the current failing streak, or of the change
     flips: int  # ok <-> failing changes inside the window
@@ -118,9 +118,14 @@ def changes_between(before: RunRow | None, after: RunRow) -> str:
     return "; ".join(diffs) or "nothing recorded changed"
 
 
+# Neither passed nor failed: a skip, and a case with nothing recorded to compare with (the first night of a new
+# GPU model or container has only these; they are not failures, new or old).
+UNJUDGED = frozenset({Verdict.SKIPPED.value, Verdict.NO_BASELINE.value})
+
+
 def _flips(verdicts: list[str]) -> int:
     # Verdict is a StrEnum: the history's verdict strings test against OK_VERDICTS directly
-    states = [v in OK_VERDICTS for v in verdicts if v != Verdict.SKIPPED.value]
+    states = [v in OK_VERDICTS for v in verdicts if v not in UNJUDGED]
     return sum(a != b for a, b in itertools.pairwise(states))
 
 
@@ -135,13 +140,15 @@ def case_status(key: str, history: list[tuple[RunRow, CaseRow]], metrics: list[M
         if m.verdict == Verdict.FAIL.value and m.measured is not None
     ]
     detail = latest.error.splitlines()[0] if latest.error else "; ".join(failing)
-    previous = [v for v in verdicts[:-1] if v != Verdict.SKIPPED.value]
+    previous = [v for v in verdicts[:-1] if v not in UNJUDGED]
     if latest.verdict == Verdict.XPASS.value:
         return CaseStatus(key, "fixed?", latest.verdict, latest_run, flips, latest.known_defect or "")
     if latest.verdict == Verdict.XFAIL.value:
         return CaseStatus(key, "known defect", latest.verdict, None, flips, latest.known_defect or "")
     if latest.verdict == Verdict.SKIPPED.value:
         return CaseStatus(key, "skipped", latest.verdict, None, flips, latest.error or "")
+    if latest.verdict == Verdict.NO_BASELINE.value:
+        return CaseStatus(key, "no baseline", latest.verdict, None, flips, "no recorded value to compare with")
     if flips >= 2:
         return CaseStatus(key, "flaky", latest.verdict, None, flips, detail)
     if latest.verdict in OK_VERDICTS:
@@ -150,7 +157,7 @@ def case_status(key: str, history: list[tuple[RunRow, CaseRow]], metrics: list[M
             key, "fixed" if fixed else "passing", latest.verdict, latest_run if fixed else None, flips, ""
         )
     streak = len(history)
-    while streak > 1 and history[streak - 2][1].verdict not in OK_VERDICTS:
+    while streak > 1 and history[streak - 2][1].verdict not in OK_VERDICTS | UNJUDGED:
         streak -= 1
     status = (
         "new failure" if streak == len(history) and (not previous or previous[-1] in OK_VERDICTS) else "still failing"

@@ -182,3 +182,26 @@ def test_html_report_renders_in_a_real_browser(history_path: Path, tmp_path: Pat
     }
     band = sum(1 for r, g, b in pixels if g > r + 15 and g > b + 15)  # the translucent green band
     assert seen["measured"] > 500 and seen["failed"] > 20 and band > 2000, (seen, band)
+
+
+def test_the_first_night_on_a_new_environment_reads_no_baseline_not_new_failures(tmp_path: Path) -> None:
+    """Every case of a new GPU model or container is no-baseline; the run exits 0, so must the report's reading."""
+    path = tmp_path / "history.sqlite"
+    history = History(path)
+    empty = BaselineStore(tmp_path / "no-baselines")
+    for night, x in enumerate((1.0, 1.5)):  # night 2: a baseline exists now and the case fails it
+        run_id = history.start_run({"commit": f"c{night}"})
+        store = empty if night == 0 else BaselineStore(tmp_path / "baselines")
+        outcome = CaseOutcome(make_case(STABLE), {"x": x}, None, 1.0, "/a")
+        if night == 1:
+            compare(CaseOutcome(make_case(STABLE), {"x": 1.0}, None, 1.0, "/a"), store, update=True, provenance={})
+        history.record(run_id, compare(outcome, store, update=False, provenance={}))
+        history.finish_run(run_id)
+        status = analysis_of(path, Settings()).cases[0]
+        assert (status.verdict, status.status) == (
+            ("no-baseline", "no baseline") if night == 0 else ("fail", "new failure")
+        )
+        text = markdown(analysis_of(path, Settings()))
+        assert ("## New failures" in text) is (night == 1), text
+        assert ("## No baseline yet" in text) is (night == 0), text
+    history.close()
