@@ -128,6 +128,15 @@ class BaselineStore:
         write_json_atomic(path, data)
 
 
+def drop_cases(path: Path, case_ids: set[str]) -> None:
+    """Remove these cases' entries from a baseline file and from its noise record, each written atomically."""
+    for file in (path, noise_path(path)):
+        if file.exists():
+            data = json.loads(file.read_text(encoding="utf-8"))
+            data["cases"] = {case_id: entry for case_id, entry in data["cases"].items() if case_id not in case_ids}
+            write_json_atomic(file, data)
+
+
 def case_subjects(case: Case) -> dict[str, str]:
     """sha256 of every shipped subject ``case`` runs on (its model, a KD teacher, trained draft heads)."""
     from harness.checks import get_check
@@ -185,10 +194,12 @@ def _judge(
     budget = case.budgets.get(name, case.budgets.get(metric_family(name)))
     if budget is not None and not budget.allows(measured):
         return MetricResult(name, measured, baseline, tolerance, Verdict.FAIL, budget)  # no baseline can excuse it
-    if update:
-        return MetricResult(
-            name, measured, baseline, tolerance, Verdict.PASS if baseline == measured else Verdict.UPDATED, budget
+    if update:  # re-recorded either way; "updated" only where the old value would not have passed
+        kept = baseline is not None and (
+            baseline == measured
+            or _judge(name, measured, baseline, case, noise, across, False, outcome, recorded).verdict is Verdict.PASS
         )
+        return MetricResult(name, measured, baseline, tolerance, Verdict.PASS if kept else Verdict.UPDATED, budget)
     if baseline is None:
         # An invariant is judged by its budget alone; an informational metric (a timing, memory) is
         # never judged against a baseline, so lacking one is no verdict either.
@@ -239,7 +250,7 @@ def compare(
         return CaseResult(outcome, environment=environment, new_environment=not known)
     try:
         entry = store.entry(case.platform, case.suite, case.id) or {}
-        noise = None if update else store.noise(case.platform, case.suite, case.id)
+        noise = store.noise(case.platform, case.suite, case.id)
     except (BaselineError, NoiseError) as err:
         return CaseResult(replace(outcome, error=f"cannot compare: {err}"), environment=environment)
     stale = (

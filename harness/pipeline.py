@@ -344,7 +344,8 @@ def tell(finished: Finished, request: Request) -> int:
     if request.update_baselines:
         print(
             f"baselines written under {request.baselines}/ "
-            f"({sum(r.verdict is Verdict.UPDATED for r in finished.results)} cases changed)"
+            f"({sum(r.verdict is Verdict.UPDATED for r in finished.results)} cases changed beyond their tolerance, "
+            "new or with a metric added or gone; informational values and in-tolerance moves are rewritten silently)"
         )
     if finished.lost is not None:
         print(f"harness: {finished.lost}", file=sys.stderr)

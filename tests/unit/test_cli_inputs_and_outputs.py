@@ -188,3 +188,27 @@ def test_a_baseline_write_that_fails_mid_run_keeps_the_measurement_as_the_cases_
     assert result.verdict is Verdict.ERROR
     assert result.outcome.error.startswith(f"measured, but the baseline could not be written to {tmp_path / 'cpu'}")
     assert [(m.name, m.measured) for m in result.metrics] == [("x", 1.0)]
+
+
+def test_baselines_names_and_prunes_entries_of_cases_no_suite_declares(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "baselines" / CPU_ENV
+    folder.mkdir(parents=True)
+    for name in ("ckpt.json", "ckpt.noise.json"):
+        data = json.loads((ROOT / "baselines" / CPU_ENV / name).read_text())
+        data["cases"]["ckpt/tiny-gpt/tp9pp1/none[cpu]"] = next(iter(data["cases"].values()))  # a layout long gone
+        (folder / name).write_text(json.dumps(data))
+    (folder / "elsewhere.json").write_text(
+        json.dumps({"suite": "elsewhere", "cases": {"elsewhere/x": {"metrics": {}, "provenance": {}}}})
+    )
+    argv = ["baselines", CKPT, "--baselines", str(tmp_path / "baselines")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "1 stale entry name cases no suite declares" in out and "ckpt.json: ckpt/tiny-gpt/tp9pp1/none[cpu]" in out
+    assert "elsewhere" not in out.split("stale")[1]  # a suite not loaded is not judged
+    assert main([*argv, "--prune"]) == 0
+    assert "1 stale entry removed" in capsys.readouterr().out
+    for name in ("ckpt.json", "ckpt.noise.json"):
+        kept = json.loads((folder / name).read_text())["cases"]
+        assert "ckpt/tiny-gpt/tp9pp1/none[cpu]" not in kept and len(kept) > 5
+    assert "elsewhere/x" in json.loads((folder / "elsewhere.json").read_text())["cases"]
+    assert main(argv) == 0 and "stale" not in capsys.readouterr().out

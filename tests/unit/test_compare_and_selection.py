@@ -246,3 +246,23 @@ def test_budget_fails_whatever_the_baseline(tmp_path: Path) -> None:
     assert "x: measured -0.7, baseline none, tolerance abs 0.1, budget [-0.5, inf] -> fail" in result.message()
     ok = CaseOutcome(case, {"x": -0.2, "speed": 1.0}, None, 1.0, "/a")
     assert compare(ok, store, update=True, provenance={}).verdict is Verdict.UPDATED
+
+
+def test_a_rerecord_counts_as_updated_only_what_the_old_baseline_would_not_have_passed(tmp_path: Path) -> None:
+    """Memory and dates change on every run: a re-record of unchanged numbers must not call every case updated."""
+    from dataclasses import replace
+
+    from harness.records import INFORMATIONAL
+
+    case = make_case()
+    case = replace(case, tolerances={**case.tolerances, "peak_memory_mib": INFORMATIONAL})
+    store = BaselineStore(tmp_path)
+
+    def rerecord(metrics: dict[str, float]) -> CaseResult:
+        return compare(CaseOutcome(case, metrics, None, 1.0, "/a"), store, update=True, provenance={})
+
+    assert rerecord({"x": 1.0, "speed": 2.0, "peak_memory_mib": 500.0}).verdict is Verdict.UPDATED  # new
+    assert rerecord({"x": 1.05, "speed": 2.0, "peak_memory_mib": 512.0}).verdict is Verdict.PASS  # within abs 0.1
+    assert store.lookup("cpu", "s", case.id) == {"x": 1.05, "speed": 2.0, "peak_memory_mib": 512.0}  # still written
+    assert rerecord({"x": 1.5, "speed": 2.0, "peak_memory_mib": 512.0}).verdict is Verdict.UPDATED  # beyond it
+    assert rerecord({"x": 1.5, "peak_memory_mib": 512.0}).verdict is Verdict.UPDATED  # a metric gone
