@@ -18,6 +18,14 @@ def metric_family(name: str) -> str:
     return f"{name.partition('@')[0]}@*" if "@" in name else name
 
 
+def per_step(name: str) -> bool:
+    """A training step's loss (``kd_loss@007``: a loss family indexed by its step number): a trajectory inside one
+    run, not a trend across runs. Other families (a layer's ``layer_sqnr_db@03``, a subject's
+    ``subject_delta_pts@anatomy``, a draft position's ``position_acceptance@2``) trend like any metric."""
+    family, _, index = name.partition("@")
+    return family.endswith("_loss") and index.isdigit()
+
+
 # Measured by the worker around every case (harness.launchers.worker), per rank; a case keeps its largest rank's.
 PEAK_MEMORY = "peak_memory_mib"
 DEVICE_MEMORY = "device_memory_used_mib"

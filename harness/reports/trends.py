@@ -14,7 +14,7 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass
 
-from harness.records import OK_VERDICTS, Direction, Tolerance, Verdict
+from harness.records import OK_VERDICTS, Direction, Tolerance, Verdict, per_step
 from harness.reports.history import CaseRow, MetricRow, RunRow, Window
 
 TRACKED = ("megatron-core", "nvidia-modelopt", "torch", "transformer-engine")
@@ -244,7 +244,7 @@ def _versions_side_by_side(window: Window) -> VersionTable | None:
         return None
     latest: dict[tuple[str, str], dict[str, str]] = {}
     for m in window.metrics:
-        if m.measured is not None and "@" not in m.name:
+        if m.measured is not None and not per_step(m.name):
             latest.setdefault((m.key, m.name), {})[pair_of[m.run_id]] = f"{m.measured:.6g}"
     last_run: dict[tuple[str, str], int] = {}  # (suite, pair) -> the latest run that ran the suite
     for row in window.cases:
@@ -281,7 +281,7 @@ def analyse(window: Window, settings: Settings) -> Analysis:
     counts = dict(Counter(row.verdict for row in window.cases if row.run_id == latest.id))
     grouped: dict[tuple[str, str], list[tuple[RunRow, MetricRow]]] = {}
     for m in window.metrics:
-        if "@" not in m.name:  # per-step values are a trajectory inside one run, not a trend
+        if not per_step(m.name):  # per-step values are a trajectory inside one run, not a trend
             grouped.setdefault((m.key, m.name), []).append((run_by_id[m.run_id], m))
     series = [
         Series(key, name, points) for (key, name), points in sorted(grouped.items()) if points[-1][0].id == latest.id

@@ -205,3 +205,26 @@ def test_the_first_night_on_a_new_environment_reads_no_baseline_not_new_failures
         assert ("## New failures" in text) is (night == 1), text
         assert ("## No baseline yet" in text) is (night == 0), text
     history.close()
+
+
+def test_per_subject_layer_and_position_metrics_trend_and_only_step_losses_do_not(tmp_path: Path) -> None:
+    """``@`` names a family member; only a training step's loss is a trajectory inside one run."""
+    from harness.records import per_step
+
+    assert per_step("kd_loss@007") and per_step("intermediate_loss@120")
+    assert not any(
+        per_step(n) for n in ("subject_delta_pts@anatomy", "layer_sqnr_db@03", "layer_sqnr_db@120", "draft_accuracy@2")
+    )
+    path = tmp_path / "history.sqlite"
+    history = History(path)
+    names = ("x", "subject_delta_pts@anatomy", "layer_sqnr_db@01", "kd_loss@001")
+    for night, mcore in enumerate(("0.16.1", "0.16.1", "0.19.2")):
+        run_id = history.start_run({"commit": f"c{night}", "versions": {"megatron-core": mcore}})
+        outcome = CaseOutcome(make_case(STABLE), dict.fromkeys(names, 1.0 + night), None, 1.0, "/a")
+        history.record(run_id, compare(outcome, BaselineStore(tmp_path / "b"), update=False, provenance={}))
+        history.finish_run(run_id)
+    history.close()
+    analysis = analysis_of(path, Settings(runs=20, drift_runs=1, drift_window=2))
+    assert {s.metric for s in analysis.series} == set(names) - {"kd_loss@001"}
+    assert analysis.versions is not None
+    assert {name for _, name, _ in analysis.versions.rows} == set(names) - {"kd_loss@001"}
