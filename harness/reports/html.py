@@ -122,7 +122,8 @@ def html(analysis: Analysis, extra: tuple[Table, ...] = ()) -> str:
     plots = []
     for key in sorted(by_case, key=lambda k: (k not in flagged, k)):
         figures = "".join(
-            f"<figure><figcaption>{escape(s.metric)}</figcaption>{trend_svg(s)}</figure>" for s in by_case[key]
+            f"<figure><figcaption>{escape(s.metric)} ({escape(s.environment)})</figcaption>{trend_svg(s)}</figure>"
+            for s in by_case[key]
         )
         mark = ' class="bad"' if key in flagged else ""
         plots.append(

@@ -67,6 +67,7 @@ class Series:
     key: str
     metric: str
     points: list[tuple[RunRow, MetricRow]]
+    environment: str = "-"  # one series per baseline environment: a new GPU model or CPU starts a new line
 
 
 @dataclass(frozen=True)
@@ -100,8 +101,24 @@ def run_label(run: RunRow) -> str:
     return f"#{run.id} {run.started[:16].replace('T', ' ')} {commit}" + ("" if run.ended else " (interrupted)")
 
 
+# What else can move a metric, in the order a reader should look: where the numbers are judged (the baseline
+# environments, named from the CPU model and ISA or the GPU model), the machine, then the build.
+_FACTS = ("environments", "cpu_model", "gpus", "cpu_pins", "container", "driver", "cuda_driver", "host", "variation")
+
+
+def _shown(value: object) -> str:
+    if value is None or value == "" or value == {} or value == []:
+        return "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in sorted(value.items()))
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
 def changes_between(before: RunRow | None, after: RunRow) -> str:
-    """The provenance differences a reader should look at first: versions, commit, container, driver."""
+    """The provenance differences a reader should look at first: versions, commit, the baseline environment,
+    the processor or GPU, pins, container (in full: two NGC tags differ at the end), driver."""
     if before is None:
         return "first run in the window"
     old, new = before.provenance, after.provenance
@@ -110,12 +127,20 @@ def changes_between(before: RunRow | None, after: RunRow) -> str:
         for name in TRACKED
         if old.get("versions", {}).get(name) != new.get("versions", {}).get(name)
     ]
+    if old.get("commit") != new.get("commit"):
+        diffs.append(f"commit {str(old.get('commit') or '-')[:12]} -> {str(new.get('commit') or '-')[:12]}")
     diffs += [
-        f"{name} {str(old.get(name) or '-')[:12]} -> {str(new.get(name) or '-')[:12]}"
-        for name in ("commit", "container", "driver", "host")
+        f"{name} {_shown(old.get(name))} -> {_shown(new.get(name))}"
+        for name in _FACTS
         if old.get(name) != new.get(name)
     ]
     return "; ".join(diffs) or "nothing recorded changed"
+
+
+def environment_of(run: RunRow, key: str) -> str:
+    """The baseline environment a case's values were judged in (its platform's, from the run's provenance)."""
+    platform = key.rpartition("[")[2].rstrip("]")
+    return str(run.provenance.get("environments", {}).get(platform, "-"))
 
 
 # Neither passed nor failed: a skip, and a case with nothing recorded to compare with (the first night of a new
@@ -279,12 +304,15 @@ def analyse(window: Window, settings: Settings) -> Analysis:
         if rows[-1][0].id == latest.id
     ]
     counts = dict(Counter(row.verdict for row in window.cases if row.run_id == latest.id))
-    grouped: dict[tuple[str, str], list[tuple[RunRow, MetricRow]]] = {}
+    grouped: dict[tuple[str, str, str], list[tuple[RunRow, MetricRow]]] = {}
     for m in window.metrics:
         if not per_step(m.name):  # per-step values are a trajectory inside one run, not a trend
-            grouped.setdefault((m.key, m.name), []).append((run_by_id[m.run_id], m))
+            run = run_by_id[m.run_id]
+            grouped.setdefault((m.key, m.name, environment_of(run, m.key)), []).append((run, m))
     series = [
-        Series(key, name, points) for (key, name), points in sorted(grouped.items()) if points[-1][0].id == latest.id
+        Series(key, name, points, environment)
+        for (key, name, environment), points in sorted(grouped.items())
+        if points[-1][0].id == latest.id
     ]
     drifts = [d for d in (drift(s, settings) for s in series) if d is not None]
     return Analysis(

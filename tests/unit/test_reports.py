@@ -228,3 +228,27 @@ def test_per_subject_layer_and_position_metrics_trend_and_only_step_losses_do_no
     assert {s.metric for s in analysis.series} == set(names) - {"kd_loss@001"}
     assert analysis.versions is not None
     assert {name for _, name, _ in analysis.versions.rows} == set(names) - {"kd_loss@001"}
+
+
+def test_what_changed_names_the_environment_processor_and_full_container_and_series_do_not_mix_them(
+    tmp_path: Path,
+) -> None:
+    from harness.reports.history import RunRow
+    from harness.reports.trends import changes_between
+
+    a = {"container": "NVIDIA_PYTORCH_VERSION=25.01", "environments": {"gpu": "gpu-nvidia-h100-80gb-hbm3"}}
+    b = {"container": "NVIDIA_PYTORCH_VERSION=25.04", "environments": {"gpu": "gpu-nvidia-h200"}}
+    said = changes_between(RunRow(1, "t1", "t1", a | {"cpu_model": "AMD EPYC"}), RunRow(2, "t2", "t2", b))
+    assert "container NVIDIA_PYTORCH_VERSION=25.01 -> NVIDIA_PYTORCH_VERSION=25.04" in said
+    assert "environments gpu=gpu-nvidia-h100-80gb-hbm3 -> gpu=gpu-nvidia-h200" in said
+    assert "cpu_model AMD EPYC -> -" in said
+    path = tmp_path / "history.sqlite"
+    history = History(path)
+    for night, environment in enumerate(("cpu-x86_64-avx2", "cpu-x86_64-avx2", "cpu-aarch64-native")):
+        run_id = history.start_run({"commit": f"c{night}", "environments": {"cpu": environment}})
+        outcome = CaseOutcome(make_case(STABLE), {"x": 1.0 + night}, None, 1.0, "/a")
+        history.record(run_id, compare(outcome, BaselineStore(tmp_path / "b"), update=False, provenance={}))
+        history.finish_run(run_id)
+    history.close()
+    (series,) = analysis_of(path, Settings(runs=20, drift_runs=1, drift_window=2)).series
+    assert series.environment == "cpu-aarch64-native" and [run.id for run, _ in series.points] == [3]
