@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for command in dict.fromkeys(COMMANDS.values()):
         command.add_parser(sub)
+    for each in sub.choices.values():  # every subcommand's --help says what its exit status means
+        each.epilog = parser.epilog
     return parser
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, PositiveInt, create_model
+from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationInfo, create_model, field_validator
 
 from harness.records import DEVICE_MEMORY, INFORMATIONAL, PEAK_MEMORY, Budget, Case, Layout, Tolerance
 
@@ -20,8 +20,23 @@ if TYPE_CHECKING:
     from harness.records import ModelSpec
 
 
+_NUMBERS = (int, float, int | None, float | None, bool)
+
+
 class StrictModel(BaseModel):
+    """Suite-facing models: unknown keys are errors, and a number written as a string (``tp: "2"``, a quoted YAML
+    value) is refused rather than coerced: a suite means what it says."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_numbers_as_strings(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, str) and field is not None and field.annotation in _NUMBERS:
+            kind = "a boolean" if field.annotation is bool else "a number"
+            raise ValueError(f"{kind}, not the string {value!r} (quoted in the YAML?)")
+        return value
 
 
 class _LayoutFields(StrictModel):

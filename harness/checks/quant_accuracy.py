@@ -125,6 +125,7 @@ def _hf_logit_diff(path: str, model_logits: torch.Tensor, tokens: torch.Tensor) 
 def run(ctx: CheckContext) -> dict[str, float]:
     import torch
 
+    from harness.data.tokenizer import tokenizer_for
     from harness.evals.divergence import divergence_metrics, next_token_logprobs
     from harness.evals.lm import score_lm
     from harness.evals.mmlu import score_mc
@@ -134,7 +135,7 @@ def run(ctx: CheckContext) -> dict[str, float]:
     from harness.runtime.distributed import model_parallel
     from harness.runtime.forward import device, forward_logits, release_memory
     from harness.runtime.quantizers import amax_disagreement, expert_amaxes, quantizer_census
-    from harness.runtime.subject import build_model, tokenizer_for
+    from harness.runtime.subject import build_model
     from harness.runtime.train import corpus_of
 
     params: QuantParams = ctx.params

@@ -20,11 +20,12 @@ from pydantic import NonNegativeInt, PositiveInt
 from harness.checks.base import Check, CheckContext, MetricSpec, StrictModel
 from harness.data.files import expand_path, stamp
 from harness.data.text import CORPUS, TextSourceError
-from harness.evals.mtbench import prompts, read_questions
+from harness.data.tokenizer import tokenizer_for
+from harness.evals.mtbench import first_turn, prompts, read_questions, unknown_problem
 from harness.evals.timing import PairingPlan
 from harness.models.subjects import HeadsName
 from harness.models.zoo import ZOO
-from harness.records import INFORMATIONAL, Budget, Case, Direction, Layout, Tolerance
+from harness.records import INFORMATIONAL, Budget, Case, Direction, Layout, ModelSpec, Tolerance
 from harness.runtime.drafts import ALGORITHMS, HeadRecipe
 
 
@@ -72,18 +73,23 @@ def _label(layout: Layout, params: SpecParams) -> str:
     return f"{layout.token}/{params.algorithm}-k{params.draft_steps}-t{params.train_steps}"
 
 
-def _prompt_problem(source: str) -> str | None:
-    return None if source == CORPUS else _questions_problem(source, stamp(expand_path(source)))
+def _prompt_problem(source: str, model: ModelSpec) -> str | None:
+    return None if source == CORPUS else _questions_problem(source, stamp(expand_path(source)), model)
 
 
 @functools.cache
-def _questions_problem(source: str, version: tuple[object, ...]) -> str | None:
-    """What is wrong with an MT-Bench question file, before any worker starts (cached per ``version``)."""
+def _questions_problem(source: str, version: tuple[object, ...], model: ModelSpec) -> str | None:
+    """What is wrong with an MT-Bench question file for this model's tokenizer, before any worker starts (cached
+    per file ``version``): its format, or prompts made mostly of tokens the tokenizer does not know."""
+    path = Path(expand_path(source))
     try:
-        read_questions(Path(expand_path(source)))
+        questions = read_questions(path)
     except TextSourceError as err:
         return str(err)
-    return None
+    if model.unavailable:
+        return None  # its tokenizer is not on this machine: the case is skipped, saying why
+    tokenizer = tokenizer_for(model)
+    return unknown_problem(path, questions, [first_turn(q, tokenizer) for q in questions], tokenizer)
 
 
 def _case_problems(layout: Layout, params: SpecParams, model: Any) -> list[tuple[str, str]]:
@@ -96,7 +102,7 @@ def _case_problems(layout: Layout, params: SpecParams, model: Any) -> list[tuple
                 "export)",
             )
         )
-    if (prompt_problem := _prompt_problem(params.prompts)) is not None:
+    if (prompt_problem := _prompt_problem(params.prompts, model)) is not None:
         problems.append(("prompts", prompt_problem))
     return problems
 
@@ -187,7 +193,7 @@ def run(ctx: CheckContext) -> dict[str, float]:
         train_heads,
         with_drafts,
     )
-    from harness.runtime.subject import build_model, tokenizer_for
+    from harness.runtime.subject import build_model
     from harness.runtime.train import corpus_of
 
     params: SpecParams = ctx.params

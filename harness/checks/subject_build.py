@@ -89,8 +89,8 @@ def _run(ctx: CheckContext) -> dict[str, float]:
 
 def _trained_heads(spec: ModelSpec, heads: HeadsName) -> Any:
 
+    from harness.data.tokenizer import tokenizer_for
     from harness.runtime.speculative import train_heads, with_drafts
-    from harness.runtime.subject import tokenizer_for
     from harness.runtime.train import corpus_of
 
     algorithm, recipe = ALGORITHMS[heads.algorithm], HeadRecipe(steps=heads.train_steps)

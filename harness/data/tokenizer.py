@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from harness.data.multiple_choice import Tokenizer
+    from harness.records import ModelSpec
 
 # The prompt template's words (harness.evals.mmlu) and the answer letters, in id order after the corpus words.
 SPECIAL_WORDS = (
@@ -42,3 +47,12 @@ class WordTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return [self.vocab.get(word, self.unk_token_id) for word in text.split()]
+
+
+def tokenizer_for(spec: ModelSpec) -> Tokenizer:
+    """The checkpoint's own tokenizer for Hugging Face models; the harness word tokenizer otherwise."""
+    if spec.hf_path is None:
+        return WordTokenizer(spec.vocab_size)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(spec.hf_path)

@@ -69,15 +69,26 @@ def prompts(source: str, tokenizer: Tokenizer, corpus: MarkovCorpus, count: int,
     path = Path(expand_path(source))
     questions = read_questions(path)
     encoded = [first_turn(question, tokenizer) for question in questions]
+    problem = unknown_problem(path, questions, encoded, tokenizer)
+    if problem is not None:
+        raise TextSourceError(problem)
+    return encoded
+
+
+def unknown_problem(
+    path: Path, questions: list[Question], encoded: list[list[int]], tokenizer: Tokenizer
+) -> str | None:
+    """Why these prompts would not measure the draft heads (most of their tokens unknown), if they would not:
+    said before any worker starts (spec_decode's case problems), and again by ``prompts`` in the worker."""
     unknown = [(q, unknown_share(ids, tokenizer)) for q, ids in zip(questions, encoded, strict=True)]
     bad = [
         f"question {q.question_id} ({q.category}): {100 * share:.0f}% unknown tokens"
         for q, share in unknown
         if share > UNKNOWN_LIMIT
     ]
-    if bad:
-        raise TextSourceError(
-            f"{path}: {len(bad)} of {len(questions)} prompts are mostly tokens the tokenizer does not know "
-            f"(more than {100 * UNKNOWN_LIMIT:.0f}%), so they would not measure the draft heads: {'; '.join(bad[:5])}"
-        )
-    return encoded
+    if not bad:
+        return None
+    return (
+        f"{path}: {len(bad)} of {len(questions)} prompts are mostly tokens the tokenizer does not know "
+        f"(more than {100 * UNKNOWN_LIMIT:.0f}%), so they would not measure the draft heads: {'; '.join(bad[:5])}"
+    )

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import torch
 
-from harness.data.multiple_choice import Tokenizer
-from harness.data.tokenizer import WordTokenizer
 from harness.models.subjects import SubjectError, manifest
 from harness.records import ModelSpec
 from harness.runtime.checkpoint import load_checkpoint
@@ -54,12 +52,3 @@ def shipped_file(name: str, recipe: dict) -> Path:
                 f"{shipped.expected_hash(base)[:16]}...; rebuild it with `harness models build {name}`"
             )
     return shipped.verified_file(name)
-
-
-def tokenizer_for(spec: ModelSpec) -> Tokenizer:
-    """The checkpoint's own tokenizer for Hugging Face models; the harness word tokenizer otherwise."""
-    if spec.hf_path is None:
-        return WordTokenizer(spec.vocab_size)
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(spec.hf_path)

@@ -3,6 +3,7 @@ optimization registry. Every problem is reported as ``file:line: key: message``.
 
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,9 +165,6 @@ def _check_semantics(spec: SuiteModel, check: Check, lines: LineMap, models: dic
     return problems
 
 
-_REQUIRED = frozenset(name for name, info in SuiteModel.model_fields.items() if info.is_required())
-
-
 def _schema_problems(err: ValidationError, lines: LineMap) -> list[str]:
     out = []
     for e in err.errors():
@@ -177,18 +175,39 @@ def _schema_problems(err: ValidationError, lines: LineMap) -> list[str]:
     return out
 
 
+def _without_failures(data: dict[str, Any], err: ValidationError) -> dict[str, Any]:
+    """``data`` less what failed: the innermost list entry on each error's path (a bad layout of the matrix),
+    else the top-level key."""
+    out = copy.deepcopy(data)
+    doomed: dict[tuple[int, int], tuple[list[Any], int]] = {}  # (id(list), index) -> (the list, index)
+    top: set[Any] = set()
+    for error in err.errors():
+        loc, node, cut = error["loc"], out, None
+        for part in loc:
+            if isinstance(node, list) and isinstance(part, int) and part < len(node):
+                cut = (node, part)
+            elif not (isinstance(node, dict) and part in node):
+                break
+            node = node[part]
+        if cut is not None:
+            doomed[(id(cut[0]), cut[1])] = cut
+        elif loc:
+            top.add(loc[0])
+    for entries, index in sorted(doomed.values(), key=lambda cut: -cut[1]):  # last to first: indices stay true
+        del entries[index]
+    return {key: value for key, value in out.items() if key not in top}
+
+
 def _validated(data: dict[str, Any], lines: LineMap, problems: list[str]) -> SuiteModel | None:
-    """The suite model; top-level keys that fail are reported and left out, so the rest is still
-    validated in the same run (None when a required key fails)."""
+    """The suite model; what fails is reported and left out (a bad matrix entry, else its top-level key), so the
+    rest is still validated in the same run (None when a required key cannot be saved)."""
     try:
         return SuiteModel.model_validate(data)
     except ValidationError as err:
         problems.extend(_schema_problems(err, lines))
-        bad = {e["loc"][0] for e in err.errors() if e["loc"]}
-        if not bad or bad & _REQUIRED:
-            return None
+        remaining = _without_failures(data, err)
     try:
-        return SuiteModel.model_validate({key: value for key, value in data.items() if key not in bad})
+        return SuiteModel.model_validate(remaining)
     except ValidationError:
         return None
 

@@ -212,3 +212,23 @@ def test_baselines_names_and_prunes_entries_of_cases_no_suite_declares(tmp_path:
         assert "ckpt/tiny-gpt/tp9pp1/none[cpu]" not in kept and len(kept) > 5
     assert "elsewhere/x" in json.loads((folder / "elsewhere.json").read_text())["cases"]
     assert main(argv) == 0 and "stale" not in capsys.readouterr().out
+
+
+def test_mt_bench_prompts_the_models_tokenizer_cannot_read_are_refused_before_start(
+    tmp_path: Path, write_suite, capsys
+) -> None:
+    """Real MT-Bench English through a zoo model's word tokenizer is all <unk>: said at load, not in a traceback."""
+    questions = tmp_path / "question.jsonl"
+    rows = [{"question_id": 81, "category": "writing", "turns": ["Compose an engaging travel blog post"]}]
+    questions.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    spec = write_suite(
+        f"suite: s\ncheck: spec_decode\nparams: {{prompts: {questions}, train_steps: 0}}\n"
+        "matrix:\n  model: [tiny-gpt-trained]\n",
+        "s.yaml",
+    )
+    assert main(["run", str(spec), "--artifacts", str(tmp_path / "artifacts")]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"s.yaml:3: params.prompts: {questions}: 1 of 1 prompts are mostly tokens the tokenizer does not know" in err
+    assert "question 81 (writing): 100% unknown tokens" in err and "Traceback" not in err
+    questions.write_text(json.dumps(rows[0] | {"turns": ["w1 w2 w3"]}) + "\n")  # the corpus's own words
+    assert main(["list", str(spec)]) == 0

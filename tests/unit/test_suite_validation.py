@@ -262,3 +262,26 @@ def test_yaml_that_safe_load_refuses_or_explodes_is_one_line(write_suite, text: 
     path = write_suite(text)
     found = problems(path)
     assert any(line.startswith(str(path)) and expected in line for line in found), found
+
+
+def test_a_quoted_number_is_refused_not_coerced(write_suite) -> None:
+    path = write_suite(GOOD.replace("- {tp: 2, pp: 1}", '- {tp: "2", pp: 1}') + 'tolerances:\n  x: {abs: "0.1"}\n')
+    found = problems(path)
+    assert f"{path}:7: matrix.layout[1].tp: Value error, a number, not the string '2' (quoted in the YAML?)" in found
+
+
+def test_a_bad_matrix_entry_does_not_hide_the_files_other_problems(write_suite) -> None:
+    """A required key with one bad entry used to stop validation there: every other problem came one run later."""
+    text = GOOD.replace("- {tp: 2, pp: 1}", '- {tp: "2", pp: 1}').replace("int4_awq]", "int3_awq]")
+    path = write_suite(text + "tolerances:\n  max_abs_logit_dif: {abs: 0}\n")
+    found = [line.split(": ")[1] for line in problems(path)]
+    assert found == ["matrix.layout[1].tp", "matrix.optimization[1]", "tolerances.max_abs_logit_dif"], found
+
+
+@pytest.mark.parametrize("command", ["run", "list", "report", "history", "baselines", "noise", "sensitivity", "models"])
+def test_every_subcommand_help_says_what_its_exit_status_means(command: str, capsys) -> None:
+    from harness.cli import main
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert "exit codes: 0 passed" in " ".join(capsys.readouterr().out.split())
