@@ -118,6 +118,7 @@ CHECK = Check(
     },
     run=run,
     virtual_pipeline=True,
+    reloads_under=RELOAD.other,
     headline=(
         "max_abs_logit_diff",
         "logit_error_to_bound",

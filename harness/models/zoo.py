@@ -57,6 +57,20 @@ ZOO["tiny-moe"] = replace(
     ffn_hidden_size=512,
     add_bias_linear=False,
 )
+# Llama's shape (SwiGLU, no biases, RMSNorm, RoPE, grouped-query attention) with an FFN that INT4 AWQ's
+# 128-wide weight blocks do not tile per rank: 688 is 5 blocks and a 48-wide one at TP1, 344 (2 blocks and 88) per
+# rank at TP2: the same global block count, partial blocks on both sides, as Llama-2-7B's FFN 11008 at TP4 (2752 per
+# rank, 21.5 blocks) and Qwen2.5-7B's 18944 at TP8 (2368, 18.5). suites/ckpt_llama.yaml reshards it.
+ZOO["tiny-llama-ffn688"] = replace(
+    ZOO["tiny-gpt"],
+    name="tiny-llama-ffn688",
+    description="Llama-shaped (SwiGLU, no bias, GQA 8/4), FFN 688: INT4 AWQ blocks do not tile its TP2 shards",
+    num_layers=2,
+    num_query_groups=4,
+    ffn_hidden_size=688,
+    swiglu=True,
+    add_bias_linear=False,
+)
 # The same architecture trained on the synthetic corpus: accuracy deltas mean something on it.
 ZOO["tiny-gpt-trained"] = replace(
     ZOO["tiny-gpt"],

@@ -21,13 +21,15 @@ _CPU_BLOCK_QUANT = "needs CUDA: modelopt's dynamic block quantization requires a
 # of the symmetric range for integers (INT8 1/127, INT4 1/7); a config the harness does not know gets FP4's.
 FP8_EPS, INT8_EPS, INT4_EPS, FP4_EPS = 2.0**-3, 1 / 127, 1 / 7, 2.0**-1
 
-# name -> (modelopt config, why it cannot run on CPU, the narrowest format's epsilon)
-QUANT_FORMATS: dict[str, tuple[str, str | None, float]] = {
-    "fp8": ("FP8_DEFAULT_CFG", None, FP8_EPS),
-    "int8_sq": ("INT8_SMOOTHQUANT_CFG", None, INT8_EPS),
-    "int4_awq": ("INT4_AWQ_CFG", None, INT4_EPS),
-    "w4a8_awq": ("W4A8_AWQ_BETA_CFG", None, INT4_EPS),
-    "nvfp4": ("NVFP4_DEFAULT_CFG", _CPU_BLOCK_QUANT, FP4_EPS),
+# name -> (modelopt config, why it cannot run on CPU, the narrowest format's epsilon, the input block of its static
+# block-quantized weights: modelopt 0.47's INT4_AWQ_CFG and W4A8_AWQ_BETA_CFG say block_sizes {-1: 128, static};
+# NVFP4's blocks are dynamic, with no per-block amax in the checkpoint)
+QUANT_FORMATS: dict[str, tuple[str, str | None, float, int | None]] = {
+    "fp8": ("FP8_DEFAULT_CFG", None, FP8_EPS, None),
+    "int8_sq": ("INT8_SMOOTHQUANT_CFG", None, INT8_EPS, None),
+    "int4_awq": ("INT4_AWQ_CFG", None, INT4_EPS, 128),
+    "w4a8_awq": ("W4A8_AWQ_BETA_CFG", None, INT4_EPS, 128),
+    "nvfp4": ("NVFP4_DEFAULT_CFG", _CPU_BLOCK_QUANT, FP4_EPS, None),
 }
 KV_CACHE_FORMATS: dict[str, str] = {"fp8_kv": "FP8_KV_CFG", "nvfp4_kv": "NVFP4_KV_CFG"}
 # name -> quant_cfg entries appended to the format's (later entries win in modelopt's list form)
@@ -45,8 +47,8 @@ def _none(model: torch.nn.Module, forward_loop: ForwardLoop) -> torch.nn.Module:
 OPTIMIZATIONS: dict[str, Optimization] = {
     "none": Optimization("none", "the model as built", _none),
     **{
-        name: quantization(name, config, epsilon, gpu_only)
-        for name, (config, gpu_only, epsilon) in QUANT_FORMATS.items()
+        name: quantization(name, config, epsilon, gpu_only, weight_block=block)
+        for name, (config, gpu_only, epsilon, block) in QUANT_FORMATS.items()
     },
 }
 
@@ -60,9 +62,10 @@ def get_optimization(name: str) -> Optimization:
     kv = [e for e in extras if e in KV_CACHE_FORMATS]
     modifiers = [e for e in extras if e in MODIFIERS]
     if base in QUANT_FORMATS and extras and len(kv) <= 1 and len(kv) + len(modifiers) == len(extras):
-        config, gpu_only, epsilon = QUANT_FORMATS[base]
+        config, gpu_only, epsilon, block = QUANT_FORMATS[base]
         extra_cfg = [entry for modifier in modifiers for entry in MODIFIERS[modifier]]
-        return quantization(name, config, epsilon, gpu_only, KV_CACHE_FORMATS[kv[0]] if kv else None, extra_cfg)
+        kv_config = KV_CACHE_FORMATS[kv[0]] if kv else None
+        return quantization(name, config, epsilon, gpu_only, kv_config, extra_cfg, weight_block=block)
     raise KeyError(
         f"unknown optimization {name!r}; known: {', '.join(OPTIMIZATIONS)}, mtq:<NAME>_CFG, "
         f"or <format>[+<{'|'.join(KV_CACHE_FORMATS)}>][+<{'|'.join(MODIFIERS)}>]"

@@ -110,6 +110,7 @@ def _case(
     model = suite.models[chosen["model"]]
     model = replace(model, dtype=chosen["dtype"], layers=model.layers or LAYERS_BY_PLATFORM[platform])
     problems: list[str] = []
+    optimization = get_optimization(chosen["optimization"])
     layouts = check.layouts(layout, params)
     world = max(each.world_size for each in layouts.values())
     first_key = {each: key for key, each in reversed(layouts.items())}  # a layout named twice is judged once
@@ -122,9 +123,12 @@ def _case(
             problems.append(
                 lines.problem(where[key], f"check {check.name} does not run virtual pipeline stages (vpp > 1)")
             )
+        problems.extend(lines.problem(where[key], reason) for reason in optimization.layout_problems(each))
+    reloaded = check.reloads_under(layout, params)
+    if reloaded is not None and not model.unavailable and not problems:  # on layouts that can be built at all
+        key = next(key for key, each in layouts.items() if each == reloaded)
         problems.extend(
-            lines.problem(where[key], reason)
-            for reason in get_optimization(chosen["optimization"]).layout_problems(each)
+            lines.problem(where[key], reason) for reason in optimization.reshard_problems(layout, reloaded, model)
         )
     if not model.unavailable:
         problems.extend(

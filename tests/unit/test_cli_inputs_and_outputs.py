@@ -232,3 +232,17 @@ def test_mt_bench_prompts_the_models_tokenizer_cannot_read_are_refused_before_st
     assert "question 81 (writing): 100% unknown tokens" in err and "Traceback" not in err
     questions.write_text(json.dumps(rows[0] | {"turns": ["w1 w2 w3"]}) + "\n")  # the corpus's own words
     assert main(["list", str(spec)]) == 0
+
+
+def test_list_into_a_reader_that_stops_early_is_no_traceback() -> None:
+    """`harness list | head -1`: the closed pipe ends the listing quietly."""
+    import subprocess
+    import sys
+
+    listing = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "list"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert listing.stdout is not None and listing.stdout.readline()
+    listing.stdout.close()  # what head does after its line
+    _, err = listing.communicate(timeout=120)
+    assert listing.returncode == 0 and b"Traceback" not in err and b"BrokenPipe" not in err, err

@@ -26,14 +26,23 @@ def test_marker_selection(project: pytest.Pytester) -> None:
     )
     ids = collected(result)
     assert ids and all("tp2" in i for i in ids)
-    suites = ("ckpt", "ckpt_layernorm", "ckpt_moe", "ckpt_parallel", "ckpt_mamba")
+    suites = ("ckpt", "ckpt_layernorm", "ckpt_moe", "ckpt_parallel", "ckpt_mamba", "ckpt_llama")
     by_suite = {suite: sum(i.startswith(f"suites/{suite}.yaml::") for i in ids) for suite in suites}
     # ckpt: tp2pp1, tp2pp1->tp1pp1, tp1pp1->tp2pp1 for each of three optimizations in fp32 and two in bf16;
     # ckpt_layernorm: tp2pp1 x four (fp32 only); ckpt_moe: tp2pp1sp (sequence parallel) x three; ckpt_parallel:
-    # tp2pp1sp, ->tp2pp1, ->tp1pp1 x two; ckpt_mamba: tp2pp1->tp1pp1, and tp2pp1 and ->tp1pp1 in fp8 (they skip on CPU)
+    # tp2pp1sp, ->tp2pp1, ->tp1pp1 x two; ckpt_mamba: tp2pp1->tp1pp1, and tp2pp1 and ->tp1pp1 in fp8 (they skip on CPU);
+    # ckpt_llama: tp2pp1, ->tp1pp1, tp1pp1->tp2pp1 x two
     assert (
-        by_suite == {"ckpt": 15, "ckpt_layernorm": 4, "ckpt_moe": 3, "ckpt_parallel": 6, "ckpt_mamba": 3}
-        and len(ids) == 31
+        by_suite
+        == {
+            "ckpt": 15,
+            "ckpt_layernorm": 4,
+            "ckpt_moe": 3,
+            "ckpt_parallel": 6,
+            "ckpt_mamba": 3,
+            "ckpt_llama": 6,
+        }
+        and len(ids) == 37
     )
     result = project.runpytest_subprocess(
         "--collect-only", "-q", "-m", "ckpt and pp2 and int4_awq and cpu", "-p", "no:cacheprovider"
@@ -55,8 +64,8 @@ def test_gpu_case_skips_with_reason_and_bad_suite_is_a_clear_collection_error(pr
     result.stdout.fnmatch_lines(
         [
             "*/suites/bad.yaml:4: matrix.model[[]0[]]: unknown model 'gpt-9'; "
-            "known: tiny-gpt, tiny-gpt-student, tiny-gpt-layernorm, tiny-moe, tiny-gpt-trained, tiny-moe-trained, "
-            "tiny-mamba-hybrid"
+            "known: tiny-gpt, tiny-gpt-student, tiny-gpt-layernorm, tiny-moe, tiny-llama-ffn688, tiny-gpt-trained, "
+            "tiny-moe-trained, tiny-mamba-hybrid"
         ]
     )
     assert "Traceback" not in result.stdout.str()

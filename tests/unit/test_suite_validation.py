@@ -110,7 +110,7 @@ def test_more_ranks_than_the_machine_has(write_suite) -> None:
 
 
 def test_gpu_cases_without_gpus_are_not_rejected(write_suite) -> None:
-    path = write_suite("platforms: [gpu]\n" + GOOD.replace("{tp: 2, pp: 1}\n  opt", "{tp: 4, pp: 2}\n  opt"))
+    path = write_suite("platforms: [gpu]\n" + GOOD.replace("{tp: 2, pp: 1}\n  opt", "{tp: 2, pp: 4}\n  opt"))
     assert len(expand(load_suites([path]), TWO_RANKS)) == 6
 
 
@@ -203,7 +203,9 @@ def test_cli_reports_suite_errors_without_traceback(write_suite, capsys) -> None
     assert main(["list", str(path)]) == EXIT_USAGE
     err = capsys.readouterr().err
     dense = ["tiny-gpt", "tiny-gpt-student", "tiny-gpt-layernorm"]
-    known = ", ".join([*dense, "tiny-moe", "tiny-gpt-trained", "tiny-moe-trained", "tiny-mamba-hybrid"])
+    known = ", ".join(
+        [*dense, "tiny-moe", "tiny-llama-ffn688", "tiny-gpt-trained", "tiny-moe-trained", "tiny-mamba-hybrid"]
+    )
     assert err.strip() == f"harness: {path}:4: matrix.model[0]: unknown model 'nope'; known: {known}"
 
 
@@ -285,3 +287,30 @@ def test_every_subcommand_help_says_what_its_exit_status_means(command: str, cap
     with pytest.raises(SystemExit):
         main([command, "--help"])
     assert "exit codes: 0 passed" in " ".join(capsys.readouterr().out.split())
+
+
+def test_block_quant_reshards_that_cannot_load_are_refused_before_start(write_suite) -> None:
+    """INT4 AWQ keeps an amax per 128-wide block of each rank's shard; where two layouts cut a row-parallel input
+    into different block counts the load fails (measured: 'Global shape mismatch for loaded (256, 2) and expected
+    (256, 4) ... linear_proj.weight_quantizer._amax' for tiny-llama-ffn688 TP1 -> TP4). Equal counts load."""
+    from harness.optimizations.quantize import _blocks
+
+    assert [_blocks(688, tp, 128) for tp in (1, 2, 4)] == [6, 6, 8]
+    assert [_blocks(256, tp, 128) for tp in (1, 2, 4)] == [2, 2, 4]
+    text = (
+        "suite: demo\ncheck: ckpt_roundtrip\nmatrix:\n  model: [tiny-llama-ffn688]\n  layout: [{tp: 1, pp: 1}]\n"
+        "  optimization: [int4_awq, w4a8_awq, fp8]\n  reload_layout: [{tp: 2, pp: 1}, {tp: 4, pp: 1}]\n"
+    )
+    found = problems(write_suite(text), Resources(cpu_ranks=4, gpus=0))
+    assert len(found) == 2, found  # linear_proj and linear_fc2, TP1 -> TP4 only (int4_awq's and w4a8_awq's: one line)
+    assert found[0].endswith(
+        ":7: matrix.reload_layout[1]: tp1pp1 -> tp4pp1 cannot load: linear_proj's input 256 is 256 per rank at "
+        "tp=1 (2 blocks of 128 in all) and 64 at tp=4 (4): the global amax shapes of its weight quantizer differ "
+        "(dist_checkpointing: Global shape mismatch)"
+    )
+    assert "linear_fc2's input 688 is 688 per rank at tp=1 (6 blocks of 128 in all) and 172 at tp=4 (8)" in found[1]
+    fine = text.replace(", {tp: 4, pp: 1}", "")
+    cases = expand(load_suites([write_suite(fine)]), Resources(cpu_ranks=4, gpus=0))
+    assert sorted(c.id for c in cases) == [
+        f"demo/tiny-llama-ffn688/tp1pp1->tp2pp1/{o}" for o in ("fp8", "int4_awq", "w4a8_awq")
+    ]
