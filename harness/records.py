@@ -152,6 +152,11 @@ class ModelSpec:
             return [f"ep={layout.ep} (expert parallel) needs a mixture-of-experts model; {self.name} is dense"]
         if self.hybrid_pattern is not None and (layout.pp > 1 or layout.vpp > 1):
             return [f"{self.name} is Mamba-hybrid: the harness builds its hybrid stack without pipeline stages"]
+        if layout.cp > 1 and self.dtype == "fp32":
+            return [
+                f"cp={layout.cp} in fp32: Transformer Engine has no attention backend for it (its unfused attention "
+                "refuses context parallelism; flash and cuDNN attention refuse fp32); run context parallelism in bf16"
+            ]
         mamba = [("mamba_num_groups", self.mamba_num_groups, tp, "tp")] if self.hybrid_pattern else []
         checks = [
             *mamba,

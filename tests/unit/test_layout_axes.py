@@ -128,11 +128,16 @@ def test_context_parallel_shards_are_megatrons_load_balanced_chunks_and_gather_b
     assert torch.equal(context_unshard(shards), sequence)
 
 
-def test_context_parallel_cases_skip_on_cpu_with_the_reason(write_suite) -> None:
+def test_context_parallel_cases_run_in_bf16_and_skip_on_cpu_with_the_reason(write_suite) -> None:
+    """TE has no fp32 attention backend under context parallelism: fp32 + cp is refused before start."""
     from harness.schedule import skip_reason
 
-    (case,) = expand(load_suites([suite(write_suite, "tiny-gpt", "{tp: 1, pp: 1, cp: 2}")]), FOUR_RANKS)
-    assert (case.id, case.world_size, "cp2" in case.markers) == ("axes/tiny-gpt/tp1pp1cp2/none", 2, True)
+    with pytest.raises(SuiteError, match=r"suite.yaml:6: matrix.layout\[0\]: cp=2 in fp32: Transformer Engine has no"):
+        expand(load_suites([suite(write_suite, "tiny-gpt", "{tp: 1, pp: 1, cp: 2}")]), FOUR_RANKS)
+    bf16 = suite(write_suite, "tiny-gpt", "{tp: 1, pp: 1, cp: 2}")
+    bf16.write_text(bf16.read_text() + "  dtype: [bf16]\n")
+    (case,) = expand(load_suites([bf16]), FOUR_RANKS)
+    assert (case.id, case.world_size, "cp2" in case.markers) == ("axes/tiny-gpt/tp1pp1cp2/none/bf16", 2, True)
     reason = skip_reason(case, FOUR_RANKS)
     assert reason is not None and "DotProductAttention asserts context_parallel_size == 1" in reason, reason
 
