@@ -80,8 +80,21 @@ GPU_PINS: tuple[Pin, ...] = (
         "NGC images set it to 1, forcing TF32 cuBLAS matmuls over torch's allow_tf32=False",
     ),
     Pin("NVIDIA_TF32_OVERRIDE", "0", "no library (cuBLAS, cuDNN) may use TF32 for fp32 math"),
+    Pin(
+        "NVTE_ALLOW_NONDETERMINISTIC_ALGO",
+        "0",
+        "Transformer Engine's attention takes deterministic backward kernels (its fused bf16 attention backward is "
+        "otherwise nondeterministic): a bf16 KD trajectory repeats run to run on one GPU",
+    ),
 )
 TF32_POLICY = "off"
+
+
+def cuda_arch_list(capabilities: list[str]) -> str | None:
+    """TORCH_CUDA_ARCH_LIST for this machine's GPUs ("9.0" on H100 and H200): modelopt compiles its CUDA
+    extensions for every architecture the variable names, and NGC images name them all (minutes per arch, in
+    every fresh container). None where no GPU was seen: the image's own list stays."""
+    return ";".join(sorted(set(capabilities))) or None
 
 
 def threads_per_rank(world_size: int) -> int:

@@ -64,6 +64,10 @@ def gpu_facts() -> dict[str, Any]:
                 pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
                 for i in range(pynvml.nvmlDeviceGetCount())
             ],
+            "gpu_capabilities": [
+                "{}.{}".format(*pynvml.nvmlDeviceGetCudaComputeCapability(pynvml.nvmlDeviceGetHandleByIndex(i)))
+                for i in range(pynvml.nvmlDeviceGetCount())
+            ],
         }
     finally:
         pynvml.nvmlShutdown()

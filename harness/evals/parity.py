@@ -76,3 +76,25 @@ def parity_metrics(prefix: str, measured: torch.Tensor, reference: torch.Tensor,
         f"{prefix}error_to_bound": error / limit,
         f"{prefix}control_to_bound": control / limit,
     }
+
+
+def decisive_flips(before: torch.Tensor, after: torch.Tensor, limit: float) -> dict[str, float]:
+    """Next-token choices of two layouts on the same tokens (teacher-forced: a flip does not change what the
+    later positions see), ``[batch, positions, vocab]`` logits each. A changed top-1 is *decisive* where the
+    first layout's top-1 margin exceeds what rounding within the parity bound can move it: the bound allows a
+    position's logits an error of ``limit x ||row||``, and the gap between two logits moves by at most
+    ``sqrt(2)`` times that. Below it the two were a near tie that rounding may order either way (in bf16, or
+    on a GPU whose kernels tile by sequence length), which no machine-independent budget can forbid."""
+    import torch
+
+    rows, other = before.double().flatten(0, -2), after.double().flatten(0, -2)
+    top2 = rows.topk(2, dim=-1)
+    margin = top2.values[:, 0] - top2.values[:, 1]
+    threshold = math.sqrt(2.0) * limit * torch.linalg.vector_norm(rows, dim=-1)
+    flipped = other.argmax(dim=-1) != top2.indices[:, 0]
+    ratios = (margin / threshold.clamp_min(1e-300))[flipped]
+    return {
+        "greedy_flips": float(flipped.sum()),
+        "greedy_decisive_flips": float((ratios > 1.0).sum()),
+        "greedy_flip_margin_to_threshold": float(ratios.max()) if len(ratios) else 0.0,
+    }

@@ -7,7 +7,8 @@ import re
 import shutil
 from pathlib import Path
 
-from harness.environment import GPU_PINS, cpu_pins
+from harness.environment import GPU_PINS, cpu_pins, cuda_arch_list
+from harness.provenance import gpu_facts
 from harness.records import Case
 
 LOG_TAIL_LINES = 25
@@ -48,9 +49,12 @@ def rank_environment(platform: str, world_size: int) -> dict[str, str]:
         # A CPU case on a GPU machine must not see the GPUs (the CPU adaptations refuse CUDA).
         numerics = {pin.variable: pin.value for pin in cpu_pins(world_size)} | {"CUDA_VISIBLE_DEVICES": ""}
     else:
-        numerics = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // world_size))} | {
-            pin.variable: pin.value for pin in GPU_PINS
-        }
+        arch = cuda_arch_list(gpu_facts().get("gpu_capabilities", []))
+        numerics = (
+            {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // world_size))}
+            | {pin.variable: pin.value for pin in GPU_PINS}
+            | ({"TORCH_CUDA_ARCH_LIST": arch} if arch else {})
+        )
     return {"HARNESS_PLATFORM": platform, "PYTHONUNBUFFERED": "1", **numerics}
 
 

@@ -73,10 +73,16 @@ def test_the_gpu_layer_spec_is_transformer_engines(monkeypatch: pytest.MonkeyPat
     assert {local.layer_norm.__name__, local.layer_specs[0].submodules.input_layernorm.__name__} == {"WrappedTorchNorm"}
 
 
-def test_gpu_ranks_run_without_tf32() -> None:
+def test_gpu_ranks_run_without_tf32_with_deterministic_attention_and_their_own_arch() -> None:
+    from harness.environment import cuda_arch_list
+
     env = rank_environment("gpu", 1)
     assert env["TORCH_ALLOW_TF32_CUBLAS_OVERRIDE"] == "0" and env["NVIDIA_TF32_OVERRIDE"] == "0"
+    assert env["NVTE_ALLOW_NONDETERMINISTIC_ALGO"] == "0"  # TE's bf16 attention backward repeats
     assert "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE" not in rank_environment("cpu", 1)
+    # modelopt's extensions compile for the GPUs present, not for every arch an NGC image lists
+    assert cuda_arch_list(["9.0", "9.0", "8.0"]) == "8.0;9.0" and cuda_arch_list([]) is None
+    assert "TORCH_CUDA_ARCH_LIST" not in env  # no GPU seen here: the image's list would stay
 
 
 def test_an_image_constraint_outside_the_harness_range_is_named(tmp_path: Path) -> None:
