@@ -314,3 +314,12 @@ def test_block_quant_reshards_that_cannot_load_are_refused_before_start(write_su
     assert sorted(c.id for c in cases) == [
         f"demo/tiny-llama-ffn688/tp1pp1->tp2pp1/{o}" for o in ("fp8", "int4_awq", "w4a8_awq")
     ]
+
+
+def test_kv_cache_quantization_cannot_vanish_unnoticed_on_gpu() -> None:
+    cases = expand(load_suites([ROOT / "suites" / "quant.yaml"]), TWO_RANKS)
+    kv = [c for c in cases if c.optimization == "fp8+fp8_kv"]
+    assert {c.platform for c in kv} == {"cpu", "gpu"}
+    for case in kv:
+        budget = case.budgets.get("kv_quantizers_enabled")
+        assert (budget is not None and budget.min == 1) is (case.platform == "gpu"), case.id
