@@ -39,6 +39,16 @@ def _model_gpu_only(case: Case, resources: Resources) -> str | None:
     )
 
 
+def _mamba_kernels_missing(case: Case, resources: Resources) -> str | None:
+    if case.platform != "gpu" or case.model_spec.hybrid_pattern is None or not resources.mamba_missing:
+        return None
+    return (
+        f"model {case.model} has Mamba layers, whose kernels come from {' and '.join(resources.mamba_missing)}: not "
+        "importable here (the NGC PyTorch image ships neither; pip install mamba-ssm causal-conv1d "
+        "--no-build-isolation)"
+    )
+
+
 def _context_parallel_on_cpu(case: Case, resources: Resources) -> str | None:
     if case.platform != "cpu" or not any(marker.startswith("cp") and marker[2:].isdigit() for marker in case.markers):
         return None
@@ -63,6 +73,7 @@ SKIP_REASONS: tuple[Callable[[Case, Resources], str | None], ...] = (
     _no_gpu,
     _model_unavailable,
     _model_gpu_only,
+    _mamba_kernels_missing,
     _context_parallel_on_cpu,
     _optimization_gpu_only,
     _check_cpu_blocker,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+from dataclasses import replace
 from pathlib import Path
 
 from harness.launchers.registry import LAUNCHERS
@@ -56,9 +57,7 @@ def _resources(args: argparse.Namespace) -> Resources:
     here = Resources.detect()
     if getattr(args, "launcher", "local") != "slurm":
         return here
-    return Resources(
-        cpu_ranks=here.cpu_ranks * args.nodes, gpus=args.gpus_per_node * args.nodes, gpu_name=here.gpu_name
-    )
+    return replace(here, cpu_ranks=here.cpu_ranks * args.nodes, gpus=args.gpus_per_node * args.nodes)
 
 
 def request(args: argparse.Namespace) -> Request:

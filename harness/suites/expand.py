@@ -23,6 +23,8 @@ from harness.suites.load import CORE_AXES, MATCH_KEYS, Suite
 from harness.suites.schema import OverrideModel
 from harness.suites.yaml_lines import SuiteError
 
+MAMBA_PACKAGES = ("mamba_ssm", "causal_conv1d")  # megatron's Mamba layers import them; NGC PyTorch ships neither
+
 
 @dataclass(frozen=True)
 class Resources:
@@ -31,14 +33,18 @@ class Resources:
     cpu_ranks: int
     gpus: int
     gpu_name: str | None = None  # the GPU model, which picks the GPU cases' baseline environment
+    mamba_missing: tuple[str, ...] = ()  # Mamba's kernel packages not importable here (GPU machines only)
 
     @classmethod
     def detect(cls) -> Resources:
+        import importlib.util
+
         import torch
 
         cpu_ranks = int(os.environ.get("HARNESS_CPU_RANKS", os.cpu_count() or 1))
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        return cls(cpu_ranks=cpu_ranks, gpus=gpus, gpu_name=torch.cuda.get_device_name(0) if gpus else None)
+        missing = tuple(name for name in MAMBA_PACKAGES if gpus and importlib.util.find_spec(name) is None)
+        return cls(cpu_ranks, gpus, torch.cuda.get_device_name(0) if gpus else None, missing)
 
     @property
     def environments(self) -> dict[str, str]:

@@ -323,3 +323,14 @@ def test_kv_cache_quantization_cannot_vanish_unnoticed_on_gpu() -> None:
     for case in kv:
         budget = case.budgets.get("kv_quantizers_enabled")
         assert (budget is not None and budget.min == 1) is (case.platform == "gpu"), case.id
+
+
+def test_mamba_gpu_cases_skip_with_the_reason_where_its_kernel_packages_are_missing() -> None:
+    from harness.schedule import schedule
+
+    one_gpu = Resources(cpu_ranks=2, gpus=2, gpu_name="NVIDIA H100 80GB HBM3", mamba_missing=("mamba_ssm",))
+    plan = schedule(expand(load_suites([ROOT / "suites" / "ckpt_mamba.yaml"]), one_gpu), one_gpu)
+    gpu = [item for item in plan if item.case.platform == "gpu"]
+    assert gpu and all(item.skip is not None and "from mamba_ssm: not importable here" in item.skip for item in gpu)
+    with_kernels = Resources(cpu_ranks=2, gpus=2, gpu_name="NVIDIA H100 80GB HBM3")
+    assert all(item.skip is None for item in schedule([item.case for item in gpu], with_kernels))
