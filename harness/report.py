@@ -4,6 +4,7 @@ atomically after every case so an interrupted run keeps what it finished."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -41,4 +42,11 @@ def summary(results: list[CaseResult]) -> str:
     fixed = [r.case.key for r in results if r.verdict is Verdict.XPASS]
     if fixed:
         line += f"\nFIXED? {len(fixed)} known defect(s) no longer show their symptom: {', '.join(fixed)}"
+    short = [r.case for r in results if r.case.platform == "gpu" and (r.outcome.skipped or "").startswith("needs ")]
+    if short:
+        layouts = sorted({m for case in short for m in case.markers if re.fullmatch(r"(tp|pp|ep|cp|vpp)[0-9]+", m)})
+        line += (
+            f"\nUNTESTED: {len(short)} GPU case(s) need more GPUs than this machine has: no multi-GPU NCCL collective "
+            f"ran, nor the layouts {', '.join(layouts) or '(none named)'}"
+        )
     return line

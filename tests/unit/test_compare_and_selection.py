@@ -266,3 +266,19 @@ def test_a_rerecord_counts_as_updated_only_what_the_old_baseline_would_not_have_
     assert store.lookup("cpu", "s", case.id) == {"x": 1.05, "speed": 2.0, "peak_memory_mib": 512.0}  # still written
     assert rerecord({"x": 1.5, "speed": 2.0, "peak_memory_mib": 512.0}).verdict is Verdict.UPDATED  # beyond it
     assert rerecord({"x": 1.5, "peak_memory_mib": 512.0}).verdict is Verdict.UPDATED  # a metric gone
+
+
+def test_a_one_gpu_run_says_which_multi_gpu_paths_went_untested() -> None:
+    from dataclasses import replace
+
+    one = replace(make_case("s/tiny-gpt/tp1pp1/none", ("s", "gpu")), platform="gpu")
+    two = replace(make_case("s/tiny-gpt/tp2pp1/none", ("s", "gpu", "tp2")), platform="gpu", world_size=2)
+    results = [
+        CaseResult(CaseOutcome(one, {}, None, 1.0, "/a")),
+        CaseResult(CaseOutcome(two, {}, None, 0.0, "", skipped="needs 2 GPUs, this machine has 1")),
+    ]
+    assert summary(results).splitlines()[-1] == (
+        "UNTESTED: 1 GPU case(s) need more GPUs than this machine has: no multi-GPU NCCL collective ran, nor the "
+        "layouts tp2"
+    )
+    assert "UNTESTED" not in summary(results[:1])
