@@ -124,3 +124,35 @@ def test_peak_memory_is_per_case_on_a_warm_worker() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
     before, after = map(float, out.split())
     assert before > 400 and after < before - 300, (before, after)
+
+
+def test_a_reload_tolerates_only_te_extra_state_being_absent() -> None:
+    """TE is phasing out ``core_attention._extra_state``: its absence on either side must not fail a reload, while a
+    quantized module's extra state (modelopt's quantizer state) and every tensor must still match."""
+    import torch
+
+    from harness.runtime.checkpoint import _load_state
+
+    class WithExtra(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(2))
+
+        def get_extra_state(self) -> dict:
+            return {"fp8_meta": None}
+
+        def set_extra_state(self, state: object) -> None:
+            pass
+
+    class Quantized(WithExtra):
+        weight_quantizer = None  # what marks a module modelopt quantized
+
+    model = torch.nn.ModuleDict({"core_attention": WithExtra(), "linear_qkv": Quantized()})
+    state = model.state_dict()
+    _load_state(model, state)
+    _load_state(model, {k: v for k, v in state.items() if k != "core_attention._extra_state"})
+    _load_state(model, {**state, "gone_module._extra_state": {"fp8_meta": None}})
+    with pytest.raises(RuntimeError, match=r"disagree on 1 key\(s\) \(missing from one side\): linear_qkv\._extra"):
+        _load_state(model, {k: v for k, v in state.items() if k != "linear_qkv._extra_state"})
+    with pytest.raises(RuntimeError, match=r"core_attention\.weight"):
+        _load_state(model, {k: v for k, v in state.items() if k != "core_attention.weight"})
