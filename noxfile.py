@@ -67,27 +67,46 @@ def cpu_suite(session: nox.Session) -> None:
     session.run("harness", "run", "--platform", "cpu", *session.posargs)
 
 
-_GPU_PROBE = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
+# What a GPU session needs from the interpreter it will run the harness with (the image's own: GPU sessions
+# create no venv), probed in that interpreter, one line per part.
+_GPU_PROBE = """
+import importlib.util
+try:
+    import torch
+    print("gpus", torch.cuda.device_count() if torch.cuda.is_available() else 0)
+except ImportError:
+    print("missing torch")
+if importlib.util.find_spec("transformer_engine") is None:
+    print("missing transformer_engine")
+"""
+GPU_HOME = (
+    "GPU sessions run inside an NGC PyTorch container on a GPU machine (docs/gpu.md): "
+    "docker run --gpus all -v $PWD:$PWD -w $PWD nvcr.io/nvidia/pytorch:25.04-py3, then pip install nox; "
+    "the image has torch with CUDA and Transformer Engine, which GPU cases build on"
+)
 
 
 def require_gpu(session: nox.Session) -> None:
-    """Stop before installing anything where there is no GPU (or no preinstalled torch); with
-    `-- --allow-no-gpu` the session skips instead of failing."""
+    """Stop before installing anything where there is no GPU, no CUDA torch or no Transformer Engine in the
+    interpreter the session runs (with `-- --allow-no-gpu` the session skips instead of failing)."""
     try:
-        gpus = int(str(session.run("python", "-c", _GPU_PROBE, silent=True)).strip().splitlines()[-1])
-    except (nox.command.CommandFailed, ValueError):
-        gpus = 0
-    if gpus == 0:
-        reason = (
-            f"no GPU here (or no preinstalled torch): {session.name} runs inside an NGC PyTorch container "
-            "on a GPU machine"
-        )
-        if "--allow-no-gpu" in session.posargs:
-            session.skip(reason)
-        session.error(reason)
+        said = str(session.run("python", "-c", _GPU_PROBE, silent=True, external=True)).split("\n")
+    except nox.command.CommandFailed:
+        said = ["missing python"]
+    missing = [line.split()[1] for line in said if line.startswith("missing ")]
+    gpus = next((int(line.split()[1]) for line in said if line.startswith("gpus ")), 0)
+    if gpus and not missing:
+        return
+    lacks = ", ".join(missing + ([] if gpus or "torch" in missing else ["a CUDA device"]))
+    reason = f"{session.name}: this interpreter lacks {lacks}. {GPU_HOME}"
+    if "--allow-no-gpu" in session.posargs:
+        session.skip(reason)
+    session.error(reason)
 
 
-@nox.session(venv_params=["--system-site-packages"])
+# GPU sessions use the image's interpreter: NGC images have no ensurepip for a venv, and their torch, Transformer
+# Engine and constraint file are what the cases must run on.
+@nox.session(venv_backend="none")
 def gpu_suite(session: nox.Session) -> None:
     """All GPU cases, with the container's own torch."""
     require_gpu(session)
@@ -98,7 +117,7 @@ def gpu_suite(session: nox.Session) -> None:
 GPU_SMOKE_DIR = "artifacts/gpu_smoke"
 
 
-@nox.session(venv_params=["--system-site-packages"])
+@nox.session(venv_backend="none")
 def gpu_smoke(session: nox.Session) -> None:
     """The single command of a short GPU session: one representative GPU case of every check
     (harness/smoke.py), baselines recorded for this GPU's environment (baselines/gpu-<model>/), then
@@ -121,7 +140,10 @@ def gpu_smoke(session: nox.Session) -> None:
 
 
 def install_in_image(session: nox.Session) -> None:
-    """The harness over the image's own packages, after checking the image's pip constraints allow it."""
+    """The harness over the image's own packages: first what the image's pip constraints say about the direct
+    requirements, then pip's own dry run (which sees every transitive pin), then the install."""
+    import os
+
     from harness.constraints import constraint_conflicts
 
     problems = constraint_conflicts(Path("pyproject.toml"))
@@ -129,7 +151,16 @@ def install_in_image(session: nox.Session) -> None:
         session.error(
             "the image's pip constraints (PIP_CONSTRAINT) exclude what the harness needs:\n" + "\n".join(problems)
         )
-    session.install("-e", ".")
+    pip = ("python", "-m", "pip", "install", "-e", ".")
+    try:
+        session.run(*pip[:4], "--dry-run", *pip[4:], silent=True, external=True)
+    except nox.command.CommandFailed as failed:
+        constraint = os.environ.get("PIP_CONSTRAINT", "(none set)")
+        session.error(
+            f"pip cannot resolve the harness against this image (PIP_CONSTRAINT={constraint}): {failed.reason}. "
+            "docs/gpu.md, 'Constraints', says how to override a pin"
+        )
+    session.run(*pip, external=True)
 
 
 NIGHTLY = "artifacts/nightly"
