@@ -78,6 +78,21 @@ def _with_torch_norms(layer: Any, qk_layernorm: bool, norm: Any) -> Any:
     )
 
 
+# megatron's local spec stores every layer's pre-MLP norm under the TE-fused key (``mlp.linear_fc1.layer_norm_``),
+# MoE layers included; get_gpt_modelopt_spec(remap_te_layernorm=True) remaps it for dense layers only (0.16.1:
+# its MoE layer spec maps input_layernorm alone), so a MoE checkpoint or shipped subject written under the local
+# spec lacked decoder.layers.pre_mlp_layernorm.weight on a GPU. The GPU spec takes the local spec's keys.
+_PRE_MLP_NORM_KEY = {"pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_"}
+
+
+def _local_keys(layer: Any) -> Any:
+    subs = layer.submodules
+    keys = subs.sharded_state_dict_keys_map
+    if "pre_mlp_layernorm." in keys:
+        return layer
+    return replace(layer, submodules=replace(subs, sharded_state_dict_keys_map={**keys, **_PRE_MLP_NORM_KEY}))
+
+
 def layer_spec(spec: ModelSpec, config: Any, vp_stage: int | None = None) -> Any:
     """The decoder block for ``spec.layers``, norms named explicitly (never a process-global default).
 
@@ -90,7 +105,8 @@ def layer_spec(spec: ModelSpec, config: Any, vp_stage: int | None = None) -> Any
     if spec.layers == "modelopt":
         from megatron.core.post_training.modelopt.gpt.model_specs import get_gpt_modelopt_spec
 
-        return get_gpt_modelopt_spec(config, remap_te_layernorm=True)
+        block = get_gpt_modelopt_spec(config, remap_te_layernorm=True)
+        return replace(block, layer_specs=[_local_keys(layer) for layer in block.layer_specs])
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
     norm = _torch_norm(config)

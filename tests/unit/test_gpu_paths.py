@@ -156,3 +156,48 @@ def test_a_reload_tolerates_only_te_extra_state_being_absent() -> None:
         _load_state(model, {k: v for k, v in state.items() if k != "linear_qkv._extra_state"})
     with pytest.raises(RuntimeError, match=r"core_attention\.weight"):
         _load_state(model, {k: v for k, v in state.items() if k != "core_attention.weight"})
+
+
+def test_every_zoo_model_has_the_same_checkpoint_keys_under_the_cpu_and_gpu_layer_specs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Shipped subjects and dist checkpoints are written under the local spec: the GPU (TE) spec must map every
+    layer's norms to the same keys. modelopt's spec remapped the pre-MLP norm of dense layers only, so the MoE
+    subjects lacked decoder.layers.pre_mlp_layernorm.weight on a GPU (measured on the spec objects)."""
+    from dataclasses import replace
+
+    from megatron.core.transformer import TransformerConfig
+
+    from harness.models.zoo import ZOO
+    from harness.runtime.megatron import layer_spec
+
+    for module in (
+        "megatron.core.transformer.transformer_block",
+        "megatron.core.post_training.modelopt.gpt.model_specs",
+    ):
+        monkeypatch.setattr(f"{module}.get_num_layers_to_build", lambda config, *args, **kwargs: config.num_layers)
+    monkeypatch.setattr(
+        "megatron.core.post_training.modelopt.gpt.model_specs.get_transformer_layer_offset", lambda *a, **k: 0
+    )
+    checked = []
+    for model in ZOO.values():
+        if model.hybrid_pattern is not None or model.layers == "local":
+            continue  # Mamba has its own stack spec; a model pinned to the local spec is local on GPUs too
+        config = TransformerConfig(
+            num_layers=model.num_layers,
+            hidden_size=model.hidden_size,
+            num_attention_heads=model.num_attention_heads,
+            normalization=model.normalization,
+            num_moe_experts=model.num_moe_experts,
+            add_bias_linear=model.add_bias_linear,
+        )
+        maps = {
+            layers: [
+                each.submodules.sharded_state_dict_keys_map
+                for each in layer_spec(replace(model, layers=layers), config).layer_specs
+            ]
+            for layers in ("local", "modelopt")
+        }
+        assert maps["local"] == maps["modelopt"], model.name
+        checked.append(model.name)
+    assert {"tiny-gpt", "tiny-moe", "tiny-moe-trained", "tiny-llama-ffn688"} <= set(checked)
