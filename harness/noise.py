@@ -236,3 +236,28 @@ def write_case_noise(path: Path, suite: str, environment: str, case_id: str, rec
             "cases": dict(sorted(cases.items())),
         },
     )
+
+
+def leave_one_out(records: list[CaseNoise], skip: Callable[[str], bool]) -> dict[str, tuple[int, int]]:
+    """How well the band rule generalises: for each variation, the values it moved (metrics ``skip`` does not
+    leave out) and how many of them the band the *other* variations give (``MULTIPLIER`` x their largest deviation)
+    covers. A variation the others cover stands for a machine the study did not sample."""
+    found: dict[str, list[int]] = {}
+    for record in records:
+        for name, metric in record.metrics.items():
+            reference = metric.samples.get(REFERENCE, math.nan)
+            if skip(name) or not math.isfinite(reference):
+                continue
+            moved = {
+                label: abs(value - reference)
+                for label, value in metric.samples.items()
+                if label != REFERENCE and not label.startswith(REPEAT) and math.isfinite(value)
+            }
+            for label, deviation in moved.items():
+                if deviation == 0:
+                    continue
+                band = MULTIPLIER * max((d for other, d in moved.items() if other != label), default=0.0)
+                counts = found.setdefault(label, [0, 0])
+                counts[0] += 1
+                counts[1] += deviation <= band
+    return {label: (moved, covered) for label, (moved, covered) in sorted(found.items())}

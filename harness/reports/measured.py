@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.baselines import baseline_files, read_baseline_file
-from harness.noise import noise_path, read_noise_file
+from harness.noise import leave_one_out, noise_path, read_noise_file
+from harness.records import WORKER_MEMORY
 
 
 def _cell(value: float | None, band: float | None) -> str:
@@ -49,6 +50,30 @@ def suite_table(path: Path, headline: tuple[str, ...]) -> list[str]:
     return [*lines, ""]
 
 
+def _timing_or_memory(name: str) -> bool:
+    return name in WORKER_MEMORY or name.endswith("_s")
+
+
+def coverage_table(folder: Path) -> list[str]:
+    """The noise study's leave-one-out check for one environment (harness.noise.leave_one_out)."""
+    records = [record for path in baseline_files(folder) for record in read_noise_file(noise_path(path)).values()]
+    found = leave_one_out(records, _timing_or_memory)
+    if not found:
+        return []
+    lines = [
+        f"### noise study: each variation judged by the others' bands ({len(records)} case records; timings and "
+        "memory left out)",
+        "",
+        "| variation | values it moved | covered by the others' bands |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| `{label}` | {moved} | {covered} ({100 * covered / moved:.1f}%) |"
+        for label, (moved, covered) in found.items()
+    ]
+    return [*lines, ""]
+
+
 def baselines_markdown(root: Path, headlines: dict[str, tuple[str, ...]]) -> str:
     """Every environment's recorded values, suite by suite (``headlines``: suite -> its check's headline metrics)."""
     lines = [
@@ -59,7 +84,7 @@ def baselines_markdown(root: Path, headlines: dict[str, tuple[str, ...]]) -> str
         "",
     ]
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        lines += [f"## {folder.name}", ""]
+        lines += [f"## {folder.name}", "", *coverage_table(folder)]
         for path in baseline_files(folder):
             lines += suite_table(path, headlines.get(path.stem, ()))
     return "\n".join(lines).rstrip("\n") + "\n"

@@ -123,3 +123,51 @@ def test_bootstrap_intervals_cover_the_estimate_repeat_with_the_seed_and_narrow_
 def test_mcnemar_exact(lost: int, gained: int, p: float) -> None:
     assert mcnemar_exact(lost, gained) == pytest.approx(p, abs=1e-300)
     assert mcnemar_exact(gained, lost) == mcnemar_exact(lost, gained)
+
+
+def test_a_flip_counts_only_where_the_choice_was_decided_beyond_rounding() -> None:
+    """Greedy invariants that hold on every machine: a near tie (margin within sqrt(2) x bound x ||row||) may flip,
+    a decided choice may not; speculative output is judged at its first divergence only."""
+    import torch
+
+    from harness.evals.parity import decisive_flips, first_divergences
+
+    limit = 1e-3
+    near_tie = torch.tensor([[[5.0, 5.0 + 1e-4, 0.0, 0.0]]])  # ||row|| ~ 7.07: threshold ~ 0.01, margin 1e-4
+    decided = torch.tensor([[[5.0, 6.0, 0.0, 0.0]]])  # margin 1: decided
+    swapped = torch.tensor([[[5.0 + 2e-4, 5.0, 0.0, 0.0]]])
+    assert decisive_flips(near_tie, swapped, limit) == {
+        "greedy_flips": 1.0,
+        "greedy_decisive_flips": 0.0,
+        "greedy_flip_margin_to_threshold": pytest.approx(1e-4 / (2**0.5 * limit * float(near_tie.norm())), rel=1e-2),
+    }
+    assert decisive_flips(decided, swapped, limit)["greedy_decisive_flips"] == 1.0
+    assert decisive_flips(decided, decided, limit) == {
+        "greedy_flips": 0.0,
+        "greedy_decisive_flips": 0.0,
+        "greedy_flip_margin_to_threshold": 0.0,
+    }
+    # speculative vs autoregressive: prompt of 2, three new tokens; prompt 1 leaves at a near tie (then differs
+    # everywhere: not counted), prompt 2 at a decided choice, prompt 3 never
+    truth = torch.tensor([[7, 7, 1, 2, 3]])
+    rows = torch.cat([decided, near_tie, decided], dim=1)  # the logits that chose new tokens 1, 2, 3
+    outputs = [torch.tensor([[7, 7, 1, 0, 0]]), torch.tensor([[7, 7, 0, 2, 3]]), truth]
+    found = first_divergences(outputs, [truth] * 3, [rows] * 3, [2, 2, 2], limit)
+    assert (found["lossless_mismatches"], found["lossless_divergences"]) == (1.0, 2.0)
+    assert found["lossless_divergence_margin_to_threshold"] > 1.0
+
+
+def test_leave_one_out_judges_each_variation_by_the_others_bands() -> None:
+    from harness.noise import CaseNoise, leave_one_out
+
+    record = CaseNoise.from_samples(
+        {
+            "reference": {"x": 1.0, "y": 5.0, "calibration_s": 2.0},
+            "a": {"x": 1.1, "y": 5.0, "calibration_s": 9.0},  # moved x by 0.1: b's band is 2 x 0.04 = 0.08
+            "b": {"x": 1.04, "y": 5.0, "calibration_s": 9.0},  # moved x by 0.04: a's band 0.2 covers it
+            "repeat": {"x": 1.3, "y": 5.0, "calibration_s": 9.0},  # pinned repeats are not a variation
+        },
+        {},
+        {},
+    )
+    assert leave_one_out([record], lambda name: name.endswith("_s")) == {"a": (1, 0), "b": (1, 1)}
