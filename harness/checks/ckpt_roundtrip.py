@@ -28,9 +28,10 @@ RELOAD = SecondLayout("reload_layout", sentinel="same", separator="->")
 
 
 def run(ctx: CheckContext) -> dict[str, float]:
+    import torch
     import torch.distributed as dist
 
-    from harness.evals.parity import bound, parity_metrics
+    from harness.evals.parity import bound, decisive_flips, parity_metrics
     from harness.optimizations import get_optimization
     from harness.runtime.checkpoint import load_checkpoint, save_checkpoint
     from harness.runtime.distributed import model_parallel
@@ -56,6 +57,10 @@ def run(ctx: CheckContext) -> dict[str, float]:
         model = optimization.apply(model, calibrate)
         logits_before = forward_logits(model, tokens, vocab)
         decoded_before = greedy_decode(model, prompt, params.decode_tokens, vocab)
+        # the logits that chose each decoded token, on the decoded sequence itself (teacher-forced)
+        decoded_sequence = torch.cat([prompt, decoded_before], dim=1)
+        choices = slice(prompt.shape[1] - 1, decoded_sequence.shape[1] - 1)
+        choices_before = forward_logits(model, decoded_sequence, vocab)[:, choices]
         census_before = quantizer_census(model)
         save_checkpoint(model, directory)
         del model
@@ -65,19 +70,20 @@ def run(ctx: CheckContext) -> dict[str, float]:
         fresh = load_checkpoint(build_gpt(spec, seed=seed + 7919), directory)
         logits_after = forward_logits(fresh, tokens, vocab)
         decoded_after = greedy_decode(fresh, prompt, params.decode_tokens, vocab)
+        choices_after = forward_logits(fresh, decoded_sequence, vocab)[:, choices]
         census_after = quantizer_census(fresh)
+    limit = bound(spec.num_layers, spec.dtype, optimization.epsilon)
     return {
         "max_abs_logit_diff": float((logits_after - logits_before).abs().max()),
         "greedy_token_mismatches": float((decoded_after != decoded_before).sum()),
+        **decisive_flips(choices_before, choices_after, limit),
         "quantizers_enabled_lost": float(census_before.enabled - census_after.enabled),
         "quantizers_calibration_lost": float(census_before.calibrated - census_after.calibrated),
         "quantizers_enabled": float(census_after.enabled),
         # a reshard changes the reduction order, so its logits obey the parity bound; the same layout must be
         # bit-identical
         **(
-            parity_metrics(
-                "logit_", logits_after, logits_before, bound(spec.num_layers, spec.dtype, optimization.epsilon)
-            )
+            parity_metrics("logit_", logits_after, logits_before, limit)
             if RELOAD.other(ctx.case.layout, params)
             else {}
         ),
@@ -109,7 +115,23 @@ CHECK = Check(
         "logit_control_to_bound": MetricSpec(
             "negative control / bound: the bound tells a wrong reload from a right one", INFORMATIONAL, _ABOVE_BOUND
         ),
-        "greedy_token_mismatches": MetricSpec("greedy-decoded tokens that differ after reload", _EXACT, _NONE),
+        "greedy_token_mismatches": MetricSpec(
+            "greedy-decoded tokens that differ after reload (free-running: every token after a flip counts)", _EXACT
+        ),
+        "greedy_flips": MetricSpec(
+            "next-token choices on the decoded sequence (teacher-forced) that differ after reload, near ties "
+            "included (shown; the decisive ones are judged)",
+            INFORMATIONAL,
+        ),
+        "greedy_decisive_flips": MetricSpec(
+            "those flips where the saved model's top-1 margin exceeds what rounding within the parity bound can "
+            "move (sqrt(2) x bound x ||logits||): a near tie may flip, a decided choice may not",
+            _EXACT,
+            _NONE,
+        ),
+        "greedy_flip_margin_to_threshold": MetricSpec(
+            "the largest margin / threshold among the flips (0: none; > 1: a decisive flip)", INFORMATIONAL
+        ),
         "quantizers_enabled_lost": MetricSpec("enabled quantizers before save minus after reload", _EXACT, _NONE),
         "quantizers_calibration_lost": MetricSpec(
             "calibrated (amax-holding) quantizers lost by the reload", _EXACT, _NONE
@@ -124,6 +146,7 @@ CHECK = Check(
         "logit_error_to_bound",
         "logit_control_to_bound",
         "greedy_token_mismatches",
+        "greedy_decisive_flips",
         "quantizers_enabled",
         "quantizers_calibration_lost",
     ),

@@ -78,23 +78,51 @@ def parity_metrics(prefix: str, measured: torch.Tensor, reference: torch.Tensor,
     }
 
 
-def decisive_flips(before: torch.Tensor, after: torch.Tensor, limit: float) -> dict[str, float]:
-    """Next-token choices of two layouts on the same tokens (teacher-forced: a flip does not change what the
-    later positions see), ``[batch, positions, vocab]`` logits each. A changed top-1 is *decisive* where the
-    first layout's top-1 margin exceeds what rounding within the parity bound can move it: the bound allows a
-    position's logits an error of ``limit x ||row||``, and the gap between two logits moves by at most
-    ``sqrt(2)`` times that. Below it the two were a near tie that rounding may order either way (in bf16, or
-    on a GPU whose kernels tile by sequence length), which no machine-independent budget can forbid."""
+def margin_ratios(rows: torch.Tensor, limit: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's top-1 token and its top-1 margin over what rounding within the parity bound can move it: the
+    bound allows a row of logits an error of ``limit x ||row||``, and the gap between two logits moves by at most
+    ``sqrt(2)`` times that. A ratio above 1 is a decided choice; below it a near tie that rounding (bf16, a GPU
+    kernel tiled by sequence length) may order either way."""
     import torch
 
-    rows, other = before.double().flatten(0, -2), after.double().flatten(0, -2)
-    top2 = rows.topk(2, dim=-1)
-    margin = top2.values[:, 0] - top2.values[:, 1]
+    rows = rows.double().flatten(0, -2)
+    top2 = rows.topk(2, dim=-1).values
     threshold = math.sqrt(2.0) * limit * torch.linalg.vector_norm(rows, dim=-1)
-    flipped = other.argmax(dim=-1) != top2.indices[:, 0]
-    ratios = (margin / threshold.clamp_min(1e-300))[flipped]
+    # argmax, as greedy decoding chooses (topk may order an exact tie the other way)
+    return rows.argmax(dim=-1), (top2[:, 0] - top2[:, 1]) / threshold.clamp_min(1e-300)
+
+
+def decisive_flips(before: torch.Tensor, after: torch.Tensor, limit: float) -> dict[str, float]:
+    """Next-token choices of two layouts on the same tokens (teacher-forced: a flip does not change what the
+    later positions see), ``[batch, positions, vocab]`` logits each: the flips, and the decisive ones (where the
+    first layout's choice was decided, ``margin_ratios`` > 1), which no machine may show."""
+    top1, ratios = margin_ratios(before, limit)
+    flipped = after.double().flatten(0, -2).argmax(dim=-1) != top1
     return {
         "greedy_flips": float(flipped.sum()),
-        "greedy_decisive_flips": float((ratios > 1.0).sum()),
-        "greedy_flip_margin_to_threshold": float(ratios.max()) if len(ratios) else 0.0,
+        "greedy_decisive_flips": float((ratios[flipped] > 1.0).sum()),
+        "greedy_flip_margin_to_threshold": float(ratios[flipped].max()) if bool(flipped.any()) else 0.0,
+    }
+
+
+def first_divergences(
+    outputs: list[torch.Tensor], truths: list[torch.Tensor], rows: list[torch.Tensor], starts: list[int], limit: float
+) -> dict[str, float]:
+    """Speculative against autoregressive greedy output, per prompt (``[1, seq]`` tokens; ``rows``: the
+    autoregressive ``[1, new tokens, vocab]`` logits that chose each new token): the first position where they
+    differ, a *decisive* divergence where the autoregressive choice there was decided (``margin_ratios`` > 1).
+    Later positions follow another prefix, so nothing after the first divergence is counted."""
+    decisive, diverged, worst = 0, 0, 0.0
+    for output, truth, logits, start in zip(outputs, truths, rows, starts, strict=True):
+        differ = (output[0, start:] != truth[0, start:]).nonzero()
+        if len(differ) == 0:
+            continue
+        position = int(differ[0, 0])
+        _, ratio = margin_ratios(logits[:, position : position + 1], limit)
+        diverged, worst = diverged + 1, max(worst, float(ratio[0]))
+        decisive += int(float(ratio[0]) > 1.0)
+    return {
+        "lossless_mismatches": float(decisive),
+        "lossless_divergences": float(diverged),
+        "lossless_divergence_margin_to_threshold": worst,
     }
