@@ -334,3 +334,16 @@ def test_mamba_gpu_cases_skip_with_the_reason_where_its_kernel_packages_are_miss
     assert gpu and all(item.skip is not None and "from mamba_ssm: not importable here" in item.skip for item in gpu)
     with_kernels = Resources(cpu_ranks=2, gpus=2, gpu_name="NVIDIA H100 80GB HBM3")
     assert all(item.skip is None for item in schedule([item.case for item in gpu], with_kernels))
+
+
+def test_a_users_own_reshard_suite_gets_the_checks_invariants_without_overrides(write_suite) -> None:
+    """The reshard invariants live in the check (parity bound, decisive flips), not in suites/ckpt.yaml: a user's
+    INT8-SQ or bf16 reshard suite is judged by the same budgets, and none asks for 0 free-running mismatches."""
+    text = (
+        "suite: mine\ncheck: ckpt_roundtrip\nmatrix:\n  model: [tiny-gpt]\n  layout: [{tp: 2, pp: 1}]\n"
+        "  optimization: [int8_sq]\n  dtype: [fp32, bf16]\n  reload_layout: [{tp: 1, pp: 1}]\n"
+    )
+    for case in expand(load_suites([write_suite(text)]), TWO_RANKS):
+        assert case.budgets["logit_error_to_bound"].max == 1.0 and case.budgets["logit_control_to_bound"].min == 1.0
+        assert case.budgets["greedy_decisive_flips"].max == 0.0 and "greedy_token_mismatches" not in case.budgets
+    assert "greedy_token_mismatches" not in (ROOT / "suites" / "ckpt.yaml").read_text()
