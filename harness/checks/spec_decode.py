@@ -38,7 +38,8 @@ class SpecParams(StrictModel):
     workaround: bool = True
     # Prompts: "corpus" (the harness's chain) or an MT-Bench question.jsonl (every question's first turn).
     prompts: str = CORPUS
-    num_prompts: PositiveInt = 4  # corpus prompts (an MT-Bench file is scored on every question)
+    num_prompts: PositiveInt = 4  # corpus prompts (an MT-Bench file is scored on every question, or ...)
+    questions_per_category: NonNegativeInt = 0  # ... on the first N of each of its categories (0: all)
     prompt_len: PositiveInt = 16  # corpus prompts only
     new_tokens: PositiveInt = 16
     # Speed: warm-up pairs, then autoregressive / speculative pairs (A B A B ...) until the speedup's 95% interval
@@ -211,7 +212,9 @@ def run(ctx: CheckContext) -> dict[str, float]:
         model.eval()
         batch = [
             torch.tensor([ids], device=device())
-            for ids in prompts(params.prompts, tokenizer, corpus, params.num_prompts, params.prompt_len)
+            for ids in prompts(
+                params.prompts, tokenizer, corpus, params.num_prompts, params.prompt_len, params.questions_per_category
+            )
         ]
         truths = [greedy(model, prompt, params.new_tokens) for prompt in batch]
         accepted = measure_acceptance(model, algorithm, truths, [p.shape[1] for p in batch], steps)

@@ -173,3 +173,15 @@ def test_pipeline_layouts_are_rejected_and_eagle_skips_on_cpu_only_with_a_reason
     assert eagle is not None and eagle.startswith(
         "GPU only: eagle3: modelopt's Megatron EAGLE module is built from Transformer Engine"
     )
+
+
+def test_mtbench_can_be_cut_to_the_first_questions_of_each_category(tmp_path: Path) -> None:
+    rows = [
+        {"question_id": i, "category": category, "turns": [f"w{i}"]}
+        for i, category in enumerate(["writing", "writing", "math", "writing", "math", "coding"], start=1)
+    ]
+    path = write_questions(tmp_path / "question.jsonl", rows)
+    tokenizer = WordTokenizer(1024)
+    assert prompts(str(path), tokenizer, MarkovCorpus(992, 0), 1, 16, per_category=1) == [[1], [3], [6]]
+    assert prompts(str(path), tokenizer, MarkovCorpus(992, 0), 1, 16, per_category=2) == [[1], [2], [3], [5], [6]]
+    assert len(prompts(str(path), tokenizer, MarkovCorpus(992, 0), 1, 16)) == 6
