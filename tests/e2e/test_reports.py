@@ -90,8 +90,9 @@ def test_three_runs_then_report_show_the_regression_its_start_and_the_drift(
     assert f"| {CKPT_CASE}[cpu] | quantizers_enabled | 1 | 0 | +100.000% | abs 0 | fail |" in text
     assert "| emits/tiny-gpt/tp1pp1/none[cpu] | value | 0.97 | 1.035 | +0.065 | 0.05 | 1 | #2 " in text
     page = (out / "report.html").read_text()
-    # five checkpoint metrics and the emitted value, each case with its peak memory
-    assert page.count('<svg class="trend"') == 8
+    # eight checkpoint metrics (a same-layout reload has no parity metrics) and the emitted value, each case with
+    # its peak memory
+    assert page.count('<svg class="trend"') == 11
     assert '<details open><summary class="bad">ckpt/tiny-gpt/tp1pp1/none[cpu]' in page
     assert 'fill="#d62728"' in page  # the failed points of the regression
 
