@@ -50,10 +50,13 @@ def rank_environment(platform: str, world_size: int) -> dict[str, str]:
         numerics = {pin.variable: pin.value for pin in cpu_pins(world_size)} | {"CUDA_VISIBLE_DEVICES": ""}
     else:
         arch = cuda_arch_list(gpu_facts().get("gpu_capabilities", []))
+        # modelopt's compiled extensions kept beside the checkout, which outlives a fresh container
+        extensions = os.environ.get("TORCH_EXTENSIONS_DIR") or str(Path.cwd() / ".cache" / "torch_extensions")
         numerics = (
             {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // world_size))}
             | {pin.variable: pin.value for pin in GPU_PINS}
             | ({"TORCH_CUDA_ARCH_LIST": arch} if arch else {})
+            | {"TORCH_EXTENSIONS_DIR": extensions}
         )
     return {"HARNESS_PLATFORM": platform, "PYTHONUNBUFFERED": "1", **numerics}
 

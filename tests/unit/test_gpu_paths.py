@@ -83,6 +83,7 @@ def test_gpu_ranks_run_without_tf32_with_deterministic_attention_and_their_own_a
     # modelopt's extensions compile for the GPUs present, not for every arch an NGC image lists
     assert cuda_arch_list(["9.0", "9.0", "8.0"]) == "8.0;9.0" and cuda_arch_list([]) is None
     assert "TORCH_CUDA_ARCH_LIST" not in env  # no GPU seen here: the image's list would stay
+    assert env["TORCH_EXTENSIONS_DIR"] == str(Path.cwd() / ".cache" / "torch_extensions")  # outlives the container
 
 
 def test_an_image_constraint_outside_the_harness_range_is_named(tmp_path: Path) -> None:
