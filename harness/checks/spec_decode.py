@@ -19,7 +19,7 @@ from pydantic import NonNegativeInt, PositiveInt
 
 from harness.checks.base import Check, CheckContext, MetricSpec, StrictModel
 from harness.data.files import expand_path, stamp
-from harness.data.text import CORPUS, TextSourceError
+from harness.data.text import CORPUS, TextSourceError, read_documents
 from harness.data.tokenizer import tokenizer_for
 from harness.evals.mtbench import first_turn, prompts, read_questions, unknown_problem
 from harness.evals.timing import PairingPlan
@@ -36,6 +36,9 @@ class SpecParams(StrictModel):
     # Train around the algorithm's known modelopt defect (drafts.DraftAlgorithm.workaround), as the shipped heads are;
     # false: train in the case as modelopt does, to show the defect (suites/spec_defects.yaml).
     workaround: bool = True
+    # What the heads learn to continue: "corpus" (the harness's chain; what the shipped heads learned) or a text /
+    # jsonl file of real text, for a real checkpoint whose continuations of the word chain mean nothing.
+    train_text: str = CORPUS
     # Prompts: "corpus" (the harness's chain) or an MT-Bench question.jsonl (every question's first turn).
     prompts: str = CORPUS
     num_prompts: PositiveInt = 4  # corpus prompts (an MT-Bench file is scored on every question, or ...)
@@ -58,7 +61,8 @@ def heads_subject(base: str, params: SpecParams) -> str | None:
     (zoo models with a recipe). On any other base (a real checkpoint) the case trains them itself,
     under its own environment's numerics and baselines."""
     spec = ZOO.get(base)
-    if params.train_steps == 0 or not params.workaround or spec is None or spec.recipe is None:
+    shipped_recipe = params.train_steps and params.workaround and params.train_text == CORPUS
+    if not shipped_recipe or spec is None or spec.recipe is None:
         return None
     return HeadsName(
         base, params.algorithm, ALGORITHMS[params.algorithm].heads_steps(params.draft_steps), params.train_steps
@@ -93,6 +97,20 @@ def _questions_problem(source: str, version: tuple[object, ...], model: ModelSpe
     return unknown_problem(path, questions, [first_turn(q, tokenizer) for q in questions], tokenizer)
 
 
+def _text_problem(source: str) -> str | None:
+    return _read_problem(source, stamp(expand_path(source)))
+
+
+@functools.cache
+def _read_problem(source: str, version: tuple[object, ...]) -> str | None:
+    """What is wrong with a training text file, before any worker starts (cached per file ``version``)."""
+    try:
+        read_documents(Path(expand_path(source)))
+    except TextSourceError as err:
+        return str(err)
+    return None
+
+
 def _case_problems(layout: Layout, params: SpecParams, model: Any) -> list[tuple[str, str]]:
     problems = []
     if layout.pp > 1:
@@ -105,6 +123,8 @@ def _case_problems(layout: Layout, params: SpecParams, model: Any) -> list[tuple
         )
     if (prompt_problem := _prompt_problem(params.prompts, model)) is not None:
         problems.append(("prompts", prompt_problem))
+    if params.train_text != CORPUS and (text_problem := _text_problem(params.train_text)) is not None:
+        problems.append(("train_text", text_problem))
     return problems
 
 
@@ -208,7 +228,7 @@ def run(ctx: CheckContext) -> dict[str, float]:
         if shipped is not None:
             load_heads(model, shipped, recipe)
         elif params.train_steps:  # else the freshly initialised heads: the floor a trained head must beat
-            train_heads(model, recipe, tokenizer, corpus)
+            train_heads(model, recipe, tokenizer, corpus, params.train_text)
         model.eval()
         batch = [
             torch.tensor([ids], device=device())

@@ -15,6 +15,7 @@ import torch
 
 from harness.data.corpus import MarkovCorpus
 from harness.data.multiple_choice import Tokenizer
+from harness.data.text import CORPUS
 from harness.records import ModelSpec
 from harness.runtime.drafts import DraftAlgorithm, HeadRecipe
 from harness.runtime.forward import device, on_device, positions
@@ -166,13 +167,15 @@ def _train(model: torch.nn.Module, data: torch.Tensor, recipe: HeadRecipe) -> No
         optimizer.step()
 
 
-def train_heads(model: torch.nn.Module, recipe: HeadRecipe, tokenizer: Tokenizer, corpus: MarkovCorpus) -> None:
-    """Self-distillation: the heads learn the base's own greedy continuations of corpus prefixes, the
-    base frozen (what ``harness models build`` runs for a heads subject)."""
-    from harness.data.text import CORPUS, token_rows
+def train_heads(
+    model: torch.nn.Module, recipe: HeadRecipe, tokenizer: Tokenizer, corpus: MarkovCorpus, source: str = CORPUS
+) -> None:
+    """Self-distillation: the heads learn the base's own greedy continuations of prefixes from ``source`` (the
+    corpus, what ``harness models build`` runs for a heads subject, or a file of real text), the base frozen."""
+    from harness.data.text import token_rows
 
     prefixes = torch.as_tensor(
-        token_rows(CORPUS, tokenizer, corpus, 8 * recipe.batch_size, recipe.prefix_len, recipe.seed)
+        token_rows(source, tokenizer, corpus, 8 * recipe.batch_size, recipe.prefix_len, recipe.seed)
     )
     torch.manual_seed(recipe.seed)
     data = greedy(model, prefixes.to(device()), recipe.seq_len - recipe.prefix_len)

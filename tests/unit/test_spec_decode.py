@@ -185,3 +185,24 @@ def test_mtbench_can_be_cut_to_the_first_questions_of_each_category(tmp_path: Pa
     assert prompts(str(path), tokenizer, MarkovCorpus(992, 0), 1, 16, per_category=1) == [[1], [3], [6]]
     assert prompts(str(path), tokenizer, MarkovCorpus(992, 0), 1, 16, per_category=2) == [[1], [2], [3], [5], [6]]
     assert len(prompts(str(path), tokenizer, MarkovCorpus(992, 0), 1, 16)) == 6
+
+
+def test_heads_can_learn_real_text_and_a_bad_text_file_is_refused_before_start(tmp_path: Path, write_suite) -> None:
+    from harness.checks.spec_decode import SpecParams, heads_subject
+    from harness.suites.expand import Resources, expand
+    from harness.suites.load import load_suites
+    from harness.suites.yaml_lines import SuiteError
+
+    shipped = {"algorithm": "medusa", "draft_steps": 2, "train_steps": 150}
+    assert heads_subject("tiny-gpt-trained", SpecParams(**shipped)) is not None
+    # heads trained on other text are not the shipped ones: the case trains its own
+    assert heads_subject("tiny-gpt-trained", SpecParams(**shipped, train_text=str(tmp_path / "t.txt"))) is None
+    text = tmp_path / "t.txt"
+    text.write_bytes(b"caf\xe9\n")
+    suite = write_suite(
+        f"suite: s\ncheck: spec_decode\nparams: {{train_text: {text}, train_steps: 20}}\nmatrix:\n"
+        "  model: [tiny-gpt-trained]\n",
+        "s.yaml",
+    )
+    with pytest.raises(SuiteError, match=rf"s.yaml:3: params.train_text: {text}:1: not UTF-8"):
+        expand(load_suites([suite]), Resources(cpu_ranks=2, gpus=0))
