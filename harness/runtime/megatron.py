@@ -155,6 +155,10 @@ def build_gpt(spec: ModelSpec, *, seed: int, parallel_output: bool = False) -> t
         hidden_dropout=0.0,
         attention_dropout=0.0,
         use_cpu_initialization=True,
+        # weights that a checkpoint fills are not drawn first: a 30B model drawn at random on every rank before its
+        # import would cost minutes and a full master copy per tensor (the import must then fill every tensor: the
+        # HF cases compare their logits with transformers' own)
+        perform_initialization=spec.hf_path is None and spec.checkpoint is None,
         params_dtype=torch_dtype(spec),
         pipeline_dtype=torch_dtype(spec),
         bf16=spec.dtype == "bf16",
