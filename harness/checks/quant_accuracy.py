@@ -20,7 +20,7 @@ from pydantic import NonNegativeInt, PositiveInt
 from harness.checks.base import Check, CheckContext, LayoutModel, MetricSpec, SecondLayout, StrictModel
 from harness.data.files import expand_path, stamp
 from harness.data.multiple_choice import McItem
-from harness.data.text import CORPUS, TextSourceError, read_documents, token_rows
+from harness.data.text import CORPUS, text_file_problem, token_rows
 from harness.evals.mmlu import McScores, MmluError, load_with_shots, write_mmlu
 from harness.records import INFORMATIONAL, Budget, Layout, Tolerance
 from harness.stats import mcnemar_exact
@@ -97,12 +97,7 @@ def _data_problems(
             load_with_shots(expand_path(mmlu), split, shots, limit)
         except MmluError as err:
             problems.extend(("mmlu", line) for line in str(err).splitlines())
-    for key, source in texts:
-        if source != CORPUS:
-            try:
-                read_documents(Path(expand_path(source)))
-            except TextSourceError as err:
-                problems.append((key, str(err)))
+    problems.extend((key, problem) for key, source in texts if (problem := text_file_problem(source)) is not None)
     return tuple(problems)
 
 

@@ -19,7 +19,7 @@ from pydantic import NonNegativeInt, PositiveInt
 
 from harness.checks.base import Check, CheckContext, MetricSpec, StrictModel
 from harness.data.files import expand_path, stamp
-from harness.data.text import CORPUS, TextSourceError, read_documents
+from harness.data.text import CORPUS, TextSourceError, text_file_problem
 from harness.data.tokenizer import tokenizer_for
 from harness.evals.mtbench import first_turn, prompts, read_questions, unknown_problem
 from harness.evals.timing import PairingPlan
@@ -97,20 +97,6 @@ def _questions_problem(source: str, version: tuple[object, ...], model: ModelSpe
     return unknown_problem(path, questions, [first_turn(q, tokenizer) for q in questions], tokenizer)
 
 
-def _text_problem(source: str) -> str | None:
-    return _read_problem(source, stamp(expand_path(source)))
-
-
-@functools.cache
-def _read_problem(source: str, version: tuple[object, ...]) -> str | None:
-    """What is wrong with a training text file, before any worker starts (cached per file ``version``)."""
-    try:
-        read_documents(Path(expand_path(source)))
-    except TextSourceError as err:
-        return str(err)
-    return None
-
-
 def _case_problems(layout: Layout, params: SpecParams, model: Any) -> list[tuple[str, str]]:
     problems = []
     if layout.pp > 1:
@@ -123,7 +109,7 @@ def _case_problems(layout: Layout, params: SpecParams, model: Any) -> list[tuple
         )
     if (prompt_problem := _prompt_problem(params.prompts, model)) is not None:
         problems.append(("prompts", prompt_problem))
-    if params.train_text != CORPUS and (text_problem := _text_problem(params.train_text)) is not None:
+    if (text_problem := text_file_problem(params.train_text)) is not None:
         problems.append(("train_text", text_problem))
     return problems
 
@@ -239,10 +225,11 @@ def run(ctx: CheckContext) -> dict[str, float]:
         truths = [greedy(model, prompt, params.new_tokens) for prompt in batch]
         accepted = measure_acceptance(model, algorithm, truths, [p.shape[1] for p in batch], steps)
         outputs = [speculative(model, algorithm, prompt, params.new_tokens, steps) for prompt in batch]
-        # the autoregressive logits that chose each new token, teacher-forced on its own output
+        # the autoregressive logits that chose each new token, teacher-forced on its own output: only where the
+        # speculative output differs (one more forward of the base per diverging prompt, none otherwise)
         chose = [
-            base_logits(model, truth[:, :-1])[:, prompt.shape[1] - 1 :]
-            for prompt, truth in zip(batch, truths, strict=True)
+            None if torch.equal(output, truth) else base_logits(model, truth[:, :-1])[:, prompt.shape[1] - 1 :]
+            for prompt, truth, output in zip(batch, truths, outputs, strict=True)
         ]
         starts = [prompt.shape[1] for prompt in batch]
         lossless = first_divergences(outputs, truths, chose, starts, bound(ctx.model.num_layers, ctx.model.dtype))

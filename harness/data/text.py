@@ -6,6 +6,7 @@ in its ``"text"`` field), tokenized with the model's own tokenizer, concatenated
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from harness.data.corpus import MarkovCorpus
-from harness.data.files import expand_path, read_utf8
+from harness.data.files import expand_path, read_utf8, stamp
 from harness.data.multiple_choice import Tokenizer
 from harness.data.tokenizer import corpus_word
 
@@ -68,3 +69,18 @@ def token_rows(
     if len(ids) < rows * width:
         raise TextSourceError(f"{path}: {len(ids)} tokens, the case needs {rows} rows x {width} = {rows * width}")
     return np.asarray(ids[: rows * width], dtype=np.int64).reshape(rows, width)
+
+
+def text_file_problem(source: str) -> str | None:
+    """What is wrong with a text source a case reads, said before any worker starts (None: the corpus, or a
+    readable file; cached per version of the file)."""
+    return None if source == CORPUS else _file_problem(source, stamp(expand_path(source)))
+
+
+@functools.cache
+def _file_problem(source: str, version: tuple[object, ...]) -> str | None:
+    try:
+        read_documents(Path(expand_path(source)))
+    except TextSourceError as err:
+        return str(err)
+    return None

@@ -106,10 +106,15 @@ def decisive_flips(before: torch.Tensor, after: torch.Tensor, limit: float) -> d
 
 
 def first_divergences(
-    outputs: list[torch.Tensor], truths: list[torch.Tensor], rows: list[torch.Tensor], starts: list[int], limit: float
+    outputs: list[torch.Tensor],
+    truths: list[torch.Tensor],
+    rows: list[torch.Tensor | None],
+    starts: list[int],
+    limit: float,
 ) -> dict[str, float]:
     """Speculative against autoregressive greedy output, per prompt (``[1, seq]`` tokens; ``rows``: the
-    autoregressive ``[1, new tokens, vocab]`` logits that chose each new token): the first position where they
+    autoregressive ``[1, new tokens, vocab]`` logits that chose each new token, needed, and read, only where the two
+    outputs differ): the first position where they
     differ, a *decisive* divergence where the autoregressive choice there was decided (``margin_ratios`` > 1).
     Later positions follow another prefix, so nothing after the first divergence is counted."""
     decisive, diverged, worst = 0, 0, 0.0
@@ -118,6 +123,7 @@ def first_divergences(
         if len(differ) == 0:
             continue
         position = int(differ[0, 0])
+        assert logits is not None, "the logits of a diverging prompt"
         _, ratio = margin_ratios(logits[:, position : position + 1], limit)
         diverged, worst = diverged + 1, max(worst, float(ratio[0]))
         decisive += int(float(ratio[0]) > 1.0)
