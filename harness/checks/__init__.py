@@ -10,6 +10,7 @@ import importlib
 
 from harness.checks.base import Check
 from harness.checks.ckpt_roundtrip import CHECK as CKPT_ROUNDTRIP
+from harness.checks.export_roundtrip import CHECK as EXPORT_ROUNDTRIP
 from harness.checks.kd_parity import CHECK as KD_PARITY
 from harness.checks.kd_trajectory import CHECK as KD_TRAJECTORY
 from harness.checks.moe_router import CHECK as MOE_ROUTER
@@ -17,7 +18,8 @@ from harness.checks.quant_accuracy import CHECK as QUANT_ACCURACY
 from harness.checks.spec_decode import CHECK as SPEC_DECODE
 
 CHECKS: dict[str, Check] = {
-    check.name: check for check in (CKPT_ROUNDTRIP, QUANT_ACCURACY, KD_PARITY, KD_TRAJECTORY, SPEC_DECODE, MOE_ROUTER)
+    check.name: check
+    for check in (CKPT_ROUNDTRIP, EXPORT_ROUNDTRIP, QUANT_ACCURACY, KD_PARITY, KD_TRAJECTORY, SPEC_DECODE, MOE_ROUTER)
 }
 
 

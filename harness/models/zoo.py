@@ -71,6 +71,15 @@ ZOO["tiny-llama-ffn688"] = replace(
     swiglu=True,
     add_bias_linear=False,
 )
+# Llama's shape with widths INT4 AWQ's 128-wide blocks tile at TP1 and TP2 (FFN 768: 6 blocks, 3 per rank): the
+# subject of the Hugging Face export round trip (suites/export.yaml), whose exporter maps LlamaForCausalLM and packs
+# no partial block.
+ZOO["tiny-llama"] = replace(
+    ZOO["tiny-llama-ffn688"],
+    name="tiny-llama",
+    description="Llama-shaped (SwiGLU, no bias, RMSNorm, RoPE, GQA 8/4), 2 layers, FFN 768",
+    ffn_hidden_size=768,
+)
 # The same architecture trained on the synthetic corpus: accuracy deltas mean something on it.
 ZOO["tiny-gpt-trained"] = replace(
     ZOO["tiny-gpt"],

@@ -8,12 +8,13 @@ sensitivity command sets it (harness.launchers.local drops one inherited from th
 
 from __future__ import annotations
 
-from harness.mutations import ckpt, kd, moe, quant, spec
+from harness.mutations import ckpt, export, kd, moe, quant, spec
 from harness.mutations.base import Mutation
 
 VARIABLE = "HARNESS_MUTATION"
 MUTATIONS: dict[str, Mutation] = {
-    m.name: m for m in (*quant.MUTATIONS, *ckpt.MUTATIONS, *kd.MUTATIONS, *spec.MUTATIONS, *moe.MUTATIONS)
+    m.name: m
+    for m in (*quant.MUTATIONS, *ckpt.MUTATIONS, *export.MUTATIONS, *kd.MUTATIONS, *spec.MUTATIONS, *moe.MUTATIONS)
 }
 
 

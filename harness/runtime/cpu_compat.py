@@ -11,6 +11,9 @@ megatron binds them to a MagicMock). The ``eagle-*`` adaptations give it torch s
 ``drafts.VERIFIED_MODELOPT``: on another modelopt they are not applied and EAGLE cases skip on CPU with the
 reason (``eagle_blocker``). They stand in for TE kernels, which the CPU base model does not run either.
 
+One adaptation is about versions, not CUDA: ``hybrid-model-name`` gives modelopt's exporter the megatron-core
+0.18 module name it imports, on the 0.16 this CPU runs (GPU images ship a newer megatron-core).
+
 The model-parallel RNG tracker needs no patch: ``runtime.distributed.seed_everything`` asks
 megatron for its inference RNG tracker on CPU, which does not touch CUDA RNG states.
 """
@@ -72,6 +75,29 @@ class _CudaToCpu(TorchFunctionMode):
 def _cuda_factories_to_cpu() -> None:
     # pipeline_parallel/schedules.py builds its token counters with torch.zeros(..., device="cuda").
     _CudaToCpu().__enter__()
+
+
+def _hybrid_model_name() -> None:
+    # modelopt 0.47's Megatron exporter (modelopt.torch.export.unified_export_megatron) imports HybridModel from
+    # megatron.core.models.hybrid, the name megatron-core 0.18 gave MambaModel. The import sits in a plugin guard
+    # that swallows the ImportError, so on 0.16 / 0.17 every name after it stays unbound and export_mcore_gpt_to_hf
+    # raises "NameError: name 'HybridModel' is not defined" (measured). The module under its new name, holding
+    # 0.16's class, before modelopt is imported; from 0.18 on there is nothing to do.
+    import sys
+    import types
+
+    from megatron.core.package_info import __version__ as mcore_version
+
+    if Version(mcore_version) >= Version("0.18") or "megatron.core.models.hybrid" in sys.modules:
+        return
+    from megatron.core.models.mamba.mamba_model import MambaModel
+
+    hybrid_model = types.ModuleType("megatron.core.models.hybrid.hybrid_model")
+    hybrid_model.HybridModel = MambaModel  # type: ignore[attr-defined]
+    package = types.ModuleType("megatron.core.models.hybrid")
+    package.__path__ = []  # a package with no other submodules: the rest of 0.18's package still fails to import
+    package.hybrid_model = hybrid_model  # type: ignore[attr-defined]
+    sys.modules |= {package.__name__: package, hybrid_model.__name__: hybrid_model}
 
 
 def _moe_router_without_te() -> None:
@@ -170,6 +196,11 @@ def _eagle_no_cp_attention_context() -> None:
 
 
 ADAPTATIONS: tuple[Adaptation, ...] = (
+    Adaptation(
+        "hybrid-model-name",
+        "megatron.core.models.hybrid.HybridModel names 0.16's MambaModel (modelopt's exporter imports it)",
+        _hybrid_model_name,
+    ),
     Adaptation("cpu-current-device", "torch.cuda.current_device() answers the CPU", _cpu_current_device),
     Adaptation("no-cuda-synchronize", "torch.cuda.synchronize() is a no-op", _no_cuda_synchronize),
     Adaptation("cuda-factories-to-cpu", 'device="cuda" tensor factories allocate on the CPU', _cuda_factories_to_cpu),
@@ -181,6 +212,11 @@ ADAPTATIONS: tuple[Adaptation, ...] = (
     ),
 )
 EAGLE_ADAPTATIONS: tuple[Adaptation, ...] = (
+    Adaptation(
+        "hybrid-model-name",
+        "megatron.core.models.hybrid.HybridModel names 0.16's MambaModel (modelopt's exporter imports it)",
+        _hybrid_model_name,
+    ),
     Adaptation(
         "eagle-local-core-attention",
         "EAGLE's draft layer: megatron's DotProductAttention and torch norms, not TE's",

@@ -1,0 +1,178 @@
+"""An exported unified Hugging Face checkpoint read as a deployment runtime reads it, without modelopt: the
+safetensors, ``config.json`` and ``hf_quant_config.json``, each layer's weights dequantized by its format's
+published definition (the TensorRT-LLM / vLLM "modelopt" checkpoint format), then a transformers model of the
+architecture in fp32 with the exported activation scales applied as fake quantization.
+
+Formats (``W`` the stored weight, ``s`` its ``weight_scale``):
+- FP8: ``W`` float8 E4M3, ``s`` one scale per tensor (or per output channel): ``W x s``.
+- INT8 (SmoothQuant, weight-only): ``W`` int8, ``s`` per output channel: ``W x s[:, None]``.
+- INT4 AWQ / W4A8 AWQ: two signed 4-bit values per byte, packed along the output dimension (row ``2k`` in the low
+  nibble, ``2k+1`` in the high one, shape ``[out / 2, in]``), ``s`` per output channel and input block of
+  ``in / s.shape[1]``: ``W[o, i] x s[o, i // block]``.
+Activations: a ``pre_quant_scale`` multiplies a layer's input (AWQ / SmoothQuant smoothing); an ``input_scale``
+fake-quantizes it (FP8: E4M3, saturating at 448; INT8: round to nearest, clamp to ``[-128, 127]``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FP8_MAX = 448.0
+# What a quantizer's amax is divided by to give the exported scale, per format (weights; activations below).
+WEIGHT_RANGE = {"FP8": FP8_MAX, "INT8_SQ": 127.0, "INT8_WO": 127.0, "INT4_AWQ": 7.0, "W4A8_AWQ": 7.0}
+INPUT_RANGE = {"FP8": FP8_MAX, "INT8_SQ": 127.0, "W4A8_AWQ": FP8_MAX}
+SCALE_SUFFIXES = ("weight_scale", "weight_scale_2", "input_scale", "pre_quant_scale", "k_scale", "v_scale")
+
+
+class ExportError(ValueError):
+    """An exported folder a deployment runtime could not load as it stands."""
+
+
+@dataclass(frozen=True)
+class Exported:
+    config: dict[str, Any]
+    quantization: dict[str, Any] | None  # hf_quant_config.json's "quantization"; None: the folder states none
+    tensors: dict[str, torch.Tensor]  # every stored tensor, as stored
+
+    def layer_format(self, module: str) -> str | None:
+        """The format the folder states for ``module`` (an HF module name), None where it is not quantized."""
+        if self.quantization is None:
+            return None
+        layers = self.quantization.get("quantized_layers")
+        if layers is not None:
+            return (layers.get(module) or {}).get("quant_algo")
+        excluded = self.quantization.get("exclude_modules") or []
+        if any(_matches(module, pattern) for pattern in excluded):
+            return None
+        return self.quantization.get("quant_algo")
+
+    def scales(self, module: str) -> dict[str, torch.Tensor]:
+        return {s: self.tensors[f"{module}.{s}"] for s in SCALE_SUFFIXES if f"{module}.{s}" in self.tensors}
+
+
+def _matches(module: str, pattern: str) -> bool:
+    from fnmatch import fnmatch
+
+    return module == pattern or fnmatch(module, pattern) or module.startswith(pattern + ".")
+
+
+def read_exported(folder: Path) -> Exported:
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not (folder / "config.json").is_file() or not files:
+        raise ExportError(f"{folder}: no config.json or no *.safetensors")
+    tensors: dict[str, torch.Tensor] = {}
+    for file in files:
+        tensors |= load_file(str(file))
+    quant_file = folder / "hf_quant_config.json"
+    quantization = json.loads(quant_file.read_text())["quantization"] if quant_file.is_file() else None
+    return Exported(json.loads((folder / "config.json").read_text()), quantization, tensors)
+
+
+def _unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    low, high = (packed & 0x0F).to(torch.int16), (packed >> 4).to(torch.int16)
+    low, high = torch.where(low >= 8, low - 16, low), torch.where(high >= 8, high - 16, high)
+    return torch.stack([low, high], dim=1).reshape(2 * packed.shape[0], packed.shape[1]).float()
+
+
+def _per_channel(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return weight.float() * (scale.float().reshape(-1, 1) if scale.numel() > 1 else scale.float())
+
+
+def _blocked(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    values = _unpack_int4(weight)
+    block = values.shape[1] // scale.shape[1]
+    return values * scale.float().repeat_interleave(block, dim=1)
+
+
+DEQUANTIZE: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "FP8": _per_channel,
+    "INT8_SQ": _per_channel,
+    "INT8_WO": _per_channel,
+    "INT4_AWQ": _blocked,
+    "W4A8_AWQ": _blocked,
+}
+
+
+def _guessed(weight: torch.Tensor, scale: torch.Tensor) -> str:
+    """A weight's format where the folder states none (a runtime would refuse it; the check reports that as
+    ``export_recipe_stated`` and still measures what the weights compute): by storage type and scale shape."""
+    if weight.dtype == torch.float8_e4m3fn:
+        return "FP8"
+    if weight.dtype == torch.uint8 and scale.dim() == 2:
+        return "INT4_AWQ"
+    if weight.dtype == torch.int8:
+        return "INT8_WO"
+    raise ExportError(f"a {weight.dtype} weight with a {tuple(scale.shape)} scale, and no format stated for it")
+
+
+def fake_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (x / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).to(x.dtype) * scale
+
+
+def fake_int8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (x / scale).round().clamp(-128, 127) * scale
+
+
+ACTIVATION: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "FP8": fake_fp8,
+    "INT8_SQ": fake_int8,
+    "W4A8_AWQ": fake_fp8,
+}
+
+
+def dequantized(exported: Exported) -> tuple[dict[str, torch.Tensor], dict[str, tuple[str, dict[str, torch.Tensor]]]]:
+    """fp32 weights by HF name, and the quantized modules' (format, scales) for their inputs."""
+    weights: dict[str, torch.Tensor] = {}
+    quantized: dict[str, tuple[str, dict[str, torch.Tensor]]] = {}
+    for name, tensor in exported.tensors.items():
+        module, _, leaf = name.rpartition(".")
+        if leaf in SCALE_SUFFIXES:
+            continue
+        if leaf != "weight" or "weight_scale" not in exported.scales(module):
+            if not tensor.is_floating_point() or tensor.dtype == torch.float8_e4m3fn:
+                raise ExportError(f"{name}: stored as {tensor.dtype} without a weight_scale")
+            weights[name] = tensor.float()
+            continue
+        scales = exported.scales(module)
+        fmt = exported.layer_format(module) or _guessed(tensor, scales["weight_scale"])
+        if fmt not in DEQUANTIZE:
+            raise ExportError(f"{name}: format {fmt!r} stated for {module}, which this reader cannot dequantize")
+        weights[name] = DEQUANTIZE[fmt](tensor, scales["weight_scale"])
+        quantized[module] = (fmt, scales)
+    return weights, quantized
+
+
+def _input_hook(fmt: str, scales: dict[str, torch.Tensor]) -> Callable[[torch.nn.Module, tuple], tuple]:
+    smooth, scale = scales.get("pre_quant_scale"), scales.get("input_scale")
+
+    def hook(module: torch.nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        if smooth is not None:
+            x = x * smooth.to(x.dtype)
+        if scale is not None:
+            x = ACTIVATION[fmt](x, scale.to(x.dtype))
+        return (x, *args[1:])
+
+    return hook
+
+
+def build_model(exported: Exported) -> torch.nn.Module:
+    """The exported architecture in fp32 with the dequantized weights (every weight must be there: strict)."""
+    import transformers
+
+    config = {k: v for k, v in exported.config.items() if k != "quantization_config"}
+    hf_config = transformers.AutoConfig.for_model(config.pop("model_type"), **config)
+    model = transformers.AutoModelForCausalLM.from_config(hf_config, torch_dtype=torch.float32)
+    weights, quantized = dequantized(exported)
+    model.load_state_dict(weights, strict=True)
+    for module, (fmt, scales) in quantized.items():
+        model.get_submodule(module).register_forward_pre_hook(_input_hook(fmt, scales))
+    return model.eval()
