@@ -17,6 +17,9 @@ GPU_SMOKE: tuple[str, ...] = (
     "quant/tiny-gpt-trained/tp1pp1/fp8/bf16[gpu]",
     # a mixture of experts through the modelopt spec (TE's router GEMM), its expert census
     "quant-moe/tiny-moe-trained/tp1pp1/fp8[gpu]",
+    # the Hugging Face export of a TE-spec model: FP8, and NVFP4's two-level scales (CUDA only) in bf16
+    "export/tiny-llama-trained/tp1pp1/fp8[gpu]",
+    "export/tiny-llama-trained/tp1pp1/nvfp4/bf16[gpu]",
     # distillation: the known defect's case in fp32 and bf16, a short trajectory, TP2 (2 GPUs)
     "kd/tiny-gpt-student/tp1pp1/lm-scaled/none[gpu]",
     "kd/tiny-gpt-student/tp1pp1/lm-scaled/none/bf16[gpu]",

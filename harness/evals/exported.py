@@ -9,6 +9,10 @@ Formats (``W`` the stored weight, ``s`` its ``weight_scale``):
 - INT4 AWQ / W4A8 AWQ: two signed 4-bit values per byte, packed along the output dimension (row ``2k`` in the low
   nibble, ``2k+1`` in the high one, shape ``[out / 2, in]``), ``s`` per output channel and input block of
   ``in / s.shape[1]``: ``W[o, i] x s[o, i // block]``.
+- NVFP4: two FP4 E2M1 values per byte along the input dimension (element ``2j`` in the low nibble; a nibble is a
+  sign bit and an index into 0, 0.5, 1, 1.5, 2, 3, 4, 6), ``s`` FP8 E4M3 per output channel and 16-wide input
+  block, ``weight_scale_2`` one fp32 scale: ``W[o, i] x s[o, i // 16] x weight_scale_2``. Its activations are
+  quantized in 16-wide blocks whose FP8 scales are computed on the fly from ``input_scale``.
 Activations: a ``pre_quant_scale`` multiplies a layer's input (AWQ / SmoothQuant smoothing); an ``input_scale``
 fake-quantizes it (FP8: E4M3, saturating at 448; INT8: round to nearest, clamp to ``[-128, 127]``).
 """
@@ -24,9 +28,21 @@ from typing import Any
 import torch
 
 FP8_MAX = 448.0
+FP4_MAX = 6.0
+NVFP4_BLOCK = 16
+E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 # What a quantizer's amax is divided by to give the exported scale, per format (weights; activations below).
-WEIGHT_RANGE = {"FP8": FP8_MAX, "INT8_SQ": 127.0, "INT8_WO": 127.0, "INT4_AWQ": 7.0, "W4A8_AWQ": 7.0}
-INPUT_RANGE = {"FP8": FP8_MAX, "INT8_SQ": 127.0, "W4A8_AWQ": FP8_MAX}
+WEIGHT_RANGE = {
+    "FP8": FP8_MAX,
+    "INT8_SQ": 127.0,
+    "INT8_WO": 127.0,
+    "INT4_AWQ": 7.0,
+    "W4A8_AWQ": 7.0,
+    "NVFP4": FP4_MAX * FP8_MAX,
+}
+# The exported scale a weight quantizer's amax determines (NVFP4's per-block scales come from the weights).
+WEIGHT_SCALE = {"NVFP4": "weight_scale_2"}
+INPUT_RANGE = {"FP8": FP8_MAX, "INT8_SQ": 127.0, "W4A8_AWQ": FP8_MAX, "NVFP4": FP4_MAX * FP8_MAX}
 SCALE_SUFFIXES = ("weight_scale", "weight_scale_2", "input_scale", "pre_quant_scale", "k_scale", "v_scale")
 
 
@@ -92,12 +108,31 @@ def _blocked(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return values * scale.float().repeat_interleave(block, dim=1)
 
 
-DEQUANTIZE: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "FP8": _per_channel,
-    "INT8_SQ": _per_channel,
-    "INT8_WO": _per_channel,
-    "INT4_AWQ": _blocked,
-    "W4A8_AWQ": _blocked,
+def _e2m1(nibbles: torch.Tensor) -> torch.Tensor:
+    values = torch.tensor(E2M1, device=nibbles.device)[(nibbles & 0x07).long()]
+    return torch.where((nibbles & 0x08) != 0, -values, values)
+
+
+def _nvfp4(weight: torch.Tensor, scales: dict[str, torch.Tensor]) -> torch.Tensor:
+    values = torch.stack([_e2m1(weight & 0x0F), _e2m1(weight >> 4)], dim=-1).flatten(-2)
+    block = scales["weight_scale"].float().repeat_interleave(NVFP4_BLOCK, dim=-1)
+    return values * block * scales["weight_scale_2"].float()
+
+
+Dequantizer = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+
+
+def _with_scale(dequantize: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Dequantizer:
+    return lambda weight, scales: dequantize(weight, scales["weight_scale"])
+
+
+DEQUANTIZE: dict[str, Dequantizer] = {
+    "FP8": _with_scale(_per_channel),
+    "INT8_SQ": _with_scale(_per_channel),
+    "INT8_WO": _with_scale(_per_channel),
+    "INT4_AWQ": _with_scale(_blocked),
+    "W4A8_AWQ": _with_scale(_blocked),
+    "NVFP4": _nvfp4,
 }
 
 
@@ -106,6 +141,8 @@ def _guessed(weight: torch.Tensor, scale: torch.Tensor) -> str:
     ``export_recipe_stated`` and still measures what the weights compute): by storage type and scale shape."""
     if weight.dtype == torch.float8_e4m3fn:
         return "FP8"
+    if weight.dtype == torch.uint8 and scale.dtype == torch.float8_e4m3fn:
+        return "NVFP4"
     if weight.dtype == torch.uint8 and scale.dim() == 2:
         return "INT4_AWQ"
     if weight.dtype == torch.int8:
@@ -121,10 +158,25 @@ def fake_int8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (x / scale).round().clamp(-128, 127) * scale
 
 
+def _round_e2m1(x: torch.Tensor) -> torch.Tensor:
+    grid = torch.tensor(E2M1, dtype=x.dtype, device=x.device)
+    nearest = (x.abs().clamp(max=FP4_MAX).unsqueeze(-1) - grid).abs().argmin(dim=-1)
+    return torch.sign(x) * grid[nearest]
+
+
+def fake_nvfp4(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """16-wide blocks, each scaled by its amax / 6 rounded to FP8 in units of ``scale`` (the global input_scale)."""
+    blocks = x.unflatten(-1, (-1, NVFP4_BLOCK))
+    block_scale = (blocks.abs().amax(dim=-1, keepdim=True) / (FP4_MAX * scale)).to(torch.float8_e4m3fn).to(x.dtype)
+    step = (block_scale * scale).clamp_min(torch.finfo(x.dtype).tiny)
+    return (_round_e2m1(blocks / step) * step).flatten(-2)
+
+
 ACTIVATION: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "FP8": fake_fp8,
     "INT8_SQ": fake_int8,
     "W4A8_AWQ": fake_fp8,
+    "NVFP4": fake_nvfp4,
 }
 
 
@@ -145,7 +197,7 @@ def dequantized(exported: Exported) -> tuple[dict[str, torch.Tensor], dict[str, 
         fmt = exported.layer_format(module) or _guessed(tensor, scales["weight_scale"])
         if fmt not in DEQUANTIZE:
             raise ExportError(f"{name}: format {fmt!r} stated for {module}, which this reader cannot dequantize")
-        weights[name] = DEQUANTIZE[fmt](tensor, scales["weight_scale"])
+        weights[name] = DEQUANTIZE[fmt](tensor, scales)
         quantized[module] = (fmt, scales)
     return weights, quantized
 

@@ -52,8 +52,9 @@ def bound(layers: int, dtype: str, format_epsilon: float | None = None) -> float
 def export_bound(layers: int, dtype: str, format_epsilon: float | None = None) -> float:
     """The largest relative Frobenius error between a fake-quantized model and its exported real-quantized
     twin. The exporter rounds ``w / s`` where fake quantization rounds ``w x (1 / s)``: the weights within an ulp
-    of a rounding boundary (a fraction ~ eps / eps_format, measured 2 of 1.57M in FP8) land one format step apart,
-    which perturbs each GEMM output by ~ sqrt(eps x eps_format), the flip term of ``bound`` above. A fake-quantized
+    of a rounding boundary (a fraction ~ eps / eps_format; measured: 2 of 1.57M FP8 weights of a random-weight
+    model) land one format step apart, which perturbs each GEMM output by ~ sqrt(eps x eps_format), the flip term
+    of ``bound`` above. A fake-quantized
     activation downstream turns a perturbation ``d`` into flips worth ~ sqrt(CREST x 2 x d x eps_format) (the
     same mechanism as in ``bound``, applied once more to that term):
     ``eps = eps_format^(3/4) x (CREST x 2 x eps)^(1/4)``. Unquantized, the two differ by rounding order only."""

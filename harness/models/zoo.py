@@ -87,6 +87,12 @@ ZOO["tiny-gpt-trained"] = replace(
     description="tiny-gpt trained on the Markov corpus (cached)",
     recipe=TrainRecipe(),
 )
+ZOO["tiny-llama-trained"] = replace(
+    ZOO["tiny-llama"],
+    name="tiny-llama-trained",
+    description="tiny-llama trained on the Markov corpus (shipped): the export round trip's subject",
+    recipe=TrainRecipe(),
+)
 ZOO["tiny-moe-trained"] = replace(
     ZOO["tiny-moe"],
     name="tiny-moe-trained",

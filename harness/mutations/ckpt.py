@@ -69,7 +69,7 @@ MUTATIONS = (
         "ckpt-amax-not-restored",
         "state restore",
         "dist_checkpointing.load skips the quantizers' _amax tensors of the checkpoint",
-        (SAME_INT8, "ckpt/tiny-gpt/tp2pp1->tp1pp1/int8_sq[cpu]", "export/tiny-llama/tp2pp1/fp8[cpu]"),
+        (SAME_INT8, "ckpt/tiny-gpt/tp2pp1->tp1pp1/int8_sq[cpu]", "export/tiny-llama-trained/tp2pp1/fp8[cpu]"),
         lambda: _not_loaded("_quantizer._amax"),
         fast=True,
     ),

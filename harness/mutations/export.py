@@ -48,8 +48,8 @@ def _stale_weight_scale() -> None:
     patch(exporter, "get_weight_scaling_factor", make)
 
 
-FP8_TP1 = "export/tiny-llama/tp1pp1/fp8[cpu]"
-FP8_TP2 = "export/tiny-llama/tp2pp1/fp8[cpu]"
+FP8_TP1 = "export/tiny-llama-trained/tp1pp1/fp8[cpu]"
+FP8_TP2 = "export/tiny-llama-trained/tp2pp1/fp8[cpu]"
 MUTATIONS = (
     Mutation(
         "export-linear-unquantized",

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from harness.checks.export_roundtrip import hf_modules, integrity
-from harness.evals.exported import Exported, ExportError, build_model, dequantized, fake_fp8, read_exported
+from harness.evals.exported import Exported, ExportError, build_model, dequantized, fake_fp8, fake_nvfp4, read_exported
 from harness.evals.parity import bound, export_bound
 from harness.models.hf_config import NotExportable, llama_config
 from harness.models.zoo import ZOO
@@ -177,3 +177,24 @@ def test_integrity_counts_a_quantizer_the_reload_left_uncalibrated() -> None:
     model = _megatron_like()
     model.output_layer.weight_quantizer = _quantizer(None)
     assert integrity(model, _exported())["export_quantizers_missing"] == 1
+
+
+def test_nvfp4_weights_dequantize_as_modelopt_packs_them(tmp_path: Path) -> None:
+    """modelopt's own NVFP4 packing (it runs on a CPU; its calibration does not) is the oracle for the reader."""
+    from modelopt.torch.quantization.qtensor.nvfp4_tensor import NVFP4QTensor
+
+    weight = torch.randn(8, 64, generator=torch.Generator().manual_seed(3))
+    packed, scale, scale_2 = NVFP4QTensor.quantize(weight.clone(), 16)
+    expected = packed.dequantize(torch.float32, scale=scale, double_scale=scale_2, block_sizes={-1: 16})
+    tensors = {"a.weight": packed._quantized_data, "a.weight_scale": scale, "a.weight_scale_2": scale_2}
+    weights, quantized = dequantized(read_exported(_folder(tmp_path, tensors, {"quant_algo": "NVFP4"})))
+    # the same values up to the order of the two scale multiplications (one fp32 rounding)
+    assert torch.allclose(weights["a.weight"], expected, rtol=2.0**-22, atol=0) and quantized["a"][0] == "NVFP4"
+
+
+def test_nvfp4_activations_round_each_16_block_to_e2m1_steps_of_its_fp8_scale() -> None:
+    x = torch.cat([torch.linspace(-6, 6, 16), torch.linspace(0, 0.3, 16)])
+    out = fake_nvfp4(x, torch.tensor(1.0))
+    assert out[:16].tolist() == [-6, -6, -4, -4, -3, -2, -1, -0.5, 0.5, 1, 2, 3, 4, 4, 6, 6]
+    block_step = float(torch.tensor(0.05).to(torch.float8_e4m3fn).float())  # amax 0.3 / 6, in FP8
+    assert set((out[16:] / block_step).tolist()) <= {0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0}

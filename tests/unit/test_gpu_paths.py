@@ -29,6 +29,7 @@ def test_every_smoke_id_is_a_gpu_case_and_the_expression_selects_exactly_them() 
     assert sorted(case.key for case in chosen) == sorted(GPU_SMOKE)
     assert {case.check for case in chosen} == {
         "ckpt_roundtrip",
+        "export_roundtrip",
         "quant_accuracy",
         "kd_parity",
         "kd_trajectory",

@@ -202,10 +202,9 @@ def test_cli_reports_suite_errors_without_traceback(write_suite, capsys) -> None
     path = write_suite(textwrap.dedent(GOOD).replace("[tiny-gpt]", "[nope]"))
     assert main(["list", str(path)]) == EXIT_USAGE
     err = capsys.readouterr().err
-    dense = ["tiny-gpt", "tiny-gpt-student", "tiny-gpt-layernorm"]
-    known = ", ".join(
-        [*dense, "tiny-moe", "tiny-llama-ffn688", "tiny-gpt-trained", "tiny-moe-trained", "tiny-mamba-hybrid"]
-    )
+    from harness.models.zoo import ZOO
+
+    known = ", ".join(ZOO)  # every zoo model, in the zoo's order
     assert err.strip() == f"harness: {path}:4: matrix.model[0]: unknown model 'nope'; known: {known}"
 
 
