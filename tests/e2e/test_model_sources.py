@@ -47,8 +47,8 @@ def test_hugging_face_checkpoint_is_imported_quantized_and_scored(write_suite, t
     suite = write_suite(
         quant_suite(
             "hf",
-            f"  tiny-llama: {{hf: {checkpoint}}}",
-            "tiny-llama",
+            f"  hf-llama: {{hf: {checkpoint}}}",
+            "hf-llama",
             "{tp: 2, pp: 1}",
             ", hf_reference: true, parity_layout: {tp: 1, pp: 1}",
         )
