@@ -115,8 +115,8 @@ class Check:
     normalize: Callable[[Layout, Any], Any] = lambda layout, params: params
     # Why a case cannot run, judged before any worker starts: (param name, message) pairs.
     case_problems: Callable[[Layout, Any, ModelSpec], list[tuple[str, str]]] = lambda layout, params, model: []
-    # The layout a checkpoint saved under the case's layout is reloaded under (a reshard), if it is: the
-    # optimization's reshard problems are judged on the pair before start.
+    # The layout a checkpoint saved under the case's layout is reloaded under (another: a reshard; or the same),
+    # where the check saves one: the optimization's reshard problems are judged on the pair before start.
     reloads_under: Callable[[Layout, Any], Layout | None] = lambda layout, params: None
     # Why a case (its params, as the case holds them) cannot run on a CPU worker; such cases skip there.
     cpu_blocker: Callable[[dict[str, Any]], str | None] = lambda params: None

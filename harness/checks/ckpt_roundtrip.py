@@ -140,7 +140,7 @@ CHECK = Check(
     },
     run=run,
     virtual_pipeline=True,
-    reloads_under=RELOAD.other,
+    reloads_under=lambda layout, params: RELOAD.other(layout, params) or layout,
     headline=(
         "max_abs_logit_diff",
         "logit_error_to_bound",

@@ -1,18 +1,23 @@
 """Export round trip: the Hugging Face checkpoint a team ships computes what the harness validated.
 
-Build -> optimize under the case's layout (the validated model: its logits are the reference) -> where that layout
-is not TP1 PP1, save a torch_dist checkpoint and reload it at TP1 PP1 (modelopt exports there) -> export with
-modelopt's ``export_mcore_gpt_to_hf`` -> read the folder without modelopt (``harness.evals.exported``: safetensors,
-``hf_quant_config.json``, each format dequantized by its published definition, a transformers model in fp32 with the
-activation scales as fake quantization) -> compare logits and next-token choices with the validated model's.
+Build -> optimize under the case's layout (the validated model: its logits are the reference) -> save a torch_dist
+checkpoint and reload it at TP1 PP1, where modelopt exports (Megatron-LM's quantize and export scripts hand over the
+same way) -> export with modelopt's ``export_mcore_gpt_to_hf`` -> read the folder without modelopt
+(``harness.evals.exported``: safetensors, ``hf_quant_config.json``, each format dequantized by its published
+definition, a transformers model in fp32 with the activation scales as fake quantization) -> compare logits and
+next-token choices with the validated model's.
 
-Integrity is judged beside the numbers: every quantizer the recipe enabled is still enabled and calibrated after
-the reload, the exported folder states the recipe's format, and every enabled quantizer has its exported scale,
-equal (to rounding) to its amax over the format's range.
+Integrity is judged beside the numbers, at each stage: every quantizer the recipe enabled is still enabled and
+calibrated after the reload, with the amax values it had (a copy: exactly), the exported folder states the
+recipe's format, and every enabled quantizer has its exported scale, equal (to rounding) to its amax over the
+format's range. Both models run the same tokens, and each activation quantizer must be handed, in the exported
+model, the inputs it was calibrated on in the validated one. The worker log names each quantizer a stage lost or
+changed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pydantic import PositiveInt
@@ -23,13 +28,17 @@ from harness.records import INFORMATIONAL, Budget, Layout, ModelSpec, Tolerance
 if TYPE_CHECKING:
     import torch
 
-    from harness.evals.exported import Exported
+    from harness.evals.exported import Exported, InputRanges
+    from harness.runtime.quantizers import QuantizerCensus
 
 
 class ExportParams(StrictModel):
     batch_size: PositiveInt = 2
     seq_len: PositiveInt = 32
     calib_batches: PositiveInt = 4
+    # hand the validated model to the exporter through a torch_dist checkpoint reloaded at TP1 PP1 (Megatron-LM's
+    # quantize-then-export flow), or as it is in memory (quantize and export in one process: TP1 PP1 only)
+    via_checkpoint: bool = True
 
 
 # The hf_quant_config.json "quant_algo" each recipe must state (modelopt's unified checkpoint names).
@@ -44,11 +53,19 @@ HF_MODULES = {
 EXPORT_LAYOUT = Layout()
 
 
+EXPERT = "mlp.experts.local_experts."  # a megatron MoE layer's experts (SequentialMLP): all of them at EP1
+
+
 def hf_modules(megatron_name: str) -> tuple[str, ...]:
-    """The exported modules holding a megatron linear's weights (``output_layer``: ``lm_head``)."""
+    """The exported modules holding a megatron linear's weights (``output_layer``: ``lm_head``; an expert's
+    ``mlp.experts.<e>.*_proj``, ``e`` its index at EP1, where modelopt exports)."""
     if megatron_name == "output_layer":
         return ("lm_head",)
     prefix, _, rest = megatron_name.removeprefix("decoder.layers.").partition(".")
+    if rest.startswith(EXPERT):
+        expert, _, linear = rest.removeprefix(EXPERT).partition(".")
+        leaves = HF_MODULES.get(f"mlp.{linear}", ())
+        return tuple(f"model.layers.{prefix}.{leaf.replace('mlp.', f'mlp.experts.{expert}.')}" for leaf in leaves)
     return tuple(f"model.layers.{prefix}.{leaf}" for leaf in HF_MODULES.get(rest, ()))
 
 
@@ -66,10 +83,10 @@ def _compared(expected: torch.Tensor, scales: list[torch.Tensor]) -> float | Non
     return float(((got.sort().values - want).abs() / want.abs().clamp_min(1e-30)).max())
 
 
-def _linear_scales(name: str, module: torch.nn.Module, exported: Exported) -> tuple[int, float]:
+def _linear_scales(name: str, module: torch.nn.Module, exported: Exported) -> tuple[list[str], float]:
     from harness.evals.exported import INPUT_RANGE, WEIGHT_RANGE, WEIGHT_SCALE
 
-    targets, missing, worst = hf_modules(name), 0, 0.0
+    targets, missing, worst = hf_modules(name), [], 0.0
     fmt = exported.layer_format(targets[0])
     for kind, ranges, scale_name in (
         ("weight_quantizer", WEIGHT_RANGE, WEIGHT_SCALE.get(fmt or "", "weight_scale")),
@@ -86,41 +103,47 @@ def _linear_scales(name: str, module: torch.nn.Module, exported: Exported) -> tu
             else None
         )
         if error is None:
-            missing += len(targets)
+            missing += [f"{target}.{scale_name}" for target in targets]
         else:
             worst = max(worst, error)
     smooth = getattr(getattr(module, "input_quantizer", None), "_pre_quant_scale", None)
     if smooth is not None:
-        missing += sum("pre_quant_scale" not in exported.scales(t) for t in targets)
+        missing += [f"{t}.pre_quant_scale" for t in targets if "pre_quant_scale" not in exported.scales(t)]
     return missing, worst
 
 
-def _kv_scales(name: str, module: torch.nn.Module, exported: Exported) -> tuple[int, float]:
+def _kv_scales(name: str, module: torch.nn.Module, exported: Exported) -> tuple[list[str], float]:
     """K and V cache scales: amax / 448, raised to at least 1 (the exporter's default ``clamp_kv_cache_scales``)."""
     import torch
 
     from harness.evals.exported import FP8_MAX
 
     layer = name.removeprefix("decoder.layers.").partition(".")[0]
-    missing, worst = 0, 0.0
+    missing: list[str] = []
+    worst = 0.0
     for kind, leaf in (("k_bmm_quantizer", "k_scale"), ("v_bmm_quantizer", "v_scale")):
         quantizer = getattr(module, kind, None)
         if quantizer is None or not quantizer.is_enabled:
             continue
-        stored = exported.tensors.get(f"model.layers.{layer}.self_attn.{leaf}")
+        key = f"model.layers.{layer}.self_attn.{leaf}"
+        stored = exported.tensors.get(key)
         if stored is None or quantizer.amax is None or not (exported.quantization or {}).get("kv_cache_quant_algo"):
-            missing += 1
+            missing.append(key)
             continue
         error = _compared(torch.clamp_min(quantizer.amax.float() / FP8_MAX, 1.0), [stored])
-        missing, worst = (missing + 1, worst) if error is None else (missing, max(worst, error))
+        if error is None:
+            missing.append(key)
+        else:
+            worst = max(worst, error)
     return missing, worst
 
 
 def integrity(model: torch.nn.Module, exported: Exported) -> dict[str, float]:
     """Enabled quantizers of ``model`` (megatron, TP1) whose exported state is missing (a scale, the smoothing
-    factor, the format statement), and the largest relative difference between an exported scale and what the
-    quantizer's amax makes it."""
-    missing, worst = 0, 0.0
+    factor, the format statement), each named in the worker log, and the largest relative difference between an
+    exported scale and what the quantizer's amax makes it."""
+    missing: list[str] = []
+    worst = 0.0
     for name, module in model.named_modules():
         if hf_modules(name):
             found = _linear_scales(name, module, exported)
@@ -129,19 +152,100 @@ def integrity(model: torch.nn.Module, exported: Exported) -> dict[str, float]:
         else:
             continue
         missing, worst = missing + found[0], max(worst, found[1])
-    return {"export_quantizers_missing": float(missing), "export_scale_max_rel_error": worst}
+    for entry in missing:
+        print(f"[export_roundtrip] exported without its state: {entry}", flush=True)
+    return {"export_quantizers_missing": float(len(missing)), "export_scale_max_rel_error": worst}
+
+
+def _handed(smooth: torch.Tensor | None, records: list[Callable[[torch.Tensor], None]]) -> Callable[..., None]:
+    def seen(_: torch.nn.Module, args: tuple) -> None:
+        x = args[0] if smooth is None else args[0] * smooth
+        for record in records:
+            record(x)
+
+    return seen
+
+
+def validated_input_ranges(model: torch.nn.Module, tokens: torch.Tensor, vocab: int) -> InputRanges:
+    """What each enabled input quantizer of ``model`` (megatron, at the export layout: the reloaded model, which
+    the reload metrics tie to the validated one) is handed on ``tokens`` (after AWQ / SmoothQuant smoothing), by
+    the exported module names it maps to (collective: a forward)."""
+    from harness.evals.exported import InputRanges
+    from harness.runtime.forward import forward_logits
+
+    ranges, hooks = InputRanges(), []
+    for name, module in model.named_modules():
+        quantizer = getattr(module, "input_quantizer", None)
+        if not hf_modules(name) or quantizer is None or not quantizer.is_enabled:
+            continue
+        records = [ranges.recorder(target) for target in hf_modules(name)]
+        smooth = getattr(quantizer, "_pre_quant_scale", None)
+        hooks.append(quantizer.register_forward_pre_hook(_handed(smooth, records)))
+    forward_logits(model, tokens, vocab)
+    for hook in hooks:
+        hook.remove()
+    return ranges
+
+
+def input_range_change(validated: InputRanges, exported: InputRanges) -> float:
+    """The largest relative difference between what a module's activation quantizer is handed in the exported
+    model and in the validated one (same tokens), naming each above zero in the worker log: both compute the same
+    function, so the exported ``input_scale`` covers the same inputs, unless the runtime's computation feeds the
+    layer something else (a scaling applied on another side of it)."""
+    worst = 0.0
+    for module in sorted(validated.keys() & exported.keys()):
+        change = abs(exported[module] - validated[module]) / max(validated[module], 1e-30)
+        worst = max(worst, change)
+        if change > 1e-3:
+            print(
+                f"[export_roundtrip] {module}: the exported model hands its input quantizer up to "
+                f"{exported[module]:.6g}, the validated model {validated[module]:.6g}",
+                flush=True,
+            )
+    return worst
+
+
+def amaxes(model: torch.nn.Module) -> dict[str, torch.Tensor | None]:
+    """Every enabled quantizer's amax by a name every layout shares, MoE experts included (collective)."""
+    from harness.runtime.quantizers import expert_amaxes, layout_amaxes
+
+    return layout_amaxes(model) | expert_amaxes(model)
+
+
+def reload_integrity(
+    before: QuantizerCensus, amax_before: dict[str, torch.Tensor | None], reloaded: torch.nn.Module
+) -> dict[str, float]:
+    """What the checkpoint stage lost: enabled and calibrated quantizers, and the largest relative change of any
+    enabled quantizer's amax (``amaxes`` on each side), naming in the worker log each that changed or went
+    missing. Collective: every rank calls it."""
+    from harness.runtime.distributed import is_reporting_rank
+    from harness.runtime.quantizers import amax_differences, quantizer_census
+
+    after, amax_after = quantizer_census(reloaded), amaxes(reloaded)
+    changed = {key: diff for key, diff in amax_differences(amax_before, amax_after).items() if diff != 0.0}
+    for key, diff in changed.items() if is_reporting_rank() else ():
+        print(f"[export_roundtrip] amax changed by the reload: {key} (max relative difference {diff:g})", flush=True)
+    return {
+        "quantizers_enabled_lost": float(before.enabled - after.enabled),
+        "quantizers_calibration_lost": float(before.calibrated - after.calibrated),
+        "reload_amax_max_rel_change": max(changed.values(), default=0.0),
+    }
 
 
 def case_problems(layout: Layout, params: ExportParams, model: ModelSpec) -> list[tuple[str, str]]:
-    from harness.models.hf_config import NotExportable, llama_config
+    from harness.models.hf_config import NotExportable, hf_config
 
-    if model.hf_path is not None:
-        return []
-    try:
-        llama_config(model)
-    except NotExportable as err:
-        return [("model", str(err))]
-    return []
+    problems = []
+    if not params.via_checkpoint and layout != EXPORT_LAYOUT:
+        problems.append(
+            ("via_checkpoint", f"false needs the export layout tp1pp1 (modelopt exports there), not {layout.token}")
+        )
+    if model.hf_path is None:
+        try:
+            hf_config(model)
+        except NotExportable as err:
+            problems.append(("model", str(err)))
+    return problems
 
 
 def run(ctx: CheckContext) -> dict[str, float]:
@@ -152,10 +256,10 @@ def run(ctx: CheckContext) -> dict[str, float]:
     import torch.distributed as dist
     from modelopt.torch.export import export_mcore_gpt_to_hf
 
+    from harness.evals.exported import InputRanges, read_exported
     from harness.evals.exported import build_model as build_exported
-    from harness.evals.exported import read_exported
     from harness.evals.parity import decisive_flips, export_bound, parity_metrics
-    from harness.models.hf_config import llama_config
+    from harness.models.hf_config import hf_config
     from harness.optimizations import get_optimization
     from harness.runtime.checkpoint import load_checkpoint, save_checkpoint
     from harness.runtime.distributed import is_reporting_rank, model_parallel
@@ -173,48 +277,52 @@ def run(ctx: CheckContext) -> dict[str, float]:
     source = Path(spec.hf_path) if spec.hf_path else ctx.artifacts / "hf_source"
     if spec.hf_path is None and dist.get_rank() == 0:
         source.mkdir(parents=True, exist_ok=True)
-        (source / "config.json").write_text(json.dumps(llama_config(spec), indent=1))
+        (source / "config.json").write_text(json.dumps(hf_config(spec), indent=1))
     dist.barrier()
 
     def calibrate(model: object) -> None:
         for batch in calib:
             forward_logits(model, batch, vocab)
 
-    resharded = ctx.case.layout != EXPORT_LAYOUT
     with model_parallel(ctx.case.layout, seed):
         model = optimization.apply(build_model(spec, seed=seed), calibrate)
         reference = forward_logits(model, tokens, vocab)
-        census_before = quantizer_census(model)
-        if resharded:
+        census, amax_before = quantizer_census(model), amaxes(model) if params.via_checkpoint else {}
+        if params.via_checkpoint:
             save_checkpoint(model, ctx.artifacts / "checkpoint")
             del model
     dist.barrier()
     folder = ctx.artifacts / "export"
     with model_parallel(EXPORT_LAYOUT, seed):
-        # different random weights under the reload: a tensor the restore skips shows up as a difference
-        exporting = (
-            load_checkpoint(build_gpt(spec, seed=seed + 7919), ctx.artifacts / "checkpoint") if resharded else model
-        )
-        census_after = quantizer_census(exporting)
+        if params.via_checkpoint:
+            # different random weights under the reload: a tensor the restore skips shows up as a difference
+            exporting = load_checkpoint(build_gpt(spec, seed=seed + 7919), ctx.artifacts / "checkpoint")
+            reload = reload_integrity(census, amax_before, exporting)
+        else:
+            exporting, reload = model, {}
         export_mcore_gpt_to_hf(exporting, str(source), dtype=torch_dtype(spec), export_dir=str(folder))
         dist.barrier()
         exported = read_exported(folder)
-        checks = integrity(exporting, exported) if is_reporting_rank() else {}
+        reporting = is_reporting_rank()
+        checks = {**reload, **integrity(exporting, exported)} if reporting else {}
+        validated_ranges = validated_input_ranges(exporting, tokens, vocab)
+    exported_ranges = InputRanges()
     with torch.no_grad():
-        logits = build_exported(exported)(tokens.cpu()).logits.to(reference.device)
+        logits = build_exported(exported, exported_ranges)(tokens.cpu()).logits.to(reference.device)
     stated = (exported.quantization or {}).get("quant_algo")
     limit = export_bound(spec.num_layers, spec.dtype, optimization.epsilon)
     top1 = logits.argmax(-1) == reference.argmax(-1)
+    change = input_range_change(validated_ranges, exported_ranges) if reporting else 0.0
+    input_ranges = {"export_input_range_max_rel_diff": change, "export_input_range_to_bound": change / limit}
     return {
         **parity_metrics("logit_", logits.float(), reference.float(), limit),
         "max_abs_logit_diff": float((logits.float() - reference.float()).abs().max()),
         "top1_agreement": float(top1.float().mean()),
         **decisive_flips(reference, logits, limit),
-        "quantizers_enabled": float(census_before.enabled),
-        "quantizers_enabled_lost": float(census_before.enabled - census_after.enabled),
-        "quantizers_calibration_lost": float(census_before.calibrated - census_after.calibrated),
+        "quantizers_enabled": float(census.enabled),
         "export_recipe_stated": float(stated == STATED_FORMAT.get(ctx.case.optimization.split("+")[0], "?")),
         **checks,
+        **input_ranges,
     }
 
 
@@ -256,6 +364,12 @@ CHECK = Check(
         "quantizers_enabled": MetricSpec("enabled quantizers of the validated model (the recipe's)", _EXACT),
         "quantizers_enabled_lost": MetricSpec("enabled quantizers lost by the reload before export", _EXACT, _NONE),
         "quantizers_calibration_lost": MetricSpec("calibrated quantizers lost by that reload", _EXACT, _NONE),
+        "reload_amax_max_rel_change": MetricSpec(
+            "largest relative change of an enabled quantizer's amax from the validated model to the reloaded one "
+            "(a checkpoint copies them: none)",
+            INFORMATIONAL,
+            _NONE,
+        ),
         "export_recipe_stated": MetricSpec(
             "1 if hf_quant_config.json states the recipe's format (none: states no quantization)",
             _EXACT,
@@ -270,9 +384,20 @@ CHECK = Check(
         "export_scale_max_rel_error": MetricSpec(
             "largest |exported scale - amax / range| / (amax / range)", INFORMATIONAL, _SCALE_ROUNDING
         ),
+        "export_input_range_max_rel_diff": MetricSpec(
+            "largest relative difference between the largest |input| an activation quantizer is handed in the "
+            "exported model and in the validated one, same tokens",
+            INFORMATIONAL,
+        ),
+        "export_input_range_to_bound": MetricSpec(
+            "export_input_range_max_rel_diff / the export bound: the exported scales quantize what was calibrated",
+            INFORMATIONAL,
+            _WITHIN_BOUND,
+        ),
     },
     run=run,
     case_problems=case_problems,
+    reloads_under=lambda layout, params: EXPORT_LAYOUT if params.via_checkpoint else None,
     headline=(
         "logit_error_to_bound",
         "logit_control_to_bound",

@@ -20,6 +20,7 @@ fake-quantizes it (FP8: E4M3, saturating at 448; INT8: round to nearest, clamp t
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,29 +203,113 @@ def dequantized(exported: Exported) -> tuple[dict[str, torch.Tensor], dict[str, 
     return weights, quantized
 
 
-def _input_hook(fmt: str, scales: dict[str, torch.Tensor]) -> Callable[[torch.nn.Module, tuple], tuple]:
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _input_transform(fmt: str, scales: dict[str, torch.Tensor], seen: Callable[[torch.Tensor], None]) -> Transform:
+    """Smoothing, then fake quantization; ``seen`` gets what the quantizer is handed (the smoothed input)."""
     smooth, scale = scales.get("pre_quant_scale"), scales.get("input_scale")
 
-    def hook(module: torch.nn.Module, args: tuple) -> tuple:
-        x = args[0]
+    def transform(x: torch.Tensor) -> torch.Tensor:
         if smooth is not None:
             x = x * smooth.to(x.dtype)
         if scale is not None:
+            seen(x)
             x = ACTIVATION[fmt](x, scale.to(x.dtype))
-        return (x, *args[1:])
+        return x
 
-    return hook
+    return transform
 
 
-def build_model(exported: Exported) -> torch.nn.Module:
-    """The exported architecture in fp32 with the dequantized weights (every weight must be there: strict)."""
+class InputRanges(dict[str, float]):
+    """The largest |input| each activation-quantized module's quantizer was handed, by module name: what its
+    exported ``input_scale`` was calibrated to cover."""
+
+    def recorder(self, module: str) -> Callable[[torch.Tensor], None]:
+        def seen(x: torch.Tensor) -> None:
+            if x.numel():
+                self[module] = max(self.get(module, 0.0), float(x.detach().abs().max()))
+
+        return seen
+
+
+# One expert's projection in the published checkpoint; transformers 5 holds a MoE layer's experts as 3-D parameters
+# instead (``<experts>.gate_up_proj`` [E, 2I, H], ``<experts>.down_proj`` [E, H, I]).
+EXPERT_WEIGHT = re.compile(r"^(?P<experts>.+\.mlp\.experts)\.(?P<expert>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)$")
+
+
+def _fused_experts(weights: dict[str, torch.Tensor], fused: set[str]) -> dict[str, torch.Tensor]:
+    """``weights`` with each expert's projections stacked into the 3-D parameters of the experts modules in
+    ``fused`` (gate rows before up rows, as transformers' forward chunks them)."""
+    out: dict[str, torch.Tensor] = {}
+    parts: dict[str, dict[tuple[int, str], torch.Tensor]] = {}
+    for name, weight in weights.items():
+        found = EXPERT_WEIGHT.match(name.removesuffix(".weight"))
+        if found and name.endswith(".weight") and found["experts"] in fused:
+            parts.setdefault(found["experts"], {})[(int(found["expert"]), found["proj"])] = weight
+        else:
+            out[name] = weight
+    for experts, held in parts.items():
+        count = 1 + max(expert for expert, _ in held)
+        projections = ("gate_proj", "up_proj", "down_proj")
+        missing = [f"{e}.{p}" for e in range(count) for p in projections if (e, p) not in held]
+        if missing:
+            raise ExportError(f"{experts}: no weight for expert projection(s) {', '.join(missing)}")
+        out[f"{experts}.gate_up_proj"] = torch.stack(
+            [torch.cat([held[(e, "gate_proj")], held[(e, "up_proj")]]) for e in range(count)]
+        )
+        out[f"{experts}.down_proj"] = torch.stack([held[(e, "down_proj")] for e in range(count)])
+    return out
+
+
+def _experts_forward(experts: torch.nn.Module, inputs: dict[tuple[int, str], Transform]) -> Callable[..., torch.Tensor]:
+    """transformers' fused experts forward (each routed token through silu(x Wg) * (x Wu), then Wd, weighted by its
+    router score), with each expert projection's exported input quantization applied to that projection's input,
+    as a runtime that keeps the experts apart computes it."""
+    import torch.nn.functional as F
+
+    def same(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward(hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(hidden)
+        width = experts.down_proj.shape[-1]
+        for e in range(experts.num_experts):
+            tokens, slot = torch.where(top_k_index == e)
+            if tokens.numel() == 0:
+                continue
+            x = hidden[tokens]
+            gate_up = experts.gate_up_proj[e]
+            gate = F.linear(inputs.get((e, "gate_proj"), same)(x), gate_up[:width])
+            up = F.linear(inputs.get((e, "up_proj"), same)(x), gate_up[width:])
+            y = F.linear(inputs.get((e, "down_proj"), same)(experts.act_fn(gate) * up), experts.down_proj[e])
+            out.index_add_(0, tokens, (y * top_k_weights[tokens, slot, None]).to(out.dtype))
+        return out
+
+    return forward
+
+
+def build_model(exported: Exported, ranges: InputRanges | None = None) -> torch.nn.Module:
+    """The exported architecture in fp32 with the dequantized weights (every weight must be there: strict);
+    ``ranges`` collects what each activation quantizer is handed in the forwards that follow."""
     import transformers
 
     config = {k: v for k, v in exported.config.items() if k != "quantization_config"}
     hf_config = transformers.AutoConfig.for_model(config.pop("model_type"), **config)
     model = transformers.AutoModelForCausalLM.from_config(hf_config, torch_dtype=torch.float32)
     weights, quantized = dequantized(exported)
-    model.load_state_dict(weights, strict=True)
+    fused = {name for name, module in model.named_modules() if hasattr(module, "gate_up_proj")}
+    model.load_state_dict(_fused_experts(weights, fused), strict=True)
+    ranges = InputRanges() if ranges is None else ranges
+    expert_inputs: dict[str, dict[tuple[int, str], Transform]] = {}
     for module, (fmt, scales) in quantized.items():
-        model.get_submodule(module).register_forward_pre_hook(_input_hook(fmt, scales))
+        transform = _input_transform(fmt, scales, ranges.recorder(module))
+        found = EXPERT_WEIGHT.match(module)
+        if found and found["experts"] in fused:
+            expert_inputs.setdefault(found["experts"], {})[(int(found["expert"]), found["proj"])] = transform
+            continue
+        model.get_submodule(module).register_forward_pre_hook(lambda _, args, t=transform: (t(args[0]), *args[1:]))
+    for name, inputs in expert_inputs.items():
+        experts = model.get_submodule(name)
+        experts.forward = _experts_forward(experts, inputs)
     return model.eval()

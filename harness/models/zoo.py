@@ -81,6 +81,17 @@ ZOO["tiny-llama"] = replace(
     ffn_hidden_size=768,
 )
 # The same architecture trained on the synthetic corpus: accuracy deltas mean something on it.
+# Qwen3-MoE's shape (tiny-llama's attention with per-head RMSNorm on queries and keys; every layer a mixture of 4
+# SwiGLU experts of width 384, top-2, renormalised: megatron's softmax over the chosen logits is Qwen3-MoE's
+# norm_topk_prob): the MoE subject of the export round trip, whose exporter maps Qwen3MoeForCausalLM.
+ZOO["tiny-qwen3-moe"] = replace(
+    ZOO["tiny-llama"],
+    name="tiny-qwen3-moe",
+    description="Qwen3-MoE-shaped (q/k RMSNorm, 4 SwiGLU experts of 384, top-2, GQA 8/4), 2 layers",
+    qk_layernorm=True,
+    num_moe_experts=4,
+    ffn_hidden_size=384,
+)
 ZOO["tiny-gpt-trained"] = replace(
     ZOO["tiny-gpt"],
     name="tiny-gpt-trained",
@@ -91,6 +102,12 @@ ZOO["tiny-llama-trained"] = replace(
     ZOO["tiny-llama"],
     name="tiny-llama-trained",
     description="tiny-llama trained on the Markov corpus (shipped): the export round trip's subject",
+    recipe=TrainRecipe(),
+)
+ZOO["tiny-qwen3-moe-trained"] = replace(
+    ZOO["tiny-qwen3-moe"],
+    name="tiny-qwen3-moe-trained",
+    description="tiny-qwen3-moe trained on the Markov corpus (shipped): the MoE export round trip's subject",
     recipe=TrainRecipe(),
 )
 ZOO["tiny-moe-trained"] = replace(

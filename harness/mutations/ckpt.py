@@ -63,6 +63,38 @@ def _offsets_swapped() -> None:
     patch(transformer_utils, "make_tp_sharded_tensor_for_checkpoint", make)
 
 
+class _ReversedRanks:
+    """A process group's rank and size, the rank counted from the other end."""
+
+    def __init__(self, group: Any) -> None:
+        self.group = group
+
+    def rank(self) -> int:
+        return self.group.size() - 1 - self.group.rank()
+
+    def size(self) -> int:
+        return self.group.size()
+
+
+def _expert_offsets_reversed() -> None:
+    from megatron.core.transformer.moe.experts import SequentialMLP
+
+    def make(sharded: Any) -> Any:
+        def defective(self: Any, *args: Any, **kwargs: Any) -> Any:
+            # local_expert_indices_offset = (ep_size - 1 - ep_rank) * num_local_experts: each rank's experts saved
+            # (and loaded) under another rank's global indices; a reload under the same layout cannot see it
+            group = self.ep_group
+            self.ep_group = _ReversedRanks(group)
+            try:
+                return sharded(self, *args, **kwargs)
+            finally:
+                self.ep_group = group
+
+        return defective
+
+    patch(SequentialMLP, "sharded_state_dict", make)
+
+
 SAME_INT8 = "ckpt/tiny-gpt/tp1pp1/int8_sq[cpu]"
 MUTATIONS = (
     Mutation(
@@ -90,5 +122,15 @@ MUTATIONS = (
             "ckpt/tiny-gpt/tp1pp1->tp2pp1/none[cpu]",
         ),
         _offsets_swapped,
+    ),
+    Mutation(
+        "ckpt-expert-offsets-reversed",
+        "where a shard goes",
+        "SequentialMLP.sharded_state_dict places expert-parallel rank r's experts at rank ep - 1 - r's global indices",
+        (
+            "ckpt-moe/tiny-moe/tp1pp1ep2->tp1pp1/none[cpu]",
+            "export-moe/tiny-qwen3-moe-trained/tp1pp1ep2/none[cpu]",
+        ),
+        _expert_offsets_reversed,
     ),
 )

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from harness.mutations.base import Mutation, patch
 
 
-def _linear_unquantized() -> None:
-    from modelopt.torch.export import unified_export_megatron as exporter
+def _unquantized(module: str) -> Callable[[], None]:
+    """The exporter's quantized-state lookup misses ``module`` (a leaf of the exported names)."""
 
-    def make(quantized_state: Any) -> Any:
-        def defective(self: Any, module: Any, dtype: Any = None, prefix: str = "") -> Any:
-            if "down_proj" not in prefix:
-                return quantized_state(self, module, dtype, prefix=prefix)
-            # the format lookup misses the MLP's down projection: its weight goes out in high precision, unscaled
-            return self._get_weight_bias(module, dtype, {}), exporter.QUANTIZATION_NONE, 0
+    def inject() -> None:
+        from modelopt.torch.export import unified_export_megatron as exporter
 
-        return defective
+        def make(quantized_state: Any) -> Any:
+            def defective(self: Any, layer: Any, dtype: Any = None, prefix: str = "") -> Any:
+                if module not in prefix:
+                    return quantized_state(self, layer, dtype, prefix=prefix)
+                # its weight goes out in high precision, unscaled
+                return self._get_weight_bias(layer, dtype, {}), exporter.QUANTIZATION_NONE, 0
 
-    patch(exporter.GPTModelExporter, "_get_quantized_state", make)
+            return defective
+
+        patch(exporter.GPTModelExporter, "_get_quantized_state", make)
+
+    return inject
 
 
 def _input_scale_dropped() -> None:
@@ -56,8 +62,16 @@ MUTATIONS = (
         "what is exported",
         "the exporter's quantized-state lookup misses down_proj: written in high precision without its scales",
         (FP8_TP1, FP8_TP2),
-        _linear_unquantized,
+        _unquantized("down_proj"),
         fast=True,
+    ),
+    Mutation(
+        "export-lm-head-unquantized",
+        "what is exported",
+        "an untied lm_head's quantized state is not looked up: written in high precision (Model-Optimizer PRs "
+        "#2055/#2112)",
+        ("export/tiny-llama-trained/tp1pp1/fp8+quant_lm_head[cpu]",),
+        _unquantized("lm_head"),
     ),
     Mutation(
         "export-input-scale-dropped",

@@ -37,6 +37,13 @@ MODIFIERS: dict[str, list[dict]] = {
     # Workaround for the LayerNorm-quantizer checkpoint defect (suites/ckpt_layernorm.yaml): modelopt
     # registers nn.LayerNorm as a quantized module whose input quantizer "*input_quantizer" enables.
     "skip_layernorm": [{"quantizer_name": "*", "parent_class": "nn.LayerNorm", "enable": False}],
+    # modelopt's configs leave the output layer unquantized ("*output_layer*" disabled); this quantizes its weight
+    # and input with the format's settings, the path an untied lm_head takes through export (Model-Optimizer PRs
+    # #2055/#2112: exported in high precision instead of quantized).
+    "quant_lm_head": [
+        {"quantizer_name": "*output_layer.weight_quantizer", "enable": True},
+        {"quantizer_name": "*output_layer.input_quantizer", "enable": True},
+    ],
 }
 
 
@@ -65,7 +72,9 @@ def get_optimization(name: str) -> Optimization:
         config, gpu_only, epsilon, block = QUANT_FORMATS[base]
         extra_cfg = [entry for modifier in modifiers for entry in MODIFIERS[modifier]]
         kv_config = KV_CACHE_FORMATS[kv[0]] if kv else None
-        return quantization(name, config, epsilon, gpu_only, kv_config, extra_cfg, weight_block=block)
+        return quantization(
+            name, config, epsilon, gpu_only, kv_config, extra_cfg, block, output_layer="quant_lm_head" in modifiers
+        )
     raise KeyError(
         f"unknown optimization {name!r}; known: {', '.join(OPTIMIZATIONS)}, mtq:<NAME>_CFG, "
         f"or <format>[+<{'|'.join(KV_CACHE_FORMATS)}>][+<{'|'.join(MODIFIERS)}>]"

@@ -22,7 +22,8 @@ class Optimization:
     gpu_only: str | None = None  # why it cannot run on CPU; its CPU cases skip with this reason
     # Why it cannot run under a layout, judged before any worker starts (the suite names file and line).
     layout_problems: Callable[[Layout], list[str]] = lambda layout: []
-    # Why state saved under one layout cannot be loaded under another for this model (a reshard), before start.
+    # Why state saved under one layout cannot be loaded under another (a reshard) or the same for this model,
+    # judged before start.
     reshard_problems: Callable[[Layout, Layout, ModelSpec], list[str]] = lambda saved, reloaded, model: []
     # The step of its number format relative to the format's range (the unit of the layout-parity bound,
     # harness.evals.parity); None: it leaves the model's dtype as the narrowest format.

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 # The modelopt releases whose refusals below were read in their source (exclusive upper bound): a newer one
 # runs the layouts, and shows by its own error (or by passing) whether the refusal still holds.
 REFUSALS_VERIFIED_BELOW = "0.48"
+# The same for megatron-core's refusal to checkpoint a quantized output layer (output_layer_checkpoint_problems).
+OUTPUT_LAYER_REFUSAL_VERIFIED_BELOW = "0.17"
 
 
 def mtq_config(config_name: str) -> dict:
@@ -27,15 +29,20 @@ def mtq_config(config_name: str) -> dict:
     return config
 
 
-def _layout_problems(layout: Layout) -> list[str]:
+def _verified(distribution: str, below: str) -> bool:
+    """Whether the installed ``distribution`` is a release a refusal was verified on (older than ``below``)."""
     import importlib.metadata
 
     from packaging.version import Version
 
     try:
-        if Version(importlib.metadata.version("nvidia-modelopt")) >= Version(REFUSALS_VERIFIED_BELOW):
-            return []
+        return Version(importlib.metadata.version(distribution)) < Version(below)
     except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def _layout_problems(layout: Layout) -> list[str]:
+    if not _verified("nvidia-modelopt", REFUSALS_VERIFIED_BELOW):
         return []
     problems = []
     if layout.tp > 1 and layout.ep > 1:
@@ -89,6 +96,20 @@ def block_reshard_problems(block: int) -> Callable[[Layout, Layout, ModelSpec], 
     return problems
 
 
+def output_layer_checkpoint_problems(saved: Layout, reloaded: Layout, model: ModelSpec) -> list[str]:
+    """megatron-core's GPTModel.sharded_state_dict pops ``output_layer._extra_state`` and asserts it holds nothing
+    (old GPT checkpoints stored the weight alone), where modelopt keeps a quantized output layer's quantizer state:
+    the save raises (measured with megatron-core 0.16.1: "Boolean value of Tensor with more than one value is
+    ambiguous"), and a load would restore the layer unquantized (Megatron-LM PR #7086 proposes keeping the state)."""
+    if not _verified("megatron-core", OUTPUT_LAYER_REFUSAL_VERIFIED_BELOW):
+        return []
+    return [
+        "a quantized output layer cannot be checkpointed: megatron-core's GPTModel.sharded_state_dict asserts that "
+        "output_layer._extra_state (modelopt's quantizer state) is empty (export in memory instead: "
+        "export_roundtrip's via_checkpoint: false)"
+    ]
+
+
 def quantization(
     name: str,
     config_name: str,
@@ -97,10 +118,12 @@ def quantization(
     kv_config_name: str | None = None,
     extra_cfg: list[dict] | None = None,
     weight_block: int | None = None,
+    output_layer: bool = False,
 ) -> Optimization:
     """PTQ with ``mtq.<config_name>``, plus KV-cache quantization with ``mtq.<kv_config_name>``, plus
     ``extra_cfg`` entries appended to the config's ``quant_cfg`` list. ``weight_block``: the input block of its
-    static block-quantized weights (INT4 AWQ: 128), whose reshards are judged before start."""
+    static block-quantized weights (INT4 AWQ: 128), whose reshards are judged before start; ``output_layer``:
+    ``extra_cfg`` quantizes the output layer, whose checkpoints are judged before start."""
 
     def apply(model: torch.nn.Module, forward_loop: ForwardLoop) -> torch.nn.Module:
         import modelopt.torch.quantization as mtq
@@ -113,6 +136,12 @@ def quantization(
             config = {**config, "quant_cfg": [*config["quant_cfg"], *extra_cfg]}
         return mtq.quantize(model, config, forward_loop)
 
+    judged = [block_reshard_problems(weight_block)] if weight_block else []
+    judged += [output_layer_checkpoint_problems] if output_layer else []
+
+    def reshard_problems(saved: Layout, reloaded: Layout, model: ModelSpec) -> list[str]:
+        return [problem for judge in judged for problem in judge(saved, reloaded, model)]
+
     kv = f" + KV cache mtq.{kv_config_name}" if kv_config_name else ""
     extra = f" + {extra_cfg}" if extra_cfg else ""
     return Optimization(
@@ -121,6 +150,6 @@ def quantization(
         apply=apply,
         gpu_only=gpu_only,
         layout_problems=_layout_problems,
-        reshard_problems=block_reshard_problems(weight_block) if weight_block else Optimization.reshard_problems,
+        reshard_problems=reshard_problems,
         epsilon=epsilon,
     )

@@ -80,15 +80,61 @@ def expert_amaxes(model: torch.nn.Module) -> dict[str, torch.Tensor | None]:
     return {key: amax for part in gathered for key, amax in part.items()}
 
 
-def amax_disagreement(here: dict[str, torch.Tensor | None], there: dict[str, torch.Tensor | None]) -> float:
-    """The largest relative difference of any amax element between two calibrations of the same
-    quantizers (inf where one side has a quantizer, or an amax, the other lacks)."""
-    worst = 0.0
-    for key in here.keys() | there.keys():
+def layout_amaxes(model: torch.nn.Module) -> dict[str, torch.Tensor | None]:
+    """Every enabled quantizer's amax outside the MoE experts (those: ``expert_amaxes``) by a name any layout
+    shares (decoder layers numbered globally), as the sorted values the tensor-parallel ranks hold together: one
+    copy where every rank holds the same tensor (an amax synchronised across ranks), the ranks' shards joined
+    otherwise. A reload under another layout keeps every value where it restores the state; sorting leaves where
+    each shard lands to the logits, which judge it."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.transformer.transformer_layer import TransformerLayer
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    mine: dict[str, torch.Tensor | None] = {}
+    if ps.get_data_parallel_rank() == 0:
+        layers = {
+            f"{name}.": m.layer_number - 1 for name, m in model.named_modules() if isinstance(m, TransformerLayer)
+        }
+        for name, quantizer in model.named_modules():
+            if isinstance(quantizer, TensorQuantizer) and quantizer.is_enabled and EXPERTS not in name:
+                prefix = next((p for p in layers if name.startswith(p)), None)
+                key = name if prefix is None else f"layers.{layers[prefix]}.{name.removeprefix(prefix)}"
+                mine[key] = None if quantizer.amax is None else quantizer.amax.detach().float().flatten().cpu()
+    gathered: list[dict[str, torch.Tensor | None]] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, mine)
+    held: dict[str, list[torch.Tensor | None]] = {}
+    for part in gathered:
+        for key, amax in part.items():
+            held.setdefault(key, []).append(amax)
+    return {key: _joined(parts) for key, parts in held.items()}
+
+
+def _joined(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+    present = [p for p in parts if p is not None]
+    if len(present) < len(parts):
+        return None
+    if all(torch.equal(p, present[0]) for p in present):
+        return present[0].sort().values
+    return torch.cat(present).sort().values
+
+
+def amax_differences(here: dict[str, torch.Tensor | None], there: dict[str, torch.Tensor | None]) -> dict[str, float]:
+    """Per quantizer, the largest relative difference of any amax element between two states of the same
+    quantizers (inf where one side has a quantizer, or an amax, the other lacks, or an amax holds NaN: a value a
+    reload did not fill). Uncalibrated on both sides is left out: the census counts it."""
+    found = {}
+    for key in sorted(here.keys() | there.keys()):
         a, b = here.get(key), there.get(key)
         if a is None and b is None and key in here and key in there:
-            continue  # uncalibrated either way: counted by the census, not a disagreement
+            continue
         if a is None or b is None or a.shape != b.shape:
-            return math.inf
-        worst = max(worst, float(((a - b).abs() / b.abs().clamp_min(1e-12)).max()))
-    return worst
+            found[key] = math.inf
+            continue
+        worst = float(((a - b).abs() / b.abs().clamp_min(1e-12)).max()) if a.numel() else 0.0
+        found[key] = math.inf if math.isnan(worst) else worst
+    return found
+
+
+def amax_disagreement(here: dict[str, torch.Tensor | None], there: dict[str, torch.Tensor | None]) -> float:
+    """The largest relative difference of any amax element between two calibrations of the same quantizers."""
+    return max(amax_differences(here, there).values(), default=0.0)

@@ -132,7 +132,7 @@ def _case(
         problems.extend(lines.problem(where[key], reason) for reason in optimization.layout_problems(each))
     reloaded = check.reloads_under(layout, params)
     if reloaded is not None and not model.unavailable and not problems:  # on layouts that can be built at all
-        key = next(key for key, each in layouts.items() if each == reloaded)
+        key = next((key for key, each in layouts.items() if each == reloaded), "layout")  # a check's own reload
         problems.extend(
             lines.problem(where[key], reason) for reason in optimization.reshard_problems(layout, reloaded, model)
         )

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from harness.checks.export_roundtrip import hf_modules, integrity
 from harness.evals.exported import Exported, ExportError, build_model, dequantized, fake_fp8, fake_nvfp4, read_exported
 from harness.evals.parity import bound, export_bound
-from harness.models.hf_config import NotExportable, llama_config
+from harness.models.hf_config import NotExportable, hf_config, llama_config
 from harness.models.zoo import ZOO
 from harness.suites.expand import Resources, expand
 from harness.suites.load import load_suites
@@ -72,10 +72,25 @@ def test_the_zoo_llama_builds_as_a_transformers_llama_with_its_shape() -> None:
     assert model.model.layers[0].mlp.down_proj.in_features == 768
 
 
-@pytest.mark.parametrize("name", ["tiny-gpt", "tiny-moe", "tiny-gpt-layernorm"])
+@pytest.mark.parametrize("name", ["tiny-gpt", "tiny-moe", "tiny-gpt-layernorm", "tiny-qwen3-moe"])
 def test_architectures_no_hugging_face_llama_describes_are_refused(name: str) -> None:
     with pytest.raises(NotExportable, match=rf"^{name} has .*: no Hugging Face Llama describes it"):
         llama_config(ZOO[name])
+
+
+@pytest.mark.parametrize(
+    ("name", "family", "why"),
+    [("tiny-moe", "Qwen3-MoE", "a GeLU MLP"), ("tiny-gpt-layernorm", "Llama", ".*LayerNorm"), ("tiny-llama", "", "")],
+)
+def test_the_family_is_chosen_by_experts_and_what_neither_expresses_is_refused(
+    name: str, family: str, why: str
+) -> None:
+    if not family:
+        assert hf_config(ZOO[name])["architectures"] == ["LlamaForCausalLM"]
+        assert hf_config(ZOO["tiny-qwen3-moe"])["architectures"] == ["Qwen3MoeForCausalLM"]
+        return
+    with pytest.raises(NotExportable, match=rf"^{name} has {why}.*: no Hugging Face {family} describes it"):
+        hf_config(ZOO[name])
 
 
 def test_an_export_case_of_a_gpt_is_refused_before_start_with_file_and_line(tmp_path: Path) -> None:
@@ -83,6 +98,55 @@ def test_an_export_case_of_a_gpt_is_refused_before_start_with_file_and_line(tmp_
     suite.write_text("suite: e\ncheck: export_roundtrip\nmatrix:\n  model: [tiny-gpt]\n  optimization: [fp8]\n")
     with pytest.raises(SuiteError, match=r"export\.yaml:4: .*tiny-gpt has a GeLU MLP .*biased linear layers"):
         expand(load_suites([suite]), Resources(cpu_ranks=2, gpus=0))
+
+
+@pytest.mark.parametrize(
+    ("check", "axes", "line", "message"),
+    [
+        # megatron-core 0.16's GPTModel.sharded_state_dict asserts output_layer._extra_state is empty
+        ("export_roundtrip", "", 3, r"a quantized output layer cannot be checkpointed: megatron-core"),
+        ("ckpt_roundtrip", "", 3, r"a quantized output layer cannot be checkpointed: megatron-core"),
+        ("export_roundtrip", "  layout: [{tp: 2, pp: 1}]\nparams: {via_checkpoint: false}\n", 7, r"needs the export"),
+    ],
+)
+def test_a_case_that_cannot_reach_the_exporter_is_refused_before_start(
+    tmp_path: Path, check: str, axes: str, line: int, message: str
+) -> None:
+    suite = tmp_path / "s.yaml"
+    suite.write_text(
+        f"suite: e\ncheck: {check}\nmatrix:\n  model: [tiny-llama]\n  optimization: [fp8+quant_lm_head]\n{axes}"
+    )
+    with pytest.raises(SuiteError, match=rf"s\.yaml:{line}: .*{message}"):
+        expand(load_suites([suite]), Resources(cpu_ranks=2, gpus=0))
+
+
+def test_the_output_layer_is_exported_from_memory_and_every_other_recipe_through_a_checkpoint(tmp_path: Path) -> None:
+    suite = tmp_path / "s.yaml"
+    suite.write_text(
+        "suite: e\ncheck: export_roundtrip\nmatrix:\n  model: [tiny-llama]\n  optimization: [fp8, fp8+quant_lm_head]\n"
+        "overrides:\n  - when: {optimization: fp8+quant_lm_head}\n    params: {via_checkpoint: false}\n"
+    )
+    cases = expand(load_suites([suite]), Resources(cpu_ranks=2, gpus=0))
+    assert {c.optimization: c.params["via_checkpoint"] for c in cases} == {"fp8": True, "fp8+quant_lm_head": False}
+
+
+def test_a_reload_that_changes_or_leaves_an_amax_unfilled_is_named() -> None:
+    """Amax values as ``layout_amaxes`` holds them: sorted, one copy of a tensor every tensor-parallel rank holds,
+    the ranks' shards joined otherwise."""
+    from harness.runtime.quantizers import _joined, amax_differences
+
+    same, shard = torch.tensor([2.0]), [torch.tensor([3.0, 1.0]), torch.tensor([2.0, 4.0])]
+    assert torch.equal(_joined([same, same.clone()]), same)
+    assert torch.equal(_joined(shard), torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert _joined([same, None]) is None
+    before = {"layers.0.mlp.linear_fc1.input_quantizer": same, "output_layer.weight_quantizer": _joined(shard)}
+    assert amax_differences(before, dict(before)) == dict.fromkeys(before, 0.0)
+    moved = {**before, "output_layer.weight_quantizer": torch.tensor([1.0, 2.0, 3.0, 5.0])}
+    assert amax_differences(before, moved)["output_layer.weight_quantizer"] == pytest.approx(0.2)
+    unfilled = {**before, "layers.0.mlp.linear_fc1.input_quantizer": torch.tensor([float("nan")])}
+    assert amax_differences(before, unfilled)["layers.0.mlp.linear_fc1.input_quantizer"] == float("inf")
+    lost = {"output_layer.weight_quantizer": before["output_layer.weight_quantizer"]}
+    assert amax_differences(before, lost)["layers.0.mlp.linear_fc1.input_quantizer"] == float("inf")
 
 
 def test_megatron_linears_map_to_the_modules_the_exporter_writes() -> None:
@@ -113,6 +177,60 @@ def test_the_exported_model_loads_strictly(tmp_path: Path) -> None:
     del tensors["model.layers.1.mlp.down_proj.weight"]
     with pytest.raises(RuntimeError, match="Missing key"):
         build_model(read_exported(_folder(tmp_path / "short", tensors, None, config)))
+
+
+def _published_moe(reference: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A transformers Qwen3-MoE's weights in the published per-expert layout (``mlp.experts.<e>.<proj>.weight``,
+    as modelopt's exporter writes them); transformers' forward chunks gate_up_proj gate first."""
+    tensors = {}
+    for name, value in reference.state_dict().items():
+        prefix, _, leaf = name.rpartition(".")
+        if leaf == "gate_up_proj":
+            for e, fused in enumerate(value):
+                gate, up = fused.chunk(2)
+                tensors |= {f"{prefix}.{e}.gate_proj.weight": gate, f"{prefix}.{e}.up_proj.weight": up}
+        elif leaf == "down_proj" and value.dim() == 3:
+            tensors |= {f"{prefix}.{e}.down_proj.weight": w for e, w in enumerate(value)}
+        else:
+            tensors[name] = value
+    return {k: v.contiguous() for k, v in tensors.items()}
+
+
+def test_a_qwen3_moe_export_loads_expert_by_expert_and_computes_what_transformers_does(tmp_path: Path) -> None:
+    """The reader stacks each expert's published projections into transformers' 3-D expert parameters; where the
+    experts' inputs are quantized it runs each expert apart (as a runtime does) and records what each quantizer is
+    handed."""
+    import transformers
+
+    from harness.evals.exported import InputRanges
+    from harness.models.hf_config import qwen3_moe_config
+
+    config = qwen3_moe_config(ZOO["tiny-qwen3-moe"])
+    assert config["num_experts"] == 4 and config["moe_intermediate_size"] == 384 and config["norm_topk_prob"]
+    torch.manual_seed(0)
+    reference = transformers.Qwen3MoeForCausalLM(transformers.Qwen3MoeConfig(**config)).eval()
+    tensors = _published_moe(reference)
+    tokens = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    with torch.no_grad():
+        want = reference(tokens).logits
+        assert torch.equal(
+            build_model(read_exported(_folder(tmp_path / "a", tensors, None, config)))(tokens).logits, want
+        )
+        # every expert's down_proj input fake-quantized to FP8 with a scale that saturates nothing
+        scales = {f"model.layers.{i}.mlp.experts.{e}.down_proj": 1.0 for i in range(2) for e in range(4)}
+        quantized = tensors | {f"{m}.input_scale": torch.tensor(1.0) for m in scales}
+        quantized |= {f"{m}.weight_scale": torch.tensor(1.0) for m in scales}
+        quantization = {"quant_algo": "FP8", "exclude_modules": []}
+        ranges = InputRanges()
+        got = build_model(read_exported(_folder(tmp_path / "b", quantized, quantization, config)), ranges)(tokens)
+    # each expert a token reached (not necessarily every one) handed its quantizer its input
+    assert ranges.keys() <= scales.keys() and len(ranges) >= 6 and all(0 < r < 448 for r in ranges.values())
+    assert (got.logits - want).abs().max() < 0.05 * want.abs().max()  # FP8 rounding of weights and inputs only
+    del tensors["model.layers.1.mlp.experts.2.up_proj.weight"]
+    with pytest.raises(
+        ExportError, match=r"model.layers.1.mlp.experts: no weight for expert projection\(s\) 2.up_proj"
+    ):
+        build_model(read_exported(_folder(tmp_path / "c", tensors, None, config)))
 
 
 def _folder(
