@@ -128,7 +128,7 @@ MUTATIONS = (
         "where a shard goes",
         "SequentialMLP.sharded_state_dict places expert-parallel rank r's experts at rank ep - 1 - r's global indices",
         (
-            "ckpt-moe/tiny-moe/tp1pp1ep2->tp1pp1/none[cpu]",
+            "ckpt-moe/tiny-moe-trained/tp1pp1ep2->tp1pp1/none[cpu]",
             "export-moe/tiny-qwen3-moe-trained/tp1pp1ep2/none[cpu]",
         ),
         _expert_offsets_reversed,
