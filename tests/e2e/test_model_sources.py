@@ -70,8 +70,8 @@ def test_hugging_face_mixture_of_experts_is_imported_under_expert_parallelism(wr
     suite = write_suite(
         quant_suite(
             "hf-moe",
-            f"  tiny-qwen3-moe: {{hf: {checkpoint}}}",
-            "tiny-qwen3-moe",
+            f"  hf-qwen3-moe: {{hf: {checkpoint}}}",
+            "hf-qwen3-moe",
             "{tp: 1, pp: 1, ep: 2}",
             ", hf_reference: true, parity_layout: {tp: 1, pp: 1}",
         )
